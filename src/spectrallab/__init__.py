@@ -1,0 +1,29 @@
+"""Spectral Lab: low-rank, sparse and spectral training of neural networks, one readable method per file.
+
+    import spectrallab as sl
+    model = sl.apply(model, "lora", rank=8)     # in place; returns the model
+    opt = sl.optimizer(model, lr=1e-3)          # method-aware AdamW
+    sl.spectrum(model.fc1)                      # singular values of the effective weight
+    model = sl.merge(model)                     # back to plain nn.Linear, same outputs
+"""
+
+from . import linalg, methods, tasks  # noqa: F401  (methods registers every method)
+from .apply import adapted_layers, apply, merge, method_class, methods as _method_names, resolve_targets, trainable_parameters
+from .linalg import spectrum
+from .optim import optimizer
+from .profiles import device, pick, profile
+from .runs import Run, load_runs
+from .tasks import task
+from .train import Event, fit, pretrained, train, warmup_cosine
+
+__version__ = "0.1.0"
+
+
+def methods() -> list[str]:  # noqa: F811 — the public name shadows the subpackage on purpose
+    """Names of all registered methods."""
+    return _method_names()
+
+
+__all__ = ["methods", "apply", "merge", "trainable_parameters", "optimizer", "spectrum", "adapted_layers",
+           "method_class", "resolve_targets", "linalg", "tasks", "task", "train", "fit", "pretrained", "Event",
+           "Run", "load_runs", "warmup_cosine", "pick", "profile", "device"]

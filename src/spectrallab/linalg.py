@@ -1,0 +1,179 @@
+"""Singular value decompositions and the numbers we read off a spectrum.
+
+Notation: ``W ∈ R^{m×n}``, ``k = min(m, n)``, ``W = U diag(S) Vh`` with ``S`` descending.
+
+* :func:`svd` — exact (LAPACK) or randomized (Halko, Martinsson & Tropp 2011, arXiv:0909.4061:
+  a Gaussian sketch with ``oversample`` extra columns and ``n_iter`` power iterations, each
+  re-orthonormalized). The randomized error grows as the spectral gap ``σ_{r+1}/σ_r`` approaches 1;
+  power iterations shrink it like ``(σ_{r+1}/σ_r)^{2q+1}``.
+* Spectra metrics: :func:`energy` captured by the top r values, :func:`effective_rank` (entropy,
+  Roy & Vetterli 2007 — the "RankMe" measure), :func:`stable_rank` ``‖W‖_F²/‖W‖_2²``,
+  :func:`eckart_young_error` (the best rank-r error), :func:`principal_angles` and
+  :func:`subspace_overlap` between subspaces, :func:`orthogonality_error` ``‖QᵀQ − I‖_F``.
+
+Low-precision inputs (bf16/fp16) are upcast to float32 for the factorization — LAPACK has no
+half-precision SVD, and half precision would lose the small singular values anyway — and the
+factors are returned in float32 (callers cast back where they store weights).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple
+
+import torch
+from torch import nn
+
+
+class SVD(NamedTuple):
+    U: torch.Tensor   # m × r, orthonormal columns
+    S: torch.Tensor   # r, descending, non-negative
+    Vh: torch.Tensor  # r × n, orthonormal rows
+
+
+def as_matrix(x: torch.Tensor | nn.Module, name: str = "matrix") -> torch.Tensor:
+    """A detached float32 2-D tensor from a tensor or a (linear or adapted) layer; finite values only."""
+    from .methods.base import AdaptedLinear
+
+    if isinstance(x, AdaptedLinear):
+        w = x.effective_weight()
+    elif isinstance(x, nn.Module) and isinstance(getattr(x, "weight", None), torch.Tensor):
+        w = x.weight
+    elif isinstance(x, torch.Tensor):
+        w = x
+    else:
+        raise TypeError(f"{name}: expected a 2-D tensor or a layer with a weight, got {type(x).__name__}")
+    if w.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D matrix, got shape {tuple(w.shape)}")
+    w = w.detach()
+    if w.dtype not in (torch.float32, torch.float64):
+        w = w.float()
+    if not torch.isfinite(w).all():
+        bad = int((~torch.isfinite(w)).sum())
+        raise ValueError(f"{name}: has {bad} non-finite value(s) (NaN or inf); an SVD needs all values finite")
+    return w
+
+
+def svd(W: torch.Tensor | nn.Module, rank: int | None = None, *,
+        method: Literal["exact", "randomized"] = "exact", oversample: int = 10, n_iter: int = 2,
+        generator: torch.Generator | None = None, name: str = "matrix") -> SVD:
+    """Top-``rank`` singular triplets of ``W`` (all ``k`` when ``rank`` is None)."""
+    W = as_matrix(W, name)
+    k = min(W.shape)
+    rank = k if rank is None else rank
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= k:
+        raise ValueError(f"{name} ({W.shape[0]}×{W.shape[1]}): rank={rank!r} is outside the allowed range [1, {k}]")
+    if method == "exact":
+        U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+        return SVD(U[:, :rank], S[:rank], Vh[:rank])
+    if method == "randomized":
+        return randomized_svd(W, rank, oversample=oversample, n_iter=n_iter, generator=generator)
+    raise ValueError(f"svd method={method!r} is not one of 'exact', 'randomized'")
+
+
+def randomized_svd(W: torch.Tensor, rank: int, *, oversample: int = 10, n_iter: int = 2,
+                   generator: torch.Generator | None = None) -> SVD:
+    """Halko–Martinsson–Tropp randomized SVD (their Algorithm 4.4 + 5.1).
+
+    1. Sketch: ``Y = W Ω`` with Gaussian ``Ω ∈ R^{n×(r+p)}`` (``p = oversample``).
+    2. Power iterations ``Y ← W (Wᵀ Y)``, re-orthonormalizing with QR each half-step so the small
+       singular values are not lost to rounding.
+    3. ``Q = orth(Y)``; exact SVD of the small ``B = Qᵀ W``; ``U = Q U_B``.
+    """
+    W = as_matrix(W)
+    m, n = W.shape
+    width = min(rank + oversample, min(m, n))
+    omega = torch.randn(n, width, dtype=W.dtype, device=W.device, generator=generator)
+    Q, _ = torch.linalg.qr(W @ omega)
+    for _ in range(n_iter):
+        Z, _ = torch.linalg.qr(W.T @ Q)
+        Q, _ = torch.linalg.qr(W @ Z)
+    Ub, S, Vh = torch.linalg.svd(Q.T @ W, full_matrices=False)
+    return SVD((Q @ Ub)[:, :rank], S[:rank], Vh[:rank])
+
+
+def spectrum(x: torch.Tensor | nn.Module) -> torch.Tensor:
+    """Singular values (descending, float32) of a matrix or of a layer's *effective* weight."""
+    name = type(x).__name__ if isinstance(x, nn.Module) else "matrix"
+    return torch.linalg.svdvals(as_matrix(x, name))
+
+
+def truncate(W: torch.Tensor, rank: int) -> torch.Tensor:
+    """The best rank-``rank`` approximation ``U_r diag(S_r) Vh_r`` (Eckart–Young)."""
+    U, S, Vh = svd(W, rank)
+    return (U * S) @ Vh
+
+
+def eckart_young_error(S: torch.Tensor, rank: int, norm: Literal["fro", "spectral"] = "fro") -> torch.Tensor:
+    """Smallest possible ``‖W − W_r‖`` over rank-r ``W_r``: ``√Σ_{i>r} σ_i²`` (fro) or ``σ_{r+1}``."""
+    tail = S[rank:]
+    if norm == "fro":
+        return tail.square().sum().sqrt()
+    return tail[0] if tail.numel() else S.new_zeros(())
+
+
+def energy(S: torch.Tensor, rank: int | None = None) -> torch.Tensor:
+    """Fraction of ``‖W‖_F²`` captured by the top ``rank`` values (all cumulative fractions if None)."""
+    power = S.double().square()
+    cumulative = power.cumsum(0) / power.sum()
+    return (cumulative if rank is None else cumulative[rank - 1]).to(S.dtype)
+
+
+def rank_for_energy(S: torch.Tensor, fraction: float) -> int:
+    """Smallest r whose top-r values capture at least ``fraction`` of the energy."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"energy fraction={fraction} is outside the allowed range (0, 1]")
+    cumulative = energy(S).double()
+    return int(torch.searchsorted(cumulative, torch.tensor(fraction - 1e-12, dtype=torch.float64)).item()) + 1
+
+
+def effective_rank(S: torch.Tensor) -> torch.Tensor:
+    """``exp(H(p))`` with ``p_i = σ_i / Σσ`` (Roy & Vetterli 2007; RankMe, Garrido et al. 2023).
+
+    Equals r for r equal non-zero singular values, 1 for a rank-1 matrix.
+    """
+    p = S.double() / S.double().sum()
+    p = p[p > 0]
+    return torch.exp(-(p * p.log()).sum()).to(S.dtype)
+
+
+def stable_rank(S: torch.Tensor) -> torch.Tensor:
+    """``‖W‖_F² / ‖W‖_2² = Σσ_i² / σ_1²`` — a rank that small singular values barely move."""
+    return (S.double().square().sum() / S.double()[0].square()).to(S.dtype)
+
+
+def orthonormal_basis(X: torch.Tensor) -> torch.Tensor:
+    Q, _ = torch.linalg.qr(as_matrix(X).double())
+    return Q
+
+
+def principal_angles(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """Principal angles (radians, ascending) between the column spaces of ``X`` and ``Y``.
+
+    ``cos θ_i`` are the singular values of ``Q_Xᵀ Q_Y`` (Björck & Golub 1973).
+    """
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"principal_angles: both bases need the same number of rows, got {X.shape[0]} and {Y.shape[0]}")
+    cosines = torch.linalg.svdvals(orthonormal_basis(X).T @ orthonormal_basis(Y)).clamp(-1.0, 1.0)
+    return torch.arccos(cosines).float()
+
+
+def subspace_overlap(X: torch.Tensor, Y: torch.Tensor) -> float:
+    """``‖Q_Xᵀ Q_Y‖_F² / min(dim X, dim Y)`` ∈ [0, 1]: 1 when one subspace contains the other,
+    about ``max(dim)/m`` for random subspaces of ``R^m``, 0 when orthogonal."""
+    cos = torch.cos(principal_angles(X, Y).double())
+    return float(cos.square().sum() / min(X.shape[1], Y.shape[1]))
+
+
+def orthogonality_error(Q: torch.Tensor) -> float:
+    """``‖QᵀQ − I‖_F`` for the columns of ``Q`` (pass ``Vh.T`` for the rows of ``Vh``)."""
+    Q = as_matrix(Q).double()
+    eye = torch.eye(Q.shape[1], dtype=Q.dtype, device=Q.device)
+    return float(torch.linalg.matrix_norm(Q.T @ Q - eye))
+
+
+def spectral_gap(S: torch.Tensor, rank: int) -> float:
+    """``σ_{r+1} / σ_r`` — the ratio that governs randomized SVD's error at rank r (1 = no gap)."""
+    if rank >= S.numel():
+        return 0.0
+    return float(S[rank] / S[rank - 1]) if S[rank - 1] > 0 else math.nan

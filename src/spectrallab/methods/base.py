@@ -1,0 +1,170 @@
+"""What every method is made of: a registry entry and an adapted layer.
+
+A *method* (LoRA, SST, ...) is a subclass of :class:`Method` registered under a lower-case name
+with :func:`register`. It turns one ``nn.Linear`` into an :class:`AdaptedLinear` — a module that
+holds the method's parameters and can always say what dense weight it currently represents
+(:meth:`AdaptedLinear.effective_weight`). Everything generic — choosing layers, validating, making
+``apply`` all-or-nothing, merging, spectra, counting parameters — lives outside the method file, so
+a new method is one file and one ``@register``.
+
+Methods that change optimization (SST's resampling, ReLoRA's restarts, GaLore's projection)
+override :meth:`Method.attach_optimizer`; ``spectrallab.optimizer`` calls it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, type["Method"]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a :class:`Method` subclass reachable as ``spectrallab.apply(model, name)``."""
+
+    def decorate(cls: type[Method]) -> type[Method]:
+        if name in _REGISTRY:
+            raise ValueError(f"a method named {name!r} is already registered ({_REGISTRY[name].__name__})")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def registered() -> dict[str, type["Method"]]:
+    return dict(_REGISTRY)
+
+
+class AdaptedLinear(nn.Module):
+    """A linear layer rewritten by a method: ``y = x W'ᵀ + b`` for the method's effective ``W'``.
+
+    Subclasses keep the frozen base weight (when they have one) as a Parameter with
+    ``requires_grad=False``: it moves with ``.to()`` and is saved in ``state_dict`` like PEFT's base
+    layer. They deliberately do **not** contain an ``nn.Linear`` submodule, so that "every
+    ``nn.Linear`` in the model" never reaches inside an adapted layer.
+    """
+
+    method: ClassVar[str] = "?"
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+
+    def effective_weight(self) -> torch.Tensor:
+        """The dense ``out × in`` weight this layer applies now (what ``merge`` writes)."""
+        raise NotImplementedError
+
+    @property
+    def effective_bias(self) -> torch.Tensor | None:
+        return getattr(self, "bias", None)
+
+    def to_linear(self) -> nn.Linear:
+        """A plain ``nn.Linear`` with the same function (used by ``spectrallab.merge``)."""
+        weight = self.effective_weight().detach()
+        bias = self.effective_bias
+        linear = nn.Linear(self.in_features, self.out_features, bias=bias is not None,
+                           device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            if bias is not None:
+                linear.bias.copy_(bias.detach())
+        return linear
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, method={self.method!r}"
+
+
+class Method:
+    """A registered way of adapting ``nn.Linear`` layers.
+
+    Class attributes a method sets:
+
+    * ``options``: every keyword it accepts with its default (``rank`` included where used).
+    * ``freezes_others``: fine-tuning methods freeze every parameter outside the adapted layers
+      (embeddings, norms, biases of untouched layers); pre-training methods leave them trainable.
+      ``apply(..., freeze_others=...)`` overrides it.
+    """
+
+    name: ClassVar[str] = "?"
+    options: ClassVar[dict[str, Any]] = {}
+    freezes_others: ClassVar[bool] = True
+
+    def __init__(self, **options: Any):
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            allowed = ", ".join(sorted(self.options)) or "none"
+            raise TypeError(f"method {self.name!r} got unknown option(s) {', '.join(unknown)}; "
+                            f"its options are: {allowed}")
+        self.config = {**self.options, **options}
+
+    def check(self, layer_name: str, linear: nn.Linear) -> None:
+        """Raise ``ValueError``/``TypeError`` if this method cannot adapt ``linear``.
+
+        Called for every target before any layer is changed, so ``apply`` is all-or-nothing.
+        """
+
+    def adapt(self, layer_name: str, linear: nn.Linear) -> AdaptedLinear:
+        """Build the replacement for ``linear``. Must not modify ``linear`` itself."""
+        raise NotImplementedError
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer, layers: dict[str, AdaptedLinear]) -> None:
+        """Install the method's optimizer behaviour (hooks on ``optimizer``). Default: none."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+        return f"{type(self).__name__}({args})"
+
+
+# -- shared validation helpers: one wording for every method ------------------------------------
+
+def check_rank(layer_name: str, linear: nn.Linear, rank: Any) -> int:
+    """``rank`` must be an int in [1, min(out_features, in_features)]."""
+    limit = min(linear.out_features, linear.in_features)
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        raise TypeError(f"layer {layer_name!r}: rank must be an int in [1, {limit}], got {rank!r}")
+    if not 1 <= rank <= limit:
+        raise ValueError(f"layer {layer_name!r} ({linear.out_features}×{linear.in_features}): "
+                         f"rank={rank} is outside the allowed range [1, {limit}] = [1, min(out, in)]")
+    return rank
+
+
+def check_sparsity(layer_name: str, sparsity: Any) -> float:
+    """``sparsity`` (the kept density) must be a number in (0, 1]."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise TypeError(f"layer {layer_name!r}: sparsity must be a number in (0, 1], got {sparsity!r}")
+    if not 0 < sparsity <= 1:
+        raise ValueError(f"layer {layer_name!r}: sparsity={sparsity} is outside the allowed range (0, 1]")
+    return float(sparsity)
+
+
+def check_positive(layer_name: str, option: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"layer {layer_name!r}: {option} must be a finite number > 0, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"layer {layer_name!r}: {option}={value} is outside the allowed range (0, inf)")
+    return float(value)
+
+
+def check_choice(layer_name: str, option: str, value: Any, choices) -> Any:
+    if value not in choices:
+        raise ValueError(f"layer {layer_name!r}: {option}={value!r} is not one of "
+                         f"{', '.join(repr(c) for c in choices)}")
+    return value
+
+
+def check_finite_weight(layer_name: str, weight: torch.Tensor) -> None:
+    """Non-finite weights make SVD/QR fail deep inside LAPACK; say which layer instead."""
+    if not torch.isfinite(weight).all():
+        bad = int((~torch.isfinite(weight)).sum())
+        raise ValueError(f"layer {layer_name!r}: weight has {bad} non-finite value(s) (NaN or inf); "
+                         "an SVD needs all values finite")
+
+
+def frozen(tensor: torch.Tensor) -> nn.Parameter:
+    """A non-trainable Parameter sharing ``tensor``'s storage (moves with the module, is saved)."""
+    return nn.Parameter(tensor.detach(), requires_grad=False)

@@ -1,0 +1,154 @@
+"""LoRA — Low-Rank Adaptation (Hu et al. 2021, arXiv:2106.09685) and FFA-LoRA (Sun et al. 2024).
+
+The pretrained weight ``W ∈ R^{m×n}`` is frozen and a low-rank update is learned::
+
+    W' = W + s · B A,      A ∈ R^{r×n},  B ∈ R^{m×r},  r ≪ min(m, n)
+    y  = x Wᵀ + b + s · (dropout(x) Aᵀ) Bᵀ
+
+with the scale ``s = alpha / r`` (Hu et al.), or ``s = alpha / √r`` with ``rslora=True``
+(rank-stabilized LoRA, Kalajdzievski 2023, arXiv:2312.03732: keeps the update's magnitude stable
+as r grows). ``alpha`` defaults to ``r`` (s = 1) — choose it explicitly when comparing ranks.
+
+Initialization (``init=``), following HF PEFT so the two agree weight for weight:
+
+* ``"default"``: ``A`` Kaiming-uniform with ``a = √5`` (what ``nn.Linear`` uses), ``B = 0``.
+* ``"gaussian"``: ``A ~ N(0, (1/r)²)`` (standard deviation 1/r, as PEFT), ``B = 0``.
+
+Either way ``BA = 0``, so the adapted model computes exactly the pretrained function at step 0, and
+only ``B`` receives a non-zero gradient on the first step. Spectral initializations (PiSSA, MiLoRA,
+OLoRA) plug into the same table with :func:`register_init`.
+
+**FFA-LoRA** (``"ffa_lora"``, Sun et al. 2024, arXiv:2403.12313, "Improving LoRA in
+privacy-preserving federated learning"): the same layer with ``A`` frozen at its random init and
+only ``B`` trained. The update ``s·BA`` then lives in the fixed row space of ``A``, which halves the
+trainable parameters and makes averaging ``B`` across clients exact (the paper's motivation).
+
+Trainable parameters per layer: ``r(m + n)`` for LoRA, ``r·m`` for FFA-LoRA.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import AdaptedLinear, Method, check_choice, check_positive, check_rank, frozen, register
+
+# init name -> function(weight, rank, scale) -> (A, B, base_weight). `base_weight` is what stays
+# frozen: W itself for LoRA's own inits, a residual for inits that move part of W into BA.
+LoraInit = Callable[[torch.Tensor, int, float], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+LORA_INITS: dict[str, LoraInit] = {}
+
+
+def register_init(name: str):
+    """Add an initialization reachable as ``apply(model, "lora", init=name)``."""
+
+    def decorate(fn: LoraInit) -> LoraInit:
+        LORA_INITS[name] = fn
+        return fn
+
+    return decorate
+
+
+@register_init("default")
+def kaiming_init(weight: torch.Tensor, rank: int, scale: float):
+    A = torch.empty(rank, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+    B = torch.zeros(weight.shape[0], rank, dtype=weight.dtype, device=weight.device)
+    return A, B, weight
+
+
+@register_init("gaussian")
+def gaussian_init(weight: torch.Tensor, rank: int, scale: float):
+    A = torch.randn(rank, weight.shape[1], dtype=weight.dtype, device=weight.device) / rank
+    B = torch.zeros(weight.shape[0], rank, dtype=weight.dtype, device=weight.device)
+    return A, B, weight
+
+
+def lora_scale(alpha: float, rank: int, rslora: bool) -> float:
+    """``alpha / r``, or ``alpha / √r`` for rank-stabilized LoRA."""
+    return alpha / math.sqrt(rank) if rslora else alpha / rank
+
+
+class LoRALinear(AdaptedLinear):
+    """``y = x Wᵀ + b + s·(dropout(x) Aᵀ) Bᵀ`` with ``W`` and ``b`` frozen."""
+
+    method = "lora"
+
+    def __init__(self, linear: nn.Linear, rank: int, alpha: float, rslora: bool, init: str,
+                 dropout: float, train_a: bool = True):
+        super().__init__(linear.in_features, linear.out_features)
+        self.rank = rank
+        self.alpha = alpha
+        self.rslora = rslora
+        self.init = init
+        self.scale = lora_scale(alpha, rank, rslora)
+        A, B, base = LORA_INITS[init](linear.weight.detach(), rank, self.scale)
+        self.weight = frozen(base)
+        self.bias = None if linear.bias is None else frozen(linear.bias)
+        self.lora_A = nn.Parameter(A.contiguous(), requires_grad=train_a)
+        self.lora_B = nn.Parameter(B.contiguous())
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def delta_weight(self) -> torch.Tensor:
+        """``ΔW = s · B A`` (out × in)."""
+        return self.scale * (self.lora_B @ self.lora_A)
+
+    def effective_weight(self) -> torch.Tensor:
+        return self.weight + self.delta_weight()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Two skinny matmuls, never the dense ΔW: O(r(m+n)) per token instead of O(mn).
+        base = F.linear(x, self.weight, self.bias)
+        return base + self.scale * F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, "
+                f"init={self.init!r}")
+
+
+@register("lora")
+class LoRA(Method):
+    """Low-rank update ``W + (alpha/r)·BA`` on a frozen ``W``.
+
+    Options: ``rank`` (8), ``alpha`` (None → rank, i.e. s = 1), ``rslora`` (False: s = alpha/r;
+    True: s = alpha/√r), ``init`` ("default" | "gaussian" | any registered init),
+    ``dropout`` on the adapter input (0.0).
+    """
+
+    options = {"rank": 8, "alpha": None, "rslora": False, "init": "default", "dropout": 0.0}
+    freezes_others = True
+    train_a = True
+    layer_class = LoRALinear
+
+    def check(self, layer_name: str, linear: nn.Linear) -> None:
+        c = self.config
+        check_rank(layer_name, linear, c["rank"])
+        if c["alpha"] is not None:
+            check_positive(layer_name, "alpha", c["alpha"])
+        check_choice(layer_name, "init", c["init"], sorted(LORA_INITS))
+        if not isinstance(c["rslora"], bool):
+            raise TypeError(f"layer {layer_name!r}: rslora must be True or False, got {c['rslora']!r}")
+        if not isinstance(c["dropout"], (int, float)) or not 0 <= c["dropout"] < 1:
+            raise ValueError(f"layer {layer_name!r}: dropout={c['dropout']!r} is outside the allowed range [0, 1)")
+
+    def adapt(self, layer_name: str, linear: nn.Linear) -> LoRALinear:
+        c = self.config
+        alpha = float(c["rank"] if c["alpha"] is None else c["alpha"])
+        layer = self.layer_class(linear, c["rank"], alpha, c["rslora"], c["init"], float(c["dropout"]),
+                                 train_a=self.train_a)
+        layer.method = self.name
+        return layer
+
+
+@register("ffa_lora")
+class FFALoRA(LoRA):
+    """LoRA with ``A`` frozen at its random initialization; only ``B`` trains (Sun et al. 2024).
+
+    Same options as ``lora``.
+    """
+
+    train_a = False

@@ -1,0 +1,58 @@
+"""``optimizer(model)``: a standard torch optimizer over what trains, plus each method's hooks.
+
+The result *is* a ``torch.optim.Optimizer`` (AdamW unless ``optimizer=`` says otherwise), so a
+hand-written loop, an LR scheduler and ``state_dict`` all work as usual. Methods that change how
+optimization works (SST's resampling, ReLoRA's restarts, GaLore's projection, SORSA's regularizer)
+install step hooks on it through :meth:`Method.attach_optimizer`; a loop that calls
+``opt.step()`` therefore runs the real algorithm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .apply import adapted_layers
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+}
+
+
+def optimizer(model: nn.Module, lr: float = 1e-3, optimizer: str | type[torch.optim.Optimizer] = "adamw",
+              **kwargs: Any) -> torch.optim.Optimizer:
+    """Build the optimizer for ``model``'s trainable parameters and attach every method's hooks.
+
+    ``optimizer`` is a name (``"adamw"``, ``"adam"``, ``"sgd"``) or an optimizer class; other
+    keywords (``weight_decay``, ``betas``, ``momentum`` ...) go to it unchanged.
+    """
+    if isinstance(optimizer, str):
+        if optimizer.lower() not in OPTIMIZERS:
+            raise ValueError(f"optimizer={optimizer!r} is not one of {', '.join(OPTIMIZERS)} "
+                             "(or pass an optimizer class)")
+        cls = OPTIMIZERS[optimizer.lower()]
+    elif isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
+        cls = optimizer
+    else:
+        raise TypeError(f"optimizer must be a name or a torch.optim.Optimizer subclass, got {optimizer!r}")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+        raise ValueError(f"lr={lr!r} is outside the allowed range (0, inf)")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (every requires_grad is False); "
+                         "apply a method first or unfreeze something")
+    opt = cls(params, lr=lr, **kwargs)
+
+    # Group adapted layers by the method instance that made them; each method hooks in once.
+    by_spec: dict[int, tuple[Any, dict]] = {}
+    for name, layer in adapted_layers(model).items():
+        spec = getattr(layer, "spec", None)
+        if spec is not None:
+            by_spec.setdefault(id(spec), (spec, {}))[1][name] = layer
+    for spec, layers in by_spec.values():
+        spec.attach_optimizer(opt, layers)
+    return opt

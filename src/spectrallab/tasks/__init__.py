@@ -1,0 +1,41 @@
+"""Tasks that need no download, sized by the active profile (see :mod:`spectrallab.profiles`).
+
+``task(name, **overrides)`` builds one: ``"teacher"`` (synthetic low-rank regression),
+``"digits"`` (scikit-learn's bundled digits, MLP) or ``"chargpt"`` (a tiny character-level GPT on
+Python's own standard library). Each has ``.shifted(...)`` — the different task a pretrained model
+is fine-tuned to.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..profiles import device, pick
+from .base import Task
+from .chargpt import CharGPT, TinyGPT, decode, encode, load_corpus
+from .digits import MLP, Digits
+from .teacher import LowRankTeacher, TwoLayerLinear
+
+TASKS = {"teacher": LowRankTeacher, "digits": Digits, "chargpt": CharGPT}
+
+
+def profile_defaults(name: str) -> dict[str, Any]:
+    """Sizes for the active profile: ``ci`` runs in seconds on 2 cores, ``gpu`` is worth reading."""
+    if name == "digits":
+        return {"width": pick(ci=128, cpu=256, gpu=512)}
+    if name == "chargpt":
+        return pick(ci=dict(n_chars=200_000, d_model=64, n_layer=2, n_head=4, context=64),
+                    cpu=dict(n_chars=1_000_000, d_model=128, n_layer=4, n_head=4, context=128),
+                    gpu=dict(n_chars=3_500_000, d_model=384, n_layer=6, n_head=6, context=256))
+    return {}
+
+
+def task(name: str, **overrides: Any) -> Task:
+    """A task by name, sized for the active profile, on :func:`spectrallab.profiles.device`."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    return TASKS[name](**{**profile_defaults(name), **overrides}).to(device())
+
+
+__all__ = ["Task", "task", "TASKS", "LowRankTeacher", "TwoLayerLinear", "Digits", "MLP", "CharGPT", "TinyGPT",
+           "encode", "decode", "load_corpus", "profile_defaults"]

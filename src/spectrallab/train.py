@@ -1,0 +1,178 @@
+"""A small training loop that streams what happens, so chapters and widgets can watch it.
+
+:func:`train` is a generator: it takes one optimizer step per iteration and yields an
+:class:`Event` (step, loss, learning rate, gradient norm, and — every ``eval_every`` /
+``spectra_every`` steps — validation metrics and the singular values of chosen layers). A widget
+can stop consuming it at any step; the run record is saved even then. :func:`fit` runs it to the
+end and returns the :class:`~spectrallab.runs.Run`. :func:`pretrained` trains a base model once
+and caches it on disk.
+
+Nothing here is method-specific: the optimizer comes from :func:`spectrallab.optimizer`, which
+carries each method's own behaviour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .apply import adapted_layers, trainable_parameters
+from .linalg import spectrum
+from .optim import optimizer as make_optimizer
+from .profiles import device as default_device, profile
+from .runs import Run, home
+from .tasks.base import Task
+
+
+@dataclass
+class Event:
+    """What happened at one step. ``step`` counts completed optimizer steps (0 = before training)."""
+
+    step: int
+    loss: float | None
+    lr: float
+    grad_norm: float | None
+    metrics: dict[str, float] | None = None       # validation metrics, when evaluated at this step
+    spectra: dict[str, np.ndarray] | None = None  # singular values of tracked layers, when measured
+    seconds: float = 0.0                          # wall time since training started
+
+
+def warmup_cosine(total_steps: int, warmup: int = 0, floor: float = 0.1) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine decay to ``floor``."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return multiplier
+
+
+def train(model: nn.Module, task: Task, steps: int, *, optimizer: torch.optim.Optimizer | None = None,
+          lr: float | None = None, batch_size: int | None = None, schedule: Callable[[int], float] | None = None,
+          clip: float | None = None, eval_every: int | None = None, spectra_every: int | None = None,
+          spectra_of: Sequence[str] = (), seed: int = 0, name: str | None = None,
+          config: dict[str, Any] | None = None, record: bool = True, device: torch.device | str | None = None,
+          run: Run | None = None) -> Iterator[Event]:
+    """Train ``model`` on ``task`` for ``steps`` optimizer steps, yielding an :class:`Event` per step.
+
+    * ``optimizer``: defaults to ``spectrallab.optimizer(model, lr)`` (AdamW with method hooks);
+      ``lr`` and ``batch_size`` default to the task's.
+    * ``schedule``: LR multiplier as a function of the step (e.g. :func:`warmup_cosine`).
+    * ``clip``: gradient-norm clipping threshold (the norm is reported before clipping).
+    * ``eval_every``: validation cadence (default: 10 evaluations per run, plus step 0 and the last step).
+    * ``spectra_every`` / ``spectra_of``: singular values of these layers (module names) every k steps.
+    * ``config``: extra fields for the run record (``{"method": "lora", "rank": 4}``).
+    * ``record``: save the run under ``$SPECTRALLAB_HOME/runs`` when it ends or is stopped early.
+    * ``run``: a :class:`Run` to fill (``fit`` passes one and returns it).
+    """
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps={steps!r} is outside the allowed range [1, inf)")
+    run = run if run is not None else Run(name or "run")
+    device = torch.device(device) if device is not None else default_device()
+    model.to(device)
+    task.to(device)
+    modules = dict(model.named_modules())
+    missing = [n for n in spectra_of if n not in modules]
+    if missing:
+        raise ValueError(f"spectra_of: no layer named {', '.join(map(repr, missing))} in the model")
+    lr = task.lr if lr is None else lr
+    batch_size = batch_size or task.batch_size
+    opt = optimizer if optimizer is not None else make_optimizer(model, lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule) if schedule is not None else None
+    eval_every = eval_every or max(1, steps // 10)
+    params = [p for p in model.parameters() if p.requires_grad]
+    generator = torch.Generator().manual_seed(seed)
+
+    run.config = {
+        **task.config(), "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed, "clip": clip,
+        "optimizer": type(opt).__name__, "profile": profile(), "device": str(device),
+        "trainable_parameters": trainable_parameters(model),
+        "methods": sorted({layer.method for layer in adapted_layers(model).values()}) or ["none"],
+        **(config or {}),
+    }
+
+    def measure_spectra(step: int) -> dict[str, np.ndarray]:
+        values = {n: spectrum(modules[n]).cpu().numpy() for n in spectra_of}
+        for n, s in values.items():
+            run.spectra.setdefault(n, []).append([step, s.tolist()])
+        return values
+
+    def evaluate(step: int) -> dict[str, float]:
+        metrics = task.evaluate(model)
+        run.evals.append({"step": step, **metrics})
+        return metrics
+
+    start = time.perf_counter()
+    try:
+        yield Event(0, None, opt.param_groups[0]["lr"], None, metrics=evaluate(0),
+                    spectra=measure_spectra(0) if spectra_of else None)
+        model.train()
+        for step in range(1, steps + 1):
+            loss = task.loss(model, task.batch("train", batch_size, generator))
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss became {loss_value} at step {step} (lr={opt.param_groups[0]['lr']:g}); "
+                                         "try a smaller learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip else math.inf))
+            current_lr = opt.param_groups[0]["lr"]
+            opt.step()
+            if scheduler is not None:
+                scheduler.step()
+            now = time.perf_counter() - start
+            run.steps.append(step); run.loss.append(loss_value); run.lr.append(current_lr)
+            run.grad_norm.append(grad_norm); run.seconds.append(now)
+            metrics = evaluate(step) if step % eval_every == 0 or step == steps else None
+            spectra = measure_spectra(step) if spectra_of and spectra_every and (
+                step % spectra_every == 0 or step == steps) else None
+            yield Event(step, loss_value, current_lr, grad_norm, metrics, spectra, now)
+    finally:
+        if record:
+            run.save()
+
+
+def fit(model: nn.Module, task: Task, steps: int, *, on_event: Callable[[Event], None] | None = None,
+        name: str | None = None, **kwargs: Any) -> Run:
+    """Run :func:`train` to the end and return its :class:`Run` (saved to disk unless ``record=False``)."""
+    run = Run(name or "run")
+    for event in train(model, task, steps, run=run, **kwargs):
+        if on_event is not None:
+            on_event(event)
+    return run
+
+
+def pretrained(task: Task, steps: int, *, lr: float | None = None, seed: int = 0, batch_size: int | None = None,
+               schedule: Callable[[int], float] | None = None, cache: bool = True) -> nn.Module:
+    """A model fully trained on ``task``, trained once and cached in ``$SPECTRALLAB_HOME/bases``.
+
+    The cache key hashes the task's configuration and the training settings, so changing either
+    trains a new base. A returned model is a fresh copy: adapting it never alters the cache.
+    """
+    lr = task.lr if lr is None else lr
+    key_fields = {"task": task.config(), "steps": steps, "lr": lr, "seed": seed, "batch_size": batch_size,
+                  "schedule": getattr(schedule, "__qualname__", None), "torch": torch.__version__.split("+")[0]}
+    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = home() / "bases" / f"{task.name}-{key}.pt"
+    model = task.make_model(seed=seed)
+    if cache and path.exists():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.to(task.device)
+    fit(model, task, steps, lr=lr, seed=seed, batch_size=batch_size, schedule=schedule, record=False,
+        name=f"pretrain-{task.name}", config={"method": "full", "purpose": "pretrained base"})
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+        tmp.replace(path)
+    return model
