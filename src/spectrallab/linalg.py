@@ -83,7 +83,9 @@ def randomized_svd(W: torch.Tensor, rank: int, *, oversample: int = 10, n_iter: 
     W = as_matrix(W)
     m, n = W.shape
     width = min(rank + oversample, min(m, n))
-    omega = torch.randn(n, width, dtype=W.dtype, device=W.device, generator=generator)
+    # Drawn where the generator lives (a CPU generator with a CUDA matrix is the common case), then moved.
+    omega = torch.randn(n, width, dtype=W.dtype, generator=generator,
+                        device=generator.device if generator is not None else W.device).to(W.device)
     Q, _ = torch.linalg.qr(W @ omega)
     for _ in range(n_iter):
         Z, _ = torch.linalg.qr(W.T @ Q)
