@@ -59,7 +59,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab book/
 
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	cd benchmarks && ../$(PY) run_all.py
 
 clean:
 	rm -rf _build .pytest_cache test-artifacts

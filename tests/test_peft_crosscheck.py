@@ -39,7 +39,7 @@ def peft_lora_modules(peft_model) -> dict[str, nn.Module]:
             if hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {})}
 
 
-def sgd_steps(model, steps: int, lr: float = 0.2):
+def sgd_steps(model, steps: int, lr: float = 0.05):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr)
     g = torch.Generator().manual_seed(7)
@@ -91,8 +91,9 @@ def test_same_init_same_steps_same_merged_weights(rank, alpha, rslora, init):
         torch.testing.assert_close(getattr(merged_ours, name).weight, getattr(merged_ref, name).weight,
                                    rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(getattr(merged_ours, name).bias, getattr(merged_ref, name).bias)
-        # and the training really moved the weights away from the base
-        assert not torch.allclose(getattr(merged_ours, name).weight, getattr(base, name).weight)
+        # the training really moved the weights, and stayed well-conditioned (no blow-up to hide in)
+        moved = (getattr(merged_ours, name).weight - getattr(base, name).weight).abs().max()
+        assert 1e-3 < moved < 10
 
 
 @pytest.mark.parametrize("init, peft_init", [("default", True), ("gaussian", "gaussian")])

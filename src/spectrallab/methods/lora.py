@@ -101,9 +101,11 @@ class LoRALinear(AdaptedLinear):
         return self.weight + self.delta_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Two skinny matmuls, never the dense ΔW: O(r(m+n)) per token instead of O(mn).
-        base = F.linear(x, self.weight, self.bias)
-        return base + self.scale * F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
+        # Two skinny matmuls, never the dense ΔW: O(r(m+n)) per token instead of O(mn). The scale
+        # rides on an in-place add (no scaled copy of the output); F.linear's backward does not
+        # need its own output, so modifying it in place is safe for autograd.
+        out = F.linear(x, self.weight, self.bias)
+        return out.add_(F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B), alpha=self.scale)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, "

@@ -1,0 +1,62 @@
+"""Shared benchmark plumbing: interleaved timing against a peer, and results recorded with the machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch_threads": torch.get_num_threads()}
+
+
+def interleaved(candidates: dict[str, Callable[[], None]], rounds: int = 7, reps: int = 20,
+                warmup: int = 5) -> dict[str, float]:
+    """Median seconds per call of each candidate, measured in alternating rounds so that load
+    changes on the machine hit every candidate alike."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            samples[name].append((time.perf_counter() - start) / reps)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def record(name: str, result: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    result = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
+              "git": _git_head(), **result}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def _git_head() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=RESULTS.parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
