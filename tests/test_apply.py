@@ -23,6 +23,15 @@ def test_methods_lists_the_registered_names():
     assert names == sorted(names)
 
 
+def test_the_methods_package_stays_importable_next_to_the_function():
+    import spectrallab.methods.lora as lora_module
+
+    assert lora_module.LoRALinear is LoRALinear
+    import spectrallab.methods as package
+
+    assert sl.methods is package and package() == sorted(package.registered())
+
+
 def test_apply_lora_to_every_linear_by_default(model, ids):
     before = model(ids)
     out = sl.apply(model, "lora", rank=4)

@@ -7,8 +7,8 @@
     model = sl.merge(model)                     # back to plain nn.Linear, same outputs
 """
 
-from . import linalg, methods, tasks  # noqa: F401  (methods registers every method)
-from .apply import adapted_layers, apply, merge, method_class, methods as _method_names, resolve_targets, trainable_parameters
+from . import linalg, methods, tasks  # noqa: F401  (methods registers every method; sl.methods() lists them)
+from .apply import adapted_layers, apply, merge, method_class, resolve_targets, trainable_parameters
 from .linalg import spectrum
 from .optim import optimizer
 from .profiles import device, pick, profile
@@ -17,11 +17,6 @@ from .tasks import task
 from .train import Event, fit, pretrained, train, warmup_cosine
 
 __version__ = "0.1.0"
-
-
-def methods() -> list[str]:  # noqa: F811 — the public name shadows the subpackage on purpose
-    """Names of all registered methods."""
-    return _method_names()
 
 
 __all__ = ["methods", "apply", "merge", "trainable_parameters", "optimizer", "spectrum", "adapted_layers",

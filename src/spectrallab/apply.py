@@ -22,11 +22,6 @@ Targets = None | str | Iterable[str]
 _FROZEN_BY_APPLY = "_spectrallab_frozen"
 
 
-def methods() -> list[str]:
-    """Names of all registered methods, sorted."""
-    return sorted(registered())
-
-
 def method_class(name: str) -> type[Method]:
     """The registered :class:`Method` for ``name``; an unknown name suggests the closest one."""
     table = registered()
