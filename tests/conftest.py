@@ -6,16 +6,18 @@ import os
 import tempfile
 from pathlib import Path
 
-import pytest
-import torch
-from torch import nn
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# Set before anything imports spectrallab, and inherited by every kernel a chapter test starts.
+# Set before torch and spectrallab load, and inherited by every kernel a chapter test starts and
+# by the book build. One thread: the test models are tiny, one thread runs them as fast as two, and
+# it never degrades (by 10× and more) when another process competes for the cores.
 os.environ["SPECTRALLAB_PROFILE"] = "ci"
 os.environ.setdefault("SPECTRALLAB_HOME", tempfile.mkdtemp(prefix="spectrallab-test-home-"))
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

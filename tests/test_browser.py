@@ -73,7 +73,8 @@ def test_chapter_page_renders_figures_and_math_without_console_errors(browser, b
         drawn = wait_for(browser, f"""
             const divs = document.querySelectorAll('.js-plotly-plot');
             return divs.length >= {expected_figures} &&
-                   [...divs].every(d => d.querySelector('.main-svg .plot') !== null) ? divs.length : 0;""")
+                   [...divs].every(d => d._fullLayout && d.querySelector('.main-svg .trace') !== null)
+                   ? divs.length : 0;""")
         assert drawn >= expected_figures, f"{chapter.stem}: {expected_figures} plotly figures expected, drawn: {drawn}"
         traces = browser.execute_script(
             "return [...document.querySelectorAll('.js-plotly-plot')].map(d => d.data.length);")

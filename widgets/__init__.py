@@ -1,11 +1,16 @@
 """The interactive layer of Spectral Lab: plotly figures now, live ipywidgets controls on top of them.
 
-It imports the library; the library never imports it.
+It imports the library; the library never imports it. Importing it makes plotly render offline
+(see :mod:`.display`).
 """
 
+from . import plots
 from .display import use_offline_renderer
-from .plots import bar_figure, curves_figure, spectrum_evolution_figure, spectrum_figure
+from .plots import (bar_figure, curves_figure, density_figure, grouped_bar_figure, lines_figure, palette,
+                    spectrum_evolution_figure, spectrum_figure, tradeoff_figure, trajectories_figure)
 
 use_offline_renderer()
 
-__all__ = ["spectrum_figure", "curves_figure", "spectrum_evolution_figure", "bar_figure"]
+__all__ = ["plots", "use_offline_renderer", "bar_figure", "curves_figure", "density_figure", "grouped_bar_figure",
+           "lines_figure", "palette", "spectrum_evolution_figure", "spectrum_figure", "tradeoff_figure",
+           "trajectories_figure"]
