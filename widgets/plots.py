@@ -15,8 +15,8 @@ from plotly.colors import sample_colorscale
 
 from spectrallab.runs import Run
 
-LAYOUT = dict(template="plotly_white", height=380, margin=dict(l=60, r=20, t=50, b=50),
-              legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0))
+LAYOUT = dict(template="plotly_white", height=400, margin=dict(l=60, r=20, t=80, b=50),
+              legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0))
 
 
 def palette(n: int, scale: str = "Turbo") -> list[str]:
