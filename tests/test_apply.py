@@ -262,3 +262,14 @@ def test_optimizer_bad_input(model):
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         sl.optimizer(model)
+
+
+def test_shared_validators_name_layer_value_and_range():
+    from spectrallab.methods.base import check_sparsity
+
+    assert check_sparsity("blocks.0.mlp.fc1", 0.03) == 0.03 and check_sparsity("fc", 1) == 1.0
+    for bad in (0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"layer 'fc': sparsity={bad} is outside the allowed range \(0, 1\]"):
+            check_sparsity("fc", bad)
+    with pytest.raises(TypeError, match="sparsity must be a number"):
+        check_sparsity("fc", "dense")
