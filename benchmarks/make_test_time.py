@@ -7,6 +7,7 @@ Slow (it is the whole CI run): not part of `make bench`. Run it as
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -26,9 +27,10 @@ def main() -> dict:
         start = time.perf_counter()
         result = subprocess.run(["make", "test"], cwd=clone, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start
-    tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
-    print(f"make test on a fresh clone: {seconds:.0f} s, exit {result.returncode}; {' | '.join(tail)}")
-    out = {"seconds": round(seconds), "exit_code": result.returncode, "summary": tail}
+    summary = [line.strip("= ") for line in result.stdout.splitlines() if re.search(r"\d+ (passed|failed)", line)]
+    summary = summary[-1] if summary else "(no pytest summary line)"
+    print(f"make test on a fresh clone: {seconds:.0f} s, exit {result.returncode}; {summary}")
+    out = {"seconds": round(seconds), "exit_code": result.returncode, "pytest": summary}
     print(f"recorded in {record('make_test', out)}")
     return out
 
