@@ -41,16 +41,35 @@ from .base import AdaptedLinear, Method, check_choice, check_positive, check_ran
 # frozen: W itself for LoRA's own inits, a residual for inits that move part of W into BA.
 LoraInit = Callable[[torch.Tensor, int, float], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 LORA_INITS: dict[str, LoraInit] = {}
+# Which singular directions of W an init copies into BA: None (it ignores the spectrum), "top"
+# (the r largest, as PiSSA) or "bottom" (the r smallest, as MiLoRA). Widgets draw it on the spectrum.
+INIT_SPECTRUM_PART: dict[str, str | None] = {}
 
 
-def register_init(name: str):
-    """Add an initialization reachable as ``apply(model, "lora", init=name)``."""
+def register_init(name: str, spectrum_part: str | None = None):
+    """Add an initialization reachable as ``apply(model, "lora", init=name)``.
+
+    ``spectrum_part`` says which singular directions of ``W`` it takes: None, "top" or "bottom".
+    """
+    if spectrum_part not in (None, "top", "bottom"):
+        raise ValueError(f"spectrum_part={spectrum_part!r} is not one of None, 'top', 'bottom'")
 
     def decorate(fn: LoraInit) -> LoraInit:
         LORA_INITS[name] = fn
+        INIT_SPECTRUM_PART[name] = spectrum_part
         return fn
 
     return decorate
+
+
+def spectrum_indices(init: str, k: int, rank: int) -> list[int]:
+    """Indices (0-based, into the descending spectrum of length k) that ``init`` copies into BA."""
+    part = INIT_SPECTRUM_PART[init]
+    if part == "top":
+        return list(range(rank))
+    if part == "bottom":
+        return list(range(k - rank, k))
+    return []
 
 
 @register_init("default")

@@ -1,0 +1,295 @@
+"""Playground: pick a task, a method, its rank and init, press Play, and watch the model train.
+
+Three panels side by side, each next to the knob that moves it: the loss (training loss, validation
+loss, and a dashed *ghost* — full-rank training on the same task — for reference), the singular
+spectrum of a chosen layer's effective weight (now vs. at the start), and the spectrum of the update
+ΔW = W − W_start, which is where low-rank methods differ from full training.
+
+Structural controls (task, method, rank, sparsity, init, steps) rebuild the run; the learning rate
+applies to the running optimizer at once. Training runs in a background thread (Pause takes effect
+within one step; Reset joins the thread before building anew); the figure is redrawn at most ten
+times a second. In static mode (a book build) ``play()`` trains to the end before returning, so the
+saved figure shows the finished run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from typing import Iterable
+
+import ipywidgets as W
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+import spectrallab as sl
+from spectrallab.methods.lora import LORA_INITS
+
+from .base import Widget, _escape
+from .plots import LAYOUT, palette
+from .session import SCENARIOS, TrainingSession, reference_run
+
+REFRESH_SECONDS = 0.1       # redraw at most ~10 times a second while training
+STRUCTURAL = ("scenario", "method", "rank", "sparsity", "init", "steps")
+_PLAYGROUNDS: "weakref.WeakSet[Playground]" = weakref.WeakSet()
+
+# Trace order in the figure.
+TRAIN, VAL, GHOST, SPEC_START, SPEC_NOW, DELTA = range(6)
+
+
+class Playground(Widget):
+    """Train a model with any registered method and watch loss and spectra move.
+
+    Every keyword is also a control (and a key of ``.state``). ``ghost=False`` skips the full-rank
+    reference run. The buttons are methods too: :meth:`play`, :meth:`pause`, :meth:`step`,
+    :meth:`reset`. Only one Playground trains at a time: creating or playing one pauses the others
+    (two training threads would only halve each other's speed on a laptop CPU).
+    """
+
+    def __init__(self, scenario: str = "rotated digits (fine-tune)", method: str = "lora", rank: int = 4,
+                 sparsity: float = 0.05, init: str = "default", lr: float | None = None,
+                 steps: int | None = None, layer: str | None = None, log_y: bool = True, seed: int = 0,
+                 ghost: bool = True, live: bool | None = None, hide: Iterable[str] = ()):
+        super().__init__(live=live, hide=hide)
+        if scenario not in SCENARIOS:
+            raise ValueError(f"scenario={scenario!r} is not one of {', '.join(SCENARIOS)}")
+        sl.method_class(method)  # unknown method: a clear error now, not in a callback
+        spec = SCENARIOS[scenario]
+        self.seed, self.ghost = seed, ghost
+        self._data_lock = threading.Lock()
+        self._last_draw = 0.0
+        self.session: TrainingSession | None = None
+        self.reference: sl.Run | None = None
+
+        c = self.controls
+        c["scenario"] = W.Dropdown(options=list(SCENARIOS), value=scenario, description="task")
+        c["method"] = W.Dropdown(options=sl.methods(), value=method, description="method")
+        c["rank"] = W.IntSlider(value=rank, min=1, max=max(rank, 64), description="rank", continuous_update=False)
+        c["sparsity"] = W.FloatSlider(value=sparsity, min=0.01, max=1.0, step=0.01, description="sparsity",
+                                      continuous_update=False)
+        c["init"] = W.Dropdown(options=sorted(LORA_INITS), value=init, description="init")
+        c["lr"] = W.FloatLogSlider(value=lr or spec.suggested_lr(method), base=10, min=-4, max=-0.5, step=0.1,
+                                   description="lr", readout_format=".1e", continuous_update=False)
+        c["steps"] = W.BoundedIntText(value=steps or sl.pick(ci=150, cpu=600, gpu=3000), min=1, max=10**7,
+                                      description="steps")
+        c["layer"] = W.Dropdown(options=list(spec.layers), value=layer or spec.layers[0], description="layer")
+        c["log_y"] = W.Checkbox(value=log_y, description="log scale")
+        self.buttons = {name: W.Button(description=name.capitalize(), icon=icon, layout=W.Layout(width="90px"))
+                        for name, icon in (("play", "play"), ("pause", "pause"), ("step", "step-forward"),
+                                           ("reset", "refresh"))}
+        self.buttons["play"].on_click(lambda _: self._guard("Play", self.play))
+        self.buttons["pause"].on_click(lambda _: self._guard("Pause", self.pause))
+        self.buttons["step"].on_click(lambda _: self._guard("Step", self.step))
+        self.buttons["reset"].on_click(lambda _: self._guard("Reset", self.reset))
+        self.counts = W.HTML()
+
+        self.figure = self.make_figure(self._empty_figure())
+        for name in STRUCTURAL:
+            c[name].observe(lambda change, n=name: self._rebuild_on_change(n), names="value")
+        c["lr"].observe(lambda change: self._guard("changing lr", self._apply_lr), names="value")
+        for name in ("layer", "log_y"):
+            c[name].observe(lambda change: self._guard("redrawing", self.draw), names="value")
+        self._finish_controls()
+        for other in list(_PLAYGROUNDS):
+            other.pause()
+        _PLAYGROUNDS.add(self)
+        self.reset()
+
+    # -- the four buttons ------------------------------------------------------------------------
+    def play(self) -> None:
+        """Train until the step budget is used or Pause is pressed (static mode: to the end, now)."""
+        if self.session is None or self.session.done:
+            return
+        for other in list(_PLAYGROUNDS):
+            if other is not self:
+                other.pause()
+        if not self.live:
+            self._ensure_reference()
+            while (event := self.session.step()) is not None:
+                self._record(event)
+            self.draw()
+            return
+        self._set_status("training…")
+        self.session.play(self._on_event, on_stop=self._on_stop, before=self._ensure_reference)
+
+    def pause(self) -> None:
+        if self.session is not None and self.session.playing:
+            self.session.pause()
+            self.draw()
+
+    def step(self) -> None:
+        """One optimizer step (ignored while playing)."""
+        if self.session is None or self.session.playing:
+            return
+        event = self.session.step()
+        if event is not None:
+            self._record(event)
+        self.draw()
+
+    def reset(self) -> None:
+        """Throw the run away (joining its thread) and build a new one from the controls."""
+        self._building = True
+        try:
+            self._reset()
+        finally:
+            self._building = False
+
+    def _rebuild_on_change(self, control: str) -> None:
+        if not self._building:  # reset() itself adjusts controls (e.g. clamps the rank): no recursion
+            self._guard(f"changing {control}", self.reset)
+
+    _building = False
+
+    def _reset(self) -> None:
+        if self.session is not None:
+            self.session.close()
+        self.error = None
+        self.status.value = ""
+        state = self.state
+        spec = SCENARIOS[state["scenario"]]
+        self._sync_controls(spec, state["method"])
+        state = self.state
+        options = {k: state[k] for k in ("rank", "sparsity", "init") if k in sl.method_class(state["method"]).options}
+        with self._data_lock:
+            self.history = {"step": [], "loss": [], "val_step": [], "val_loss": []}
+        self.session = None
+        self.session = TrainingSession(spec, state["method"], options, state["lr"], state["steps"], seed=self.seed)
+        self.reference = None
+        self._record(self.session.step())  # step 0: the starting point's validation loss
+        self.draw()
+
+    # -- drawing ---------------------------------------------------------------------------------
+    def draw(self) -> None:
+        """Put the current history and spectra into the figure (in place, one batch)."""
+        if self.session is None:
+            return
+        with self._data_lock:
+            h = {k: list(v) for k, v in self.history.items()}
+        layer = self.controls["layer"].value
+        S, dS = self.session.spectra()[layer]
+        S0 = self.session.start_spectra[layer]
+        ghost = self.reference.eval_series("val_loss") if self.reference is not None else ([], [])
+        fig = self.figure
+        with fig.batch_update():
+            fig.data[TRAIN].update(x=h["step"], y=h["loss"])
+            fig.data[VAL].update(x=h["val_step"], y=h["val_loss"])
+            fig.data[GHOST].update(x=ghost[0], y=ghost[1])
+            idx = list(range(1, len(S) + 1))
+            fig.data[SPEC_START].update(x=idx, y=S0.tolist())
+            fig.data[SPEC_NOW].update(x=idx, y=S.tolist())
+            fig.data[DELTA].update(x=idx, y=dS.tolist())
+            scale = "log" if self.controls["log_y"].value else "linear"
+            fig.layout.yaxis2.type = scale
+            fig.layout.yaxis3.type = scale
+            fig.layout.title.text = (f"{self.session.method} on {self.session.scenario.name} — step "
+                                     f"{self.session.step_count}/{self.session.steps}")
+            fig.layout.annotations[1].text = f"spectrum of {layer}"
+            fig.layout.annotations[2].text = f"spectrum of ΔW = W − W_start ({layer})"
+        self._update_counts()
+        self._last_draw = time.monotonic()
+
+    def _empty_figure(self) -> go.Figure:
+        fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.07,
+                            subplot_titles=("loss", "spectrum", "spectrum of ΔW"))
+        colors = palette(3)
+        fig.add_trace(go.Scatter(name="train loss", mode="lines", line=dict(color=colors[0], width=1), opacity=0.35),
+                      1, 1)
+        fig.add_trace(go.Scatter(name="validation loss", mode="lines+markers", line=dict(color=colors[0]),
+                                 marker=dict(size=4)), 1, 1)
+        fig.add_trace(go.Scatter(name="full-rank reference", mode="lines", line=dict(color="gray", dash="dash")),
+                      1, 1)
+        fig.add_trace(go.Scatter(name="σ at start", mode="lines", line=dict(color="gray", dash="dot")), 1, 2)
+        fig.add_trace(go.Scatter(name="σ now", mode="lines+markers", marker=dict(size=3),
+                                 line=dict(color=colors[2])), 1, 2)
+        fig.add_trace(go.Scatter(name="σ(ΔW) now", mode="lines+markers", marker=dict(size=3),
+                                 line=dict(color=colors[1])), 1, 3)
+        layout = {**LAYOUT, "height": 420}
+        fig.update_layout(**layout)
+        fig.update_xaxes(title_text="step", row=1, col=1)
+        fig.update_xaxes(title_text="index i", row=1, col=2)
+        fig.update_xaxes(title_text="index i", row=1, col=3)
+        fig.update_yaxes(type="log", row=1, col=1)
+        return fig
+
+    # -- internals -------------------------------------------------------------------------------
+    def _record(self, event: sl.Event | None) -> None:
+        if event is None:
+            return
+        with self._data_lock:
+            if event.loss is not None:
+                self.history["step"].append(event.step)
+                self.history["loss"].append(event.loss)
+            if event.metrics is not None:
+                self.history["val_step"].append(event.step)
+                self.history["val_loss"].append(event.metrics["val_loss"])
+
+    def _on_event(self, event: sl.Event) -> None:
+        """Called from the training thread after every step; redraws at most every REFRESH_SECONDS."""
+        self._record(event)
+        if time.monotonic() - self._last_draw >= REFRESH_SECONDS:
+            self.draw()
+
+    def _on_stop(self) -> None:
+        session = self.session
+        try:
+            self.draw()
+        finally:
+            if session is not None and session.error is not None:
+                self.show_error(f"training step {session.step_count + 1}", session.error)
+            elif session is not None and session.done:
+                self._set_status(f"done: {session.step_count} steps")
+            else:
+                self._set_status("paused")
+
+    def _ensure_reference(self) -> None:
+        if self.ghost and self.reference is None and self.session is not None:
+            self._set_status("training the full-rank reference once (it is cached on disk)…")
+            self.reference = reference_run(self.session.scenario, self.session.steps, seed=self.seed)
+
+    def _apply_lr(self) -> None:
+        if self.session is not None:
+            self.session.set_lr(self.controls["lr"].value)
+
+    def _sync_controls(self, spec, method: str) -> None:
+        """Show only the knobs the method has; bound the rank by the smallest targeted layer."""
+        options = sl.method_class(method).options
+        layers = sl.resolve_targets(spec.make_task().make_model(), list(spec.targets) if spec.targets else None)
+        max_rank = min(min(m.out_features, m.in_features) for m in layers.values())
+        rank = self.controls["rank"]
+        with rank.hold_trait_notifications():
+            rank.max = max_rank
+            rank.value = min(rank.value, max_rank)
+        for name in ("rank", "sparsity", "init"):
+            if name not in self._hidden:
+                self.controls[name].layout.display = None if name in options else "none"
+        layer = self.controls["layer"]
+        if list(layer.options) != list(spec.layers):
+            with layer.hold_trait_notifications():
+                layer.options = list(spec.layers)
+                layer.value = spec.layers[0]
+
+    def _update_counts(self) -> None:
+        s = self.session
+        trainable = sl.trainable_parameters(s.model)
+        total = sum(p.numel() for p in s.model.parameters())
+        state = s.optimizer_state_numel()
+        self.counts.value = (f"<span style='font-family:monospace'>trainable {trainable:,} of {total:,} "
+                             f"({trainable / total:.1%}) · optimizer state "
+                             f"{'—' if state is None else f'{state:,}'} scalars</span>")
+
+    def _set_status(self, text: str) -> None:
+        if self.error is None:
+            self.status.value = f"<span style='color:#555'>{_escape(text)}</span>"
+
+    def _guard(self, where: str, action) -> None:
+        try:
+            action()
+        except Exception as error:  # a callback's exception would otherwise vanish into the log
+            self.show_error(where, error)
+
+    def control_panel(self) -> W.Widget:
+        buttons = W.HBox(list(self.buttons.values()))
+        return W.VBox([W.HBox(list(self.controls.values()), layout=W.Layout(flex_flow="row wrap")),
+                       W.HBox([buttons, self.counts])])
+
