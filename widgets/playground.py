@@ -20,6 +20,7 @@ import weakref
 from typing import Iterable
 
 import ipywidgets as W
+import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -164,21 +165,22 @@ class Playground(Widget):
         """Put the current history and spectra into the figure (in place, one batch)."""
         if self.session is None:
             return
+        # numpy arrays, not lists: plotly validates a list element by element on every frame
         with self._data_lock:
-            h = {k: list(v) for k, v in self.history.items()}
+            h = {k: np.asarray(v) for k, v in self.history.items()}
         layer = self.controls["layer"].value
-        S, dS = self.session.spectra()[layer]
-        S0 = self.session.start_spectra[layer]
+        S, dS = (s.numpy() for s in self.session.spectra(layer))
+        S0 = self.session.start_spectra[layer].numpy()
         ghost = self.reference.eval_series("val_loss") if self.reference is not None else ([], [])
+        idx = np.arange(1, len(S) + 1)
         fig = self.figure
         with fig.batch_update():
             fig.data[TRAIN].update(x=h["step"], y=h["loss"])
             fig.data[VAL].update(x=h["val_step"], y=h["val_loss"])
-            fig.data[GHOST].update(x=ghost[0], y=ghost[1])
-            idx = list(range(1, len(S) + 1))
-            fig.data[SPEC_START].update(x=idx, y=S0.tolist())
-            fig.data[SPEC_NOW].update(x=idx, y=S.tolist())
-            fig.data[DELTA].update(x=idx, y=dS.tolist())
+            fig.data[GHOST].update(x=np.asarray(ghost[0]), y=np.asarray(ghost[1]))
+            fig.data[SPEC_START].update(x=idx, y=S0)
+            fig.data[SPEC_NOW].update(x=idx, y=S)
+            fig.data[DELTA].update(x=idx, y=dS)
             scale = "log" if self.controls["log_y"].value else "linear"
             fig.layout.yaxis2.type = scale
             fig.layout.yaxis3.type = scale

@@ -122,6 +122,13 @@ class TrainingSession:
         self._stop.clear()
 
         def loop() -> None:
+            # On the CPU, torch's OpenMP pool driven from a second thread competes with the idle
+            # pool of the main thread: measured 3× slower with 2 threads than with 1 on 2 cores
+            # (benchmarks/widget_throughput.py). One intra-op thread while playing; restored after.
+            threads = torch.get_num_threads()
+            on_cpu = self.task.device.type == "cpu"
+            if on_cpu:
+                torch.set_num_threads(1)
             try:
                 if before is not None:
                     before()
@@ -133,6 +140,8 @@ class TrainingSession:
             except BaseException as error:  # shown by the widget; never lost in the thread
                 self.error = error
             finally:
+                if on_cpu:
+                    torch.set_num_threads(threads)
                 if on_stop is not None:
                     on_stop()
 
@@ -159,17 +168,17 @@ class TrainingSession:
             group["lr"] = lr
 
     # -- what the widget shows -------------------------------------------------------------------
-    def spectra(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Per watched layer: (singular values of W now, singular values of ΔW = W − W_start)."""
-        modules = dict(self.model.named_modules())
-        out = {}
+    def spectra(self, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(singular values of W now, singular values of ΔW = W − W_start) for one watched layer.
+
+        Computed where the model lives (the GPU when there is one); only the two small vectors
+        travel to the CPU for drawing.
+        """
         with torch.no_grad():
-            for name in self.scenario.layers:
-                W = _dense_weight(modules[name]).detach()
-                S = torch.linalg.svdvals(W.float()).cpu()
-                dS = torch.linalg.svdvals((W - self.start_weights[name]).float()).cpu()
-                out[name] = (S, dS)
-        return out
+            W = _dense_weight(self.model.get_submodule(layer)).detach().float()
+            S = torch.linalg.svdvals(W)
+            dS = torch.linalg.svdvals(W - self.start_weights[layer].float())
+        return S.cpu(), dS.cpu()
 
     def optimizer_state_numel(self) -> int | None:
         """Scalars held in optimizer state (None before the first step creates it)."""
