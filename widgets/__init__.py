@@ -5,7 +5,9 @@ It imports the library; the library never imports it. Importing it makes plotly 
 """
 
 from . import plots
+from .compare import Compare
 from .display import live_mode, use_offline_renderer
+from .explorer import SpectrumExplorer
 from .playground import Playground
 from .session import SCENARIOS, Scenario, TrainingSession
 from .plots import (bar_figure, curves_figure, density_figure, grouped_bar_figure, lines_figure, palette,
@@ -13,6 +15,6 @@ from .plots import (bar_figure, curves_figure, density_figure, grouped_bar_figur
 
 use_offline_renderer()
 
-__all__ = ["Playground", "Scenario", "SCENARIOS", "TrainingSession", "live_mode", "plots", "use_offline_renderer", "bar_figure", "curves_figure", "density_figure", "grouped_bar_figure",
+__all__ = ["Playground", "SpectrumExplorer", "Compare", "Scenario", "SCENARIOS", "TrainingSession", "live_mode", "plots", "use_offline_renderer", "bar_figure", "curves_figure", "density_figure", "grouped_bar_figure",
            "lines_figure", "palette", "spectrum_evolution_figure", "spectrum_figure", "tradeoff_figure",
            "trajectories_figure"]

@@ -70,6 +70,11 @@ class Widget:
 
     def view(self) -> W.Widget:
         """The live layout: controls, status line, figure."""
+        if isinstance(self.figure, go.FigureWidget):
+            # plotly >= 6 sends changes made before display only from the FigureWidget's own
+            # _repr_mimebundle_, which never runs for a figure nested in a VBox: without this call
+            # the page would miss everything drawn before it was shown (plotly.py #4998).
+            self.figure._repr_mimebundle_()
         return W.VBox([self.control_panel(), self.status, self.figure])
 
     def _ipython_display_(self) -> None:

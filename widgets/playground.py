@@ -206,7 +206,8 @@ class Playground(Widget):
                                  line=dict(color=colors[2])), 1, 2)
         fig.add_trace(go.Scatter(name="σ(ΔW) now", mode="lines+markers", marker=dict(size=3),
                                  line=dict(color=colors[1])), 1, 3)
-        layout = {**LAYOUT, "height": 420}
+        # legend under the panels: above them it would collide with the subplot titles
+        layout = {**LAYOUT, "height": 440, "legend": dict(orientation="h", yanchor="top", y=-0.18, x=0)}
         fig.update_layout(**layout)
         fig.update_xaxes(title_text="step", row=1, col=1)
         fig.update_xaxes(title_text="index i", row=1, col=2)

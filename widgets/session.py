@@ -85,7 +85,7 @@ class TrainingSession:
         self.optimizer = sl.optimizer(self.model, lr=lr)
         self.run = Run(name or f"playground {scenario.name} {method}")
         self._events = sl.train(self.model, self.task, steps, optimizer=self.optimizer, seed=seed, run=self.run,
-                                eval_every=max(1, steps // 30),
+                                eval_every=max(1, min(steps // 30, 50)),  # a live run may have a huge budget
                                 config={"method": method, **options, "scenario": scenario.name, "widget": "Playground"})
         self._lock = threading.Lock()      # one step at a time, whoever asks
         self._stop = threading.Event()
