@@ -2,7 +2,11 @@
 
 import chapters
 import lora_vs_peft
+import widget_latency
+import widget_throughput
 
 if __name__ == "__main__":
     lora_vs_peft.main()
+    widget_latency.main()
+    widget_throughput.main()
     chapters.main("ci")

@@ -32,10 +32,22 @@ def test_fit_records_the_run_and_it_reloads(home):
     assert run.path is not None and run.path.parent == home / "runs"
     data = json.loads(run.path.read_text())
     assert data["config"]["rank"] == 4 and data["config"]["methods"] == ["lora"]
+    assert data["config"]["task"] == "digits" and data["config"]["task_config"]["view"] == "upright"
     assert data["config"]["trainable_parameters"] == sl.trainable_parameters(model)
     again = load_runs(method="lora", rank=4)
     assert len(again) == 1 and again[0].loss == run.loss and again[0].final("accuracy") == run.final("accuracy")
     assert load_runs(method="full") == []
+
+
+def test_run_config_records_the_method_options_and_keeps_the_task_rank_apart(home):
+    task = sl.task("teacher")  # the teacher has a rank of its own
+    model = task.make_model()
+    sl.apply(model, "lora", rank=2, alpha=4)
+    run = sl.fit(model, task, 3, record=False)
+    assert run.config["method"] == "lora" and run.config["rank"] == 2 and run.config["alpha"] == 4
+    assert run.config["task_config"]["rank"] == task.rank != 2
+    plain = sl.fit(task.make_model(), task, 3, record=False)
+    assert plain.config["methods"] == ["none"] and "rank" not in plain.config
 
 
 def test_a_stopped_generator_still_saves_its_record(home):

@@ -48,6 +48,11 @@ class Widget:
     def from_state(cls, state: dict[str, Any], *, hide: Iterable[str] = (), **kwargs: Any) -> "Widget":
         return cls(**state, hide=hide, **kwargs)
 
+    @property
+    def hidden(self) -> frozenset[str]:
+        """Names of the controls hidden with :meth:`hide` (or ``hide=`` at construction)."""
+        return frozenset(self._hidden)
+
     def hide(self, *names: str) -> "Widget":
         """Hide controls by name (their values still apply): pin a setting for a lesson."""
         unknown = sorted(set(names) - set(self.controls))

@@ -54,9 +54,7 @@ def run_method(run: Run) -> str:
 
 
 def run_rank(run: Run) -> int | None:
-    """The rank recorded in a run's config; None when it has none, and for full-rank runs ("full",
-    "none"): a run's config also holds its task's settings, and a task may have a ``rank`` of its own
-    (the low-rank teacher's), which is not a rank of the method."""
+    """The method's rank recorded in a run's config; None when it has none (and for "full"/"none")."""
     if run_method(run) in FULL_RANK_METHODS:
         return None
     rank = run.config.get("rank")

@@ -94,10 +94,12 @@ def train(model: nn.Module, task: Task, steps: int, *, optimizer: torch.optim.Op
     generator = torch.Generator().manual_seed(seed)
 
     run.config = {
-        **task.config(), "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed, "clip": clip,
-        "optimizer": type(opt).__name__, "profile": profile(), "device": str(device),
+        # The task's own settings stay under their own key: a task may have a `rank` of its own
+        # (the low-rank teacher's), which must never be read as the method's rank.
+        "task": task.name, "task_config": task.config(), "steps": steps, "lr": lr, "batch_size": batch_size,
+        "seed": seed, "clip": clip, "optimizer": type(opt).__name__, "profile": profile(), "device": str(device),
         "trainable_parameters": trainable_parameters(model),
-        "methods": sorted({layer.method for layer in adapted_layers(model).values()}) or ["none"],
+        **_method_config(model),
         **(config or {}),
     }
 
@@ -140,6 +142,18 @@ def train(model: nn.Module, task: Task, steps: int, *, optimizer: torch.optim.Op
     finally:
         if record:
             run.save()
+
+
+def _method_config(model: nn.Module) -> dict[str, Any]:
+    """``methods`` (names applied, or ["none"]); when one method made every adapted layer, also
+    ``method`` and its options (``rank``, ``alpha``, ``init`` ...) as given to ``apply``."""
+    layers = adapted_layers(model).values()
+    out: dict[str, Any] = {"methods": sorted({layer.method for layer in layers}) or ["none"]}
+    specs = {id(s): s for s in (getattr(layer, "spec", None) for layer in layers) if s is not None}
+    if len(specs) == 1:
+        (spec,) = specs.values()
+        out.update(method=spec.name, **spec.config)
+    return out
 
 
 def fit(model: nn.Module, task: Task, steps: int, *, on_event: Callable[[Event], None] | None = None,
