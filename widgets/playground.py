@@ -186,8 +186,8 @@ class Playground(Widget):
             fig.layout.yaxis3.type = scale
             fig.layout.title.text = (f"{self.session.method} on {self.session.scenario.name} — step "
                                      f"{self.session.step_count}/{self.session.steps}")
-            fig.layout.annotations[1].text = f"spectrum of {layer}"
-            fig.layout.annotations[2].text = f"spectrum of ΔW = W − W_start ({layer})"
+            fig.layout.annotations[1].text = f"σ of {layer}"
+            fig.layout.annotations[2].text = f"σ of ΔW = W − W_start"
         self._update_counts()
         self._last_draw = time.monotonic()
 
