@@ -1,0 +1,195 @@
+"""VeRA — Vector-based Random Matrix Adaptation (Kopiczko et al. 2024, arXiv:2310.11454).
+
+One pair of random low-rank matrices is drawn once, frozen, and **shared by every adapted layer**;
+each layer learns only two scaling vectors::
+
+    ΔW = diag(λ_b) · B · diag(λ_d) · A,     A ∈ R^{r×n_max},  B ∈ R^{m_max×r}  (frozen, shared)
+    y  = x Wᵀ + b + λ_b ⊙ ((λ_d ⊙ (dropout(x) A_nᵀ)) B_mᵀ)
+
+``n_max`` / ``m_max`` are the largest ``in_features`` / ``out_features`` over the layers of one
+``apply`` call; a layer of shape ``m × n`` uses the slices ``A_n = A[:, :n]`` and ``B_m = B[:m]``
+(as HF PEFT does). There is no alpha: the scale lives in ``λ_d``.
+
+Initialization, following PEFT's ``VeraConfig`` defaults (and the paper: λ_b = 0, λ_d a constant):
+
+* ``A`` then ``B`` are drawn from one ``torch.Generator`` seeded with ``projection_prng_key``
+  (default 0), each Kaiming-uniform for a ReLU gain on its ``fan_in`` (its number of columns):
+  ``A ~ U(±√(6/n_max))``, ``B ~ U(±√(6/r))``, generated in float32 on the CPU and then cast to the
+  layer's dtype and device. With the same key and the same set of targets this reproduces PEFT's
+  ``vera_A`` / ``vera_B`` bit for bit.
+* ``λ_b = 0`` (so ``ΔW = 0`` and the model is unchanged at step 0) and ``λ_d = d_initial`` (0.1).
+  ``d_initial = 0`` is refused: with ``λ_b = λ_d = 0`` both gradients vanish and nothing trains.
+
+``rank`` has **no upper bound** tied to the layer shape: ``rank(ΔW) ≤ min(r, m, n)`` either way,
+and the paper itself uses r larger than the hidden size (r = 1024 on RoBERTa-base, d = 768) — a
+larger r only adds entries to λ_d. It must be an int ≥ 1. Default 256, PEFT's default.
+
+Trainable parameters per layer: ``r + m``. The shared ``A``, ``B`` are buffers, not parameters.
+
+**How the pair is shared.** ``Method.adapt`` builds one layer at a time, but ``apply`` calls
+``Method.check`` on every target first (that is what makes it all-or-nothing), and one ``Method``
+instance serves exactly one ``apply`` call. So :meth:`VeRA.check` records the largest in/out
+features, and the first :meth:`VeRA.adapt` draws the pair at that size. The pair lives in one
+small module, :class:`VeRAProjections` (two buffers), and **the same module object** is a
+submodule of every layer: ``model.to(...)``/``.half()`` convert that module's buffers in place, so
+the layers keep sharing one copy after a device or dtype change (sharing bare tensors would not
+survive that: every module would convert its own copy). ``state_dict`` lists the pair under every
+layer's name; ``torch.save`` stores the shared storage once. Layers of different dtype or device
+get one such module per (device, dtype), all cast from the same float32 draw.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import AdaptedLinear, Method, frozen, register
+
+
+class VeRAProjections(nn.Module):
+    """The frozen random pair ``A`` (r × n_max) and ``B`` (m_max × r) shared by the layers of one ``apply``."""
+
+    def __init__(self, A: torch.Tensor, B: torch.Tensor):
+        super().__init__()
+        self.register_buffer("A", A)
+        self.register_buffer("B", B)
+
+    def extra_repr(self) -> str:
+        return f"A={tuple(self.A.shape)}, B={tuple(self.B.shape)}, shared"
+
+
+def draw_projections(rank: int, max_out: int, max_in: int, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A`` (rank × max_in) then ``B`` (max_out × rank), Kaiming-uniform (ReLU gain, fan_in), from one
+    CPU generator seeded with ``key``, in float32 — the draw PEFT makes for ``vera_A``, ``vera_B``."""
+    generator = torch.Generator(device="cpu").manual_seed(key)
+    A = torch.empty(rank, max_in, dtype=torch.float32)
+    B = torch.empty(max_out, rank, dtype=torch.float32)
+    for t in (A, B):
+        nn.init.kaiming_uniform_(t, a=0, mode="fan_in", nonlinearity="relu", generator=generator)
+    return A, B
+
+
+class VeRALinear(AdaptedLinear):
+    """``y = x Wᵀ + b + λ_b ⊙ ((λ_d ⊙ (x A_nᵀ)) B_mᵀ)`` with ``W``, ``b``, ``A``, ``B`` frozen."""
+
+    method = "vera"
+
+    def __init__(self, linear: nn.Linear, projections: VeRAProjections, rank: int, d_initial: float,
+                 dropout: float):
+        super().__init__(linear.in_features, linear.out_features)
+        if projections.A.shape[0] != rank or projections.A.shape[1] < linear.in_features \
+                or projections.B.shape[0] < linear.out_features:
+            raise ValueError(f"shared VeRA matrices A{tuple(projections.A.shape)}, B{tuple(projections.B.shape)} "
+                             f"cannot serve a {linear.out_features}×{linear.in_features} layer at rank {rank}")
+        self.rank = rank
+        self.d_initial = d_initial
+        weight = linear.weight.detach()
+        self.weight = frozen(weight)
+        self.bias = None if linear.bias is None else frozen(linear.bias)
+        self.projections = projections  # the same module object in every layer of one apply
+        self.lambda_d = nn.Parameter(torch.full((rank,), d_initial, dtype=weight.dtype, device=weight.device))
+        self.lambda_b = nn.Parameter(torch.zeros(linear.out_features, dtype=weight.dtype, device=weight.device))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    @property
+    def vera_A(self) -> torch.Tensor:
+        """This layer's slice ``A[:, :n]`` of the shared ``A`` (a view)."""
+        return self.projections.A[:, : self.in_features]
+
+    @property
+    def vera_B(self) -> torch.Tensor:
+        """This layer's slice ``B[:m]`` of the shared ``B`` (a view)."""
+        return self.projections.B[: self.out_features]
+
+    def delta_weight(self) -> torch.Tensor:
+        """``ΔW = diag(λ_b) B_m diag(λ_d) A_n`` (out × in)."""
+        return (self.lambda_b.unsqueeze(1) * self.vera_B) @ (self.lambda_d.unsqueeze(1) * self.vera_A)
+
+    def effective_weight(self) -> torch.Tensor:
+        return self.weight + self.delta_weight()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Two skinny matmuls through the rank-r bottleneck, never the dense ΔW.
+        out = F.linear(x, self.weight, self.bias)
+        hidden = self.lambda_d * F.linear(self.dropout(x), self.vera_A)
+        return out.add_(self.lambda_b * F.linear(hidden, self.vera_B))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank={self.rank}, d_initial={self.d_initial:g}"
+
+
+@register("vera")
+class VeRA(Method):
+    """Frozen random ``A``, ``B`` shared by all adapted layers; per layer only ``λ_d`` (r) and ``λ_b`` (m) train.
+
+    Options: ``rank`` (256, any int ≥ 1 — not bounded by the layer shape), ``d_initial`` (0.1, the
+    initial value of every λ_d; non-zero), ``projection_prng_key`` (0, seeds the shared draw; the
+    same key and targets give PEFT's matrices), ``dropout`` on the adapter input (0.0).
+    """
+
+    options = {"rank": 256, "d_initial": 0.1, "projection_prng_key": 0, "dropout": 0.0}
+    freezes_others = True
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self._max_out = 0  # largest out/in features over the targets `check` has seen
+        self._max_in = 0
+        self._drawn = False  # sizes are fixed at the first adapt
+        # One shared module per (device, dtype). Only modules are kept, no bare tensors: the layers
+        # hold `spec` (this instance), and a tensor kept here would outlive a `model.to(device)`.
+        self._shared: dict[tuple[torch.device, torch.dtype], VeRAProjections] = {}
+
+    def check(self, layer_name: str, linear: nn.Linear) -> None:
+        c = self.config
+        rank = c["rank"]
+        if isinstance(rank, bool) or not isinstance(rank, int):
+            raise TypeError(f"layer {layer_name!r}: rank must be an int >= 1, got {rank!r}")
+        if rank < 1:
+            raise ValueError(f"layer {layer_name!r}: rank={rank} is outside the allowed range [1, inf) "
+                             f"(VeRA's rank is not bounded by the layer shape)")
+        d = c["d_initial"]
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d):
+            raise TypeError(f"layer {layer_name!r}: d_initial must be a finite non-zero number, got {d!r}")
+        if d == 0:
+            raise ValueError(f"layer {layer_name!r}: d_initial=0 is not allowed: with λ_b = λ_d = 0 every "
+                             f"gradient is zero and nothing trains (PEFT's default is 0.1)")
+        key = c["projection_prng_key"]
+        if isinstance(key, bool) or not isinstance(key, int):
+            raise TypeError(f"layer {layer_name!r}: projection_prng_key must be an int, got {key!r}")
+        if not 0 <= key < 2**64:
+            raise ValueError(f"layer {layer_name!r}: projection_prng_key={key} is outside the allowed range [0, 2**64)")
+        p = c["dropout"]
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ValueError(f"layer {layer_name!r}: dropout={p!r} is outside the allowed range [0, 1)")
+        # Every target passes through here before the first adapt: size the shared pair from them.
+        self._max_out = max(self._max_out, linear.out_features)
+        self._max_in = max(self._max_in, linear.in_features)
+
+    def projections(self, layer_name: str, linear: nn.Linear) -> VeRAProjections:
+        """The shared pair for ``linear``'s device and dtype, drawn on first use."""
+        if not self._drawn:
+            self._max_out = max(self._max_out, linear.out_features)
+            self._max_in = max(self._max_in, linear.in_features)
+            self._drawn = True
+        elif linear.out_features > self._max_out or linear.in_features > self._max_in:
+            raise RuntimeError(f"layer {layer_name!r} ({linear.out_features}×{linear.in_features}) is larger than "
+                               f"the shared VeRA matrices ({self._max_out}×{self._max_in}) already drawn: call "
+                               f"check() on every target before the first adapt() (spectrallab.apply does)")
+        weight = linear.weight
+        group = (weight.device, weight.dtype)
+        if group not in self._shared:  # the same float32 draw, cast (re-drawing is cheap: r(m+n) numbers)
+            A, B = draw_projections(self.config["rank"], self._max_out, self._max_in,
+                                    self.config["projection_prng_key"])
+            self._shared[group] = VeRAProjections(A.to(device=weight.device, dtype=weight.dtype),
+                                                  B.to(device=weight.device, dtype=weight.dtype))
+        return self._shared[group]
+
+    def adapt(self, layer_name: str, linear: nn.Linear) -> VeRALinear:
+        c = self.config
+        layer = VeRALinear(linear, self.projections(layer_name, linear), c["rank"], float(c["d_initial"]),
+                           float(c["dropout"]))
+        layer.method = self.name
+        return layer
