@@ -29,13 +29,14 @@ Trainable parameters per layer: ``r(m + n)`` for LoRA, ``r·m`` for FFA-LoRA.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import AdaptedLinear, Method, check_choice, check_positive, check_rank, frozen, register
+from .base import (AdaptedLinear, Method, check_choice, check_finite_weight, check_positive, check_rank, frozen,
+                   register)
 
 # init name -> function(weight, rank, scale) -> (A, B, base_weight). `base_weight` is what stays
 # frozen: W itself for LoRA's own inits, a residual for inits that move part of W into BA.
@@ -105,11 +106,17 @@ class LoRALinear(AdaptedLinear):
         self.rslora = rslora
         self.init = init
         self.scale = lora_scale(alpha, rank, rslora)
-        A, B, base = LORA_INITS[init](linear.weight.detach(), rank, self.scale)
+        original = linear.weight.detach()
+        A, B, base = LORA_INITS[init](original, rank, self.scale)
         self.weight = frozen(base)
         self.bias = None if linear.bias is None else frozen(linear.bias)
         self.lora_A = nn.Parameter(A.contiguous(), requires_grad=train_a)
         self.lora_B = nn.Parameter(B.contiguous())
+        if base is not original:
+            # The init moved part of W into BA (PiSSA, MiLoRA, OLoRA): keep the initial factors, so
+            # the layer can still be exported as a plain LoRA on the original W (`export_lora`).
+            self.register_buffer("lora_A0", A.detach().clone())
+            self.register_buffer("lora_B0", B.detach().clone())
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def delta_weight(self) -> torch.Tensor:
@@ -129,6 +136,37 @@ class LoRALinear(AdaptedLinear):
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, "
                 f"init={self.init!r}")
+
+
+class LoRAExport(NamedTuple):
+    """A plain LoRA on the original weight: ``weight + scale · B @ A`` is the layer's weight now."""
+
+    A: torch.Tensor       # r' × in
+    B: torch.Tensor       # out × r'
+    scale: float
+    weight: torch.Tensor  # the original (pre-init) W, out × in
+
+
+def export_lora(layer: LoRALinear) -> LoRAExport:
+    """Express ``layer`` as a plain LoRA on the weight it was built from (adapter switching).
+
+    For an init that left W untouched this is ``(A, B, s, W)``, rank r. For an init that moved
+    ``s·B₀A₀`` out of W (``W_res = W − s·B₀A₀``) the update relative to the original W is
+    ``s(BA − B₀A₀) = s·[B | B₀][A ; −A₀]``: rank 2r, returned with ``W = W_res + s·B₀A₀``
+    (summed in at least float32, stored in the layer's dtype). Only for layers whose effective
+    weight is ``W + s·BA`` (not DoRA's rescaled one).
+    """
+    if type(layer).effective_weight is not LoRALinear.effective_weight:
+        raise TypeError(f"export_lora needs a plain LoRA layer (effective weight W + s·BA); "
+                        f"{type(layer).__name__} computes its weight differently")
+    with torch.no_grad():
+        A, B = layer.lora_A.detach().clone(), layer.lora_B.detach().clone()
+        if getattr(layer, "lora_A0", None) is None:
+            return LoRAExport(A, B, layer.scale, layer.weight.detach().clone())
+        A0, B0, W_res = layer.lora_A0, layer.lora_B0, layer.weight.detach()
+        wide = torch.promote_types(W_res.dtype, torch.float32)
+        weight = torch.addmm(W_res.to(wide), B0.to(wide), A0.to(wide), alpha=layer.scale).to(W_res.dtype)
+        return LoRAExport(torch.cat([A, -A0]), torch.cat([B, B0], dim=1), layer.scale, weight)
 
 
 @register("lora")
@@ -151,6 +189,8 @@ class LoRA(Method):
         if c["alpha"] is not None:
             check_positive(layer_name, "alpha", c["alpha"])
         check_choice(layer_name, "init", c["init"], sorted(LORA_INITS))
+        if c["init"] not in ("default", "gaussian"):  # every other init decomposes W (SVD, QR)
+            check_finite_weight(layer_name, linear.weight)
         if not isinstance(c["rslora"], bool):
             raise TypeError(f"layer {layer_name!r}: rslora must be True or False, got {c['rslora']!r}")
         if not isinstance(c["dropout"], (int, float)) or not 0 <= c["dropout"] < 1:
