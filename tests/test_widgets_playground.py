@@ -3,6 +3,7 @@ training runs off the calling thread, stops within a step, never leaks a thread,
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -139,3 +140,14 @@ def test_state_round_trip_and_hidden_controls():
         pinned.hide("colour")
     with pytest.raises(ValueError, match="scenario='mnist' is not one of"):
         Playground(scenario="mnist", live=False)
+
+
+@pytest.mark.parametrize("method", sl.methods())
+def test_every_registered_method_trains_in_the_playground(method):
+    """A new method is one file: apply, optimizer, training and the widget need nothing else."""
+    w = Playground(scenario="rotated digits (fine-tune)", method=method, rank=4, live=False, ghost=False)
+    for _ in range(3):
+        w.step()
+    assert w.error is None and w.session.step_count == 3
+    assert len(w.figure.data[TRAIN].x) == 3 and all(map(math.isfinite, w.figure.data[TRAIN].y))
+    assert sl.trainable_parameters(w.session.model) > 0

@@ -266,6 +266,13 @@ class Playground(Widget):
         for name in ("rank", "sparsity", "init"):
             if name not in self._hidden:
                 self.controls[name].layout.display = None if name in options else "none"
+        if "init" in options:  # each method has its own initializations (LoRA's table, SVFT's ...)
+            init = self.controls["init"]
+            choices = sl.method_class(method).option_choices("init") or [options["init"]]
+            if list(init.options) != choices:  # inside reset(): the observers do not re-enter
+                current = init.value
+                init.options = choices
+                init.value = current if current in choices else options["init"]
         layer = self.controls["layer"]
         if list(layer.options) != list(spec.layers):
             with layer.hold_trait_notifications():

@@ -102,6 +102,14 @@ class Method:
                             f"its options are: {allowed}")
         self.config = {**self.options, **options}
 
+    @classmethod
+    def option_choices(cls, option: str) -> list[Any] | None:
+        """The allowed values of a categorical option (e.g. ``init``), or None if it is not one.
+
+        Widgets build their dropdowns from this, so a method's own choices appear with no widget code.
+        """
+        return None
+
     def check(self, layer_name: str, linear: nn.Linear) -> None:
         """Raise ``ValueError``/``TypeError`` if this method cannot adapt ``linear``.
 

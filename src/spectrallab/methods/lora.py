@@ -183,6 +183,10 @@ class LoRA(Method):
     train_a = True
     layer_class = LoRALinear
 
+    @classmethod
+    def option_choices(cls, option: str):
+        return sorted(LORA_INITS) if option == "init" and "init" in cls.options else None
+
     def check(self, layer_name: str, linear: nn.Linear) -> None:
         c = self.config
         check_rank(layer_name, linear, c["rank"])

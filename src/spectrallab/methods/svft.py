@@ -1,0 +1,184 @@
+"""SVFT — Parameter-Efficient Fine-Tuning with Singular Vectors (Lingam, Tejaswi, Vavre, Shetty,
+Gudur, Ghosh, Dimakis, Choi, Bojchevski & Sanghavi 2024, arXiv:2405.19597).
+
+The full SVD of the pretrained weight is frozen and a *sparse* k × k matrix ``M`` of coefficients
+is learned between its singular vectors::
+
+    W  = U diag(S) Vh                         (full thin SVD, k = min(m, n))
+    W' = U (diag(S) + σ(g) · M) Vh            U, S, Vh frozen; the nonzeros of M (and g) train
+    ΔW = σ(g) · Σ_{(i,j) ∈ Ω} M_ij u_i v_jᵀ
+
+so the update is a sparse combination of outer products of W's own singular vectors. The sparsity
+pattern ``Ω`` sets the expressivity:
+
+* ``pattern="banded"``, ``off_diag=d``: the main diagonal and ``d`` diagonals on each side,
+  ``nnz = k(2d+1) − d(d+1)``. ``d = 0`` is the paper's **SVFT-P** ("plain": only the singular
+  values move, ``nnz = k``); ``d ≥ 1`` is **SVFT-B** (``ΔW`` can then have rank up to k).
+* ``pattern="random"``: the same number of nonzeros at distinct positions drawn uniformly over
+  the k × k matrix (**SVFT-R**), from a generator seeded by ``seed`` and the layer's name, so the
+  pattern is reproducible and differs between layers. (The authors' code draws rows and columns
+  independently, with possible repeats; we draw distinct positions so every value is a separate
+  coefficient.) The paper's fourth variant, Top-k, is not implemented.
+
+``M`` is stored as a 1-D parameter of its ``nnz`` values plus two fixed index buffers (row, col);
+the dense k × k matrix is never built in the forward.
+
+**Initialization and the gate** (from the authors' public code, read for understanding; the paper
+defines ``W' = U(Σ + M)Vᵀ`` and the patterns): the nonzeros of M are Kaiming-normal over the
+``nnz`` values (a 1 × nnz tensor, fan-in nnz: ``std = √(2/nnz)``), and M enters multiplied by a
+trainable scalar gate ``σ(g)`` with ``g = 0`` (so σ(g) = ½). **SVFT therefore does not start at
+W' = W**: ``ΔW = ½ U M Vh`` is a small random perturbation inside W's singular bases at step 0.
+We follow the authors by default (``init="kaiming"``, ``gate=True``); ``init="zeros"`` starts
+at ``M = 0`` (W' = W up to the SVD round trip) and ``gate=False`` drops the gate.
+
+**Forward** ``x → x Vhᵀ → ⊙S + sparse M → ·Uᵀ → + b``: ``O((m+n)k + nnz)`` per token and no
+dense ``W'``; :meth:`SVFTLayer.effective_weight` builds the dense matrix for merging and spectra.
+The factors replace ``W`` (it is not kept): ``U diag(S) Vh`` reproduces ``W`` to float32 rounding
+(~1e-6 relative); with bf16/fp16 weights the SVD runs in float32 and ``U, S, Vh`` are stored back
+in the weight's dtype, so the round trip is exact only to a few ulps of that dtype. The trainable
+values and the gate are kept in float32 (as the authors do).
+
+Trainable parameters per layer: ``nnz`` (+ 1 with the gate).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import linalg
+from .base import AdaptedLinear, Method, check_choice, check_finite_weight, frozen, register
+
+PATTERNS = ("banded", "random")
+INITS = ("kaiming", "zeros")
+
+
+def banded_nnz(k: int, off_diag: int) -> int:
+    """Nonzeros of a k × k band with ``off_diag`` diagonals on each side of the main one."""
+    return k * (2 * off_diag + 1) - off_diag * (off_diag + 1)
+
+
+def banded_indices(k: int, off_diag: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, cols = [], []
+    for offset in range(-off_diag, off_diag + 1):
+        i = torch.arange(max(0, -offset), min(k, k - offset))
+        rows.append(i)
+        cols.append(i + offset)
+    return torch.cat(rows), torch.cat(cols)
+
+
+def random_indices(k: int, nnz: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``nnz`` distinct positions of a k × k matrix, uniformly at random."""
+    if k * k <= 1 << 22:
+        flat = torch.randperm(k * k, generator=generator)[:nnz]
+    else:  # avoid a k²-long permutation: draw, deduplicate, top up
+        flat = torch.empty(0, dtype=torch.long)
+        while flat.numel() < nnz:
+            draw = torch.randint(0, k * k, (2 * (nnz - flat.numel()),), generator=generator)
+            flat = torch.cat([flat, draw]).unique()
+        flat = flat[torch.randperm(flat.numel(), generator=generator)[:nnz]]
+    return flat // k, flat % k
+
+
+def layer_generator(seed: int, layer_name: str) -> torch.Generator:
+    """A CPU generator seeded from ``seed`` and the layer name (stable across runs, unlike ``hash``)."""
+    mixed = (seed * 1_000_003 + zlib.crc32(layer_name.encode())) % (1 << 63)
+    return torch.Generator().manual_seed(mixed)
+
+
+class SVFTLayer(AdaptedLinear):
+    """``y = ((x Vhᵀ) (diag(S) + σ(g)·M)ᵀ) Uᵀ + b`` with ``M`` sparse; ``U``, ``S``, ``Vh``, ``b`` frozen."""
+
+    method = "svft"
+
+    def __init__(self, layer_name: str, linear: nn.Linear, pattern: str, off_diag: int, init: str,
+                 gate: bool, seed: int):
+        super().__init__(linear.in_features, linear.out_features)
+        W = linear.weight.detach()
+        check_finite_weight(layer_name, W)
+        U, S, Vh = linalg.svd(W, name=f"layer {layer_name!r}")       # all k triplets, float32
+        k = S.numel()
+        self.k, self.pattern, self.off_diag, self.init = k, pattern, off_diag, init
+        self.svft_U = frozen(U.to(W.dtype).contiguous())             # m × k
+        self.svft_S = frozen(S.to(W.dtype))                          # k
+        self.svft_Vh = frozen(Vh.to(W.dtype).contiguous())           # k × n
+        self.bias = None if linear.bias is None else frozen(linear.bias)
+
+        if pattern == "banded":
+            rows, cols = banded_indices(k, off_diag)
+        else:
+            rows, cols = random_indices(k, banded_nnz(k, off_diag), layer_generator(seed, layer_name))
+        self.register_buffer("svft_rows", rows.to(W.device))
+        self.register_buffer("svft_cols", cols.to(W.device))
+        self.nnz = rows.numel()
+        values = torch.zeros(self.nnz, dtype=torch.float32, device=W.device)
+        if init == "kaiming":
+            nn.init.kaiming_normal_(values.unsqueeze(0))             # 1 × nnz: fan-in nnz, std √(2/nnz)
+        self.svft_M = nn.Parameter(values)
+        self.svft_gate = nn.Parameter(torch.zeros((), device=W.device)) if gate else None
+
+    def coefficients(self) -> torch.Tensor:
+        """The nonzero values of ``σ(g)·M`` (float32, length nnz)."""
+        return self.svft_M if self.svft_gate is None else self.svft_M * torch.sigmoid(self.svft_gate)
+
+    def core(self) -> torch.Tensor:
+        """The dense k × k matrix ``diag(S) + σ(g)·M`` (float32)."""
+        core = torch.diag(self.svft_S.float())
+        return core.index_put((self.svft_rows, self.svft_cols), self.coefficients(), accumulate=True)
+
+    def effective_weight(self) -> torch.Tensor:
+        dense = self.svft_U.float() @ self.core() @ self.svft_Vh.float()
+        return dense.to(self.svft_U.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.linear(x, self.svft_Vh)                                 # (…, k)
+        # z_i = S_i h_i + Σ_{(i,j)∈Ω} M_ij h_j  — a gather and a scatter-add over the nnz entries
+        sparse = h[..., self.svft_cols] * self.coefficients()
+        z = (h * self.svft_S).float().index_add(-1, self.svft_rows, sparse.float())
+        return F.linear(z.to(h.dtype), self.svft_U, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, k={self.k}, pattern={self.pattern!r}, off_diag={self.off_diag}, "
+                f"nnz={self.nnz}, init={self.init!r}, gate={self.svft_gate is not None}")
+
+
+@register("svft")
+class SVFT(Method):
+    """Learn a sparse matrix of coefficients between the frozen singular vectors: ``U(diag(S) + σ(g)M)Vh``.
+
+    Options: ``pattern`` ("banded" | "random"), ``off_diag`` (0: plain/diagonal; d: d diagonals on
+    each side; for "random" the same count ``k(2d+1) − d(d+1)`` of random positions), ``init``
+    ("kaiming": the authors' init, W' ≠ W at step 0 | "zeros": W' = W), ``gate`` (True: M scaled
+    by a trainable σ(g), g = 0), ``seed`` (0, for the random pattern). Trainable per layer: nnz (+1).
+    """
+
+    options = {"pattern": "banded", "off_diag": 0, "init": "kaiming", "gate": True, "seed": 0}
+
+    @classmethod
+    def option_choices(cls, option: str):
+        return {"pattern": list(PATTERNS), "init": list(INITS)}.get(option)
+    freezes_others = True
+
+    def check(self, layer_name: str, linear: nn.Linear) -> None:
+        c = self.config
+        check_choice(layer_name, "pattern", c["pattern"], PATTERNS)
+        check_choice(layer_name, "init", c["init"], INITS)
+        k = min(linear.out_features, linear.in_features)
+        d = c["off_diag"]
+        if isinstance(d, bool) or not isinstance(d, int):
+            raise TypeError(f"layer {layer_name!r}: off_diag must be an int in [0, {k - 1}], got {d!r}")
+        if not 0 <= d <= k - 1:
+            raise ValueError(f"layer {layer_name!r} ({linear.out_features}×{linear.in_features}): off_diag={d} "
+                             f"is outside the allowed range [0, {k - 1}] = [0, min(out, in) − 1]")
+        if not isinstance(c["gate"], bool):
+            raise TypeError(f"layer {layer_name!r}: gate must be True or False, got {c['gate']!r}")
+        if isinstance(c["seed"], bool) or not isinstance(c["seed"], int):
+            raise TypeError(f"layer {layer_name!r}: seed must be an int, got {c['seed']!r}")
+        check_finite_weight(layer_name, linear.weight)
+
+    def adapt(self, layer_name: str, linear: nn.Linear) -> SVFTLayer:
+        c = self.config
+        return SVFTLayer(layer_name, linear, c["pattern"], c["off_diag"], c["init"], c["gate"], c["seed"])
