@@ -2,6 +2,8 @@
 
 import chapters
 import lora_vs_peft
+import method_steps
+import pissa_init
 import widget_latency
 import widget_throughput
 
@@ -9,4 +11,6 @@ if __name__ == "__main__":
     lora_vs_peft.main()
     widget_latency.main()
     widget_throughput.main()
+    method_steps.main()
+    pissa_init.main()
     chapters.main("ci")

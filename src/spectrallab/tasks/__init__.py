@@ -14,6 +14,7 @@ from ..profiles import device, pick
 from .base import Task
 from .chargpt import CharGPT, TinyGPT, decode, encode, load_corpus
 from .digits import MLP, Digits
+from .pretrained import load_minilm, minilm_available
 from .teacher import LowRankTeacher, TwoLayerLinear
 
 TASKS = {"teacher": LowRankTeacher, "digits": Digits, "chargpt": CharGPT}
@@ -38,4 +39,5 @@ def task(name: str, **overrides: Any) -> Task:
 
 
 __all__ = ["Task", "task", "TASKS", "LowRankTeacher", "TwoLayerLinear", "Digits", "MLP", "CharGPT", "TinyGPT",
-           "encode", "decode", "load_corpus", "profile_defaults"]
+           "encode", "decode", "load_corpus", "profile_defaults",
+           "load_minilm", "minilm_available"]
