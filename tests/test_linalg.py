@@ -125,3 +125,14 @@ def test_half_precision_is_upcast():
     U, S, Vh = linalg.svd(W, 4)
     assert S.dtype == torch.float32
     torch.testing.assert_close(S, torch.linalg.svdvals(W.float())[:4])
+
+
+def test_all_finite_is_exact_even_when_the_sum_overflows():
+    huge = torch.full((4, 4), 3e38)  # finite entries whose sum overflows to inf
+    assert linalg.all_finite(huge)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        t = torch.randn(64, 64)
+        t[3, 5] = bad
+        assert not linalg.all_finite(t)
+    mixed = torch.tensor([float("inf"), -float("inf")])  # sums to NaN; still caught
+    assert not linalg.all_finite(mixed)

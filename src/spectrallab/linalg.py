@@ -31,6 +31,15 @@ class SVD(NamedTuple):
     Vh: torch.Tensor  # r × n, orthonormal rows
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """True when every entry is finite — one reduction instead of an elementwise mask.
+
+    A NaN or ±inf entry always makes the sum non-finite; a finite sum therefore proves all entries
+    finite. Only a non-finite sum (a bad entry, or an overflow of huge values) needs the exact test.
+    """
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def as_matrix(x: torch.Tensor | nn.Module, name: str = "matrix") -> torch.Tensor:
     """A detached float32 2-D tensor from a tensor or a (linear or adapted) layer; finite values only."""
     from .methods.base import AdaptedLinear
@@ -48,7 +57,7 @@ def as_matrix(x: torch.Tensor | nn.Module, name: str = "matrix") -> torch.Tensor
     w = w.detach()
     if w.dtype not in (torch.float32, torch.float64):
         w = w.float()
-    if not torch.isfinite(w).all():
+    if not all_finite(w):
         bad = int((~torch.isfinite(w)).sum())
         raise ValueError(f"{name}: has {bad} non-finite value(s) (NaN or inf); an SVD needs all values finite")
     return w
@@ -67,7 +76,7 @@ def svd(W: torch.Tensor | nn.Module, rank: int | None = None, *,
         U, S, Vh = torch.linalg.svd(W, full_matrices=False)
         return SVD(U[:, :rank], S[:rank], Vh[:rank])
     if method == "randomized":
-        return randomized_svd(W, rank, oversample=oversample, n_iter=n_iter, generator=generator)
+        return _randomized_svd(W, rank, oversample, n_iter, generator)
     raise ValueError(f"svd method={method!r} is not one of 'exact', 'randomized'")
 
 
@@ -80,7 +89,12 @@ def randomized_svd(W: torch.Tensor, rank: int, *, oversample: int = 10, n_iter: 
        singular values are not lost to rounding.
     3. ``Q = orth(Y)``; exact SVD of the small ``B = Qᵀ W``; ``U = Q U_B``.
     """
-    W = as_matrix(W)
+    return _randomized_svd(as_matrix(W), rank, oversample, n_iter, generator)
+
+
+def _randomized_svd(W: torch.Tensor, rank: int, oversample: int, n_iter: int,
+                    generator: torch.Generator | None) -> SVD:
+    """The algorithm of :func:`randomized_svd` on an already validated float matrix."""
     m, n = W.shape
     width = min(rank + oversample, min(m, n))
     # Drawn where the generator lives (a CPU generator with a CUDA matrix is the common case), then moved.

@@ -167,7 +167,9 @@ def check_choice(layer_name: str, option: str, value: Any, choices) -> Any:
 
 def check_finite_weight(layer_name: str, weight: torch.Tensor) -> None:
     """Non-finite weights make SVD/QR fail deep inside LAPACK; say which layer instead."""
-    if not torch.isfinite(weight).all():
+    from ..linalg import all_finite  # linalg imports this module: import at call time
+
+    if not all_finite(weight.detach()):
         bad = int((~torch.isfinite(weight)).sum())
         raise ValueError(f"layer {layer_name!r}: weight has {bad} non-finite value(s) (NaN or inf); "
                          "an SVD needs all values finite")
