@@ -45,6 +45,18 @@ def interleaved(candidates: dict[str, Callable[[], None]], rounds: int = 7, reps
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def train_step(model, task, batch, opt) -> Callable[[], None]:
+    """One full optimizer step (forward, backward, step) on a fixed batch, as a callable to time."""
+
+    def step() -> None:
+        loss = task.loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def record(name: str, result: dict) -> Path:
     RESULTS.mkdir(exist_ok=True)
     result = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),

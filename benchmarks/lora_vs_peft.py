@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from common import interleaved, record
+from common import interleaved, record, train_step
 
 os.environ.setdefault("SPECTRALLAB_PROFILE", "cpu")
 import spectrallab as sl  # noqa: E402
@@ -22,15 +22,7 @@ TARGETS = ["qkv", "proj", "fc1", "fc2"]
 
 
 def step_fn(model, task, batch):
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-
-    def step():
-        loss = task.loss(model, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
+    return train_step(model, task, batch, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3))
 
 
 def main() -> dict:

@@ -12,7 +12,7 @@ import os
 import torch
 
 os.environ.setdefault("SPECTRALLAB_PROFILE", "cpu")
-from common import interleaved, record  # noqa: E402
+from common import interleaved, record, train_step  # noqa: E402
 import spectrallab as sl  # noqa: E402
 
 TARGETS = ["qkv", "proj", "fc1", "fc2"]
@@ -28,15 +28,7 @@ def main() -> dict:
     for method in sl.methods():
         model = copy.deepcopy(base)
         sl.apply(model, method, targets=TARGETS, **RANK_OPTION.get(method, {"rank": 8}))
-        opt = sl.optimizer(model, lr=1e-4)
-
-        def step(model=model, opt=opt):
-            loss = task.loss(model, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        steps[method] = step
+        steps[method] = train_step(model, task, batch, sl.optimizer(model, lr=1e-4))
     times = interleaved(steps, rounds=5, reps=5, warmup=2)
     relative = {m: t / times["lora"] for m, t in times.items()}
     for m in sorted(relative, key=relative.get):

@@ -42,6 +42,45 @@ class ThreeLayers(nn.Module):
         return self.head(h)
 
 
+class SmallMLP(nn.Module):
+    """20 → 32 → 12 with tanh: the model every cross-check against PEFT adapts (fc1, fc2)."""
+
+    def __init__(self, bias: bool = True):
+        super().__init__()
+        self.fc1 = nn.Linear(20, 32, bias=bias)
+        self.fc2 = nn.Linear(32, 12, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+def sgd_steps(model: nn.Module, steps: int = 5, lr: float = 0.05) -> None:
+    """The same SGD steps on the same random regression data, whoever the model is (ours or PEFT's)."""
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+    g = torch.Generator().manual_seed(7)
+    torch.manual_seed(123)  # dropout masks: two models draw them in the same order
+    for _ in range(steps):
+        x, y = torch.randn(16, 20, generator=g), torch.randn(16, 12, generator=g)
+        loss = nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+PRETRAIN_STEPS = 400  # the digits base every fine-tuning claim test starts from
+
+
+@pytest.fixture(scope="session")
+def rotated_digits():
+    """(upright digits task, rotated-digits task): a base is pretrained on the first (cached under
+    the session's SPECTRALLAB_HOME, so once per session) and fine-tuned on the second."""
+    import spectrallab as sl
+
+    task = sl.tasks.Digits(width=128).to(sl.device())
+    sl.pretrained(task, steps=PRETRAIN_STEPS)
+    return task, task.shifted(view="rot90")
+
+
 @pytest.fixture
 def model() -> ThreeLayers:
     torch.manual_seed(0)

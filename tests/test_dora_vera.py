@@ -19,44 +19,20 @@ import spectrallab as sl
 from spectrallab.methods.dora import DoRALinear
 from spectrallab.methods.vera import VeRA, VeRALinear, VeRAProjections
 
-from conftest import fingerprint, same_fingerprint
+from conftest import SmallMLP, fingerprint, same_fingerprint, sgd_steps
 
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, VeraConfig, get_peft_model  # noqa: E402
 
 
-class MLP(nn.Module):
-    def __init__(self, bias: bool = True):
-        super().__init__()
-        self.fc1 = nn.Linear(20, 32, bias=bias)
-        self.fc2 = nn.Linear(32, 12)
-
-    def forward(self, x):
-        return self.fc2(torch.tanh(self.fc1(x)))
-
-
-def base_model(seed: int = 0, bias: bool = True) -> MLP:
+def base_model(seed: int = 0, bias: bool = True) -> SmallMLP:
     torch.manual_seed(seed)
-    return MLP(bias)
+    return SmallMLP(bias)
 
 
 def peft_layers(peft_model, attr: str) -> dict[str, nn.Module]:
     return {name.split(".")[-1]: m for name, m in peft_model.named_modules()
             if isinstance(getattr(m, attr, None), nn.ParameterDict | nn.ModuleDict) and "default" in getattr(m, attr)}
-
-
-def sgd_steps(model, steps: int, lr: float = 0.05):
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr)
-    g = torch.Generator().manual_seed(7)
-    torch.manual_seed(123)  # dropout masks: both models draw them in the same order
-    for _ in range(steps):
-        x = torch.randn(16, 20, generator=g)
-        y = torch.randn(16, 12, generator=g)
-        loss = nn.functional.mse_loss(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
 
 
 def trainable(model) -> int:

@@ -21,22 +21,18 @@ import pytest
 import torch
 
 import spectrallab as sl
+
+from conftest import PRETRAIN_STEPS
 from spectrallab.methods.lora import export_lora
 
-PRETRAIN_STEPS, STEPS, LR, RANK = 400, 30, 1e-2, 8
+STEPS, LR, RANK = 30, 1e-2, 8
 TARGETS = ["fc1", "fc2", "fc3"]
 
 
 @pytest.fixture(scope="module")
-def setting(tmp_path_factory):
-    patch = pytest.MonkeyPatch()
-    patch.setenv("SPECTRALLAB_HOME", str(tmp_path_factory.mktemp("slhome")))
-    try:
-        task = sl.tasks.Digits(width=128).to(sl.device())
-        base = sl.pretrained(task, steps=PRETRAIN_STEPS)
-        yield task, task.shifted(view="rot90"), base
-    finally:
-        patch.undo()
+def setting(rotated_digits):
+    task, rotated = rotated_digits
+    return task, rotated, sl.pretrained(task, steps=PRETRAIN_STEPS)
 
 
 def finetune(setting, method):

@@ -24,39 +24,34 @@ import torch
 from torch import nn
 
 import spectrallab as sl
+
+from conftest import PRETRAIN_STEPS
 from spectrallab.methods.lora import lora_scale
 
-PRETRAIN_STEPS, STEPS = 400, 300
+STEPS = 300
 LR_FULL = LR_LORA = 1e-2
 TARGETS = ["fc1", "fc2", "fc3"]
 
 
 @pytest.fixture(scope="module")
-def setting(tmp_path_factory):
-    patch = pytest.MonkeyPatch()
-    patch.setenv("SPECTRALLAB_HOME", str(tmp_path_factory.mktemp("slhome")))
-    try:
-        task = sl.tasks.Digits(width=128).to(sl.device())
-        rotated = task.shifted(view="rot90")
-        base = sl.pretrained(task, steps=PRETRAIN_STEPS)
-        cache: dict = {}
+def setting(rotated_digits):
+    task, rotated = rotated_digits
+    base = sl.pretrained(task, steps=PRETRAIN_STEPS)
+    cache: dict = {}
 
-        def finetune(method: str, lr: float, steps: int = STEPS, **options):
-            """(model, run) for the base adapted with ``method`` and trained on rotated digits; memoized."""
-            key = (method, lr, steps, repr(sorted(options.items())))
-            if key not in cache:
-                model = sl.pretrained(task, steps=PRETRAIN_STEPS)
-                torch.manual_seed(0)
-                sl.apply(model, method, **options)
-                initial = copy.deepcopy(model)
-                run = sl.fit(model, rotated, steps, lr=lr, record=False)
-                cache[key] = (model, run, initial)
-            return cache[key]
+    def finetune(method: str, lr: float, steps: int = STEPS, **options):
+        """(model, run) for the base adapted with ``method`` and trained on rotated digits; memoized."""
+        key = (method, lr, steps, repr(sorted(options.items())))
+        if key not in cache:
+            model = sl.pretrained(task, steps=PRETRAIN_STEPS)
+            torch.manual_seed(0)
+            sl.apply(model, method, **options)
+            initial = copy.deepcopy(model)
+            run = sl.fit(model, rotated, steps, lr=lr, record=False)
+            cache[key] = (model, run, initial)
+        return cache[key]
 
-        yield SimpleNamespace(task=task, rotated=rotated, base=base, frozen=rotated.evaluate(base),
-                              finetune=finetune)
-    finally:
-        patch.undo()
+    return SimpleNamespace(task=task, rotated=rotated, base=base, frozen=rotated.evaluate(base), finetune=finetune)
 
 
 class ScratchLoRA(nn.Module):

@@ -16,6 +16,8 @@ from torch import nn
 
 import spectrallab as sl
 
+from conftest import SmallMLP, sgd_steps
+
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, get_peft_model  # noqa: E402
 
@@ -24,32 +26,9 @@ def test_peft_is_the_pinned_version():
     assert peft.__version__ == "0.21.2"
 
 
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(20, 32)
-        self.fc2 = nn.Linear(32, 12)
-
-    def forward(self, x):
-        return self.fc2(torch.tanh(self.fc1(x)))
-
-
 def peft_lora_modules(peft_model) -> dict[str, nn.Module]:
     return {name.split(".")[-1]: m for name, m in peft_model.named_modules()
             if hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {})}
-
-
-def sgd_steps(model, steps: int, lr: float = 0.05):
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr)
-    g = torch.Generator().manual_seed(7)
-    for _ in range(steps):
-        x = torch.randn(16, 20, generator=g)
-        y = torch.randn(16, 12, generator=g)
-        loss = nn.functional.mse_loss(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
 
 
 @pytest.mark.parametrize("rank, alpha, rslora, init", [
@@ -60,7 +39,7 @@ def sgd_steps(model, steps: int, lr: float = 0.05):
 ])
 def test_same_init_same_steps_same_merged_weights(rank, alpha, rslora, init):
     torch.manual_seed(0)
-    base = MLP()
+    base = SmallMLP()
     ours = sl.apply(copy.deepcopy(base), "lora", rank=rank, alpha=alpha, rslora=rslora, init=init)
     config = LoraConfig(r=rank, lora_alpha=alpha, use_rslora=rslora, target_modules=["fc1", "fc2"],
                         init_lora_weights=True if init == "default" else "gaussian", lora_dropout=0.0)

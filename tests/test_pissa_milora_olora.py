@@ -21,7 +21,7 @@ from spectrallab.linalg import orthogonality_error
 from spectrallab.methods import pissa as pissa_module
 from spectrallab.methods.lora import INIT_SPECTRUM_PART, LORA_INITS, LoRALinear, export_lora
 
-from conftest import ThreeLayers, fingerprint, same_fingerprint
+from conftest import SmallMLP, ThreeLayers, fingerprint, same_fingerprint, sgd_steps
 
 try:
     import peft
@@ -33,30 +33,9 @@ needs_peft = pytest.mark.skipif(peft is None, reason="HF PEFT is not installed")
 METHODS = ["pissa", "milora", "olora"]
 
 
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(20, 32)
-        self.fc2 = nn.Linear(32, 12)
-
-    def forward(self, x):
-        return self.fc2(torch.tanh(self.fc1(x)))
-
-
-def mlp() -> MLP:
+def mlp() -> SmallMLP:
     torch.manual_seed(0)
-    return MLP()
-
-
-def sgd_steps(model: nn.Module, steps: int = 5, lr: float = 0.05) -> None:
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
-    g = torch.Generator().manual_seed(7)
-    for _ in range(steps):
-        x, y = torch.randn(16, 20, generator=g), torch.randn(16, 12, generator=g)
-        loss = nn.functional.mse_loss(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    return SmallMLP()
 
 
 def split_off(layer: LoRALinear) -> torch.Tensor:
@@ -401,7 +380,6 @@ def test_merge_gives_the_same_outputs(method):
     merged = sl.merge(model)
     assert all(type(m) is nn.Linear for m in (merged.fc1, merged.fc2))
     torch.testing.assert_close(merged(x), before, rtol=1e-5, atol=1e-5)
-
 
 
 @pytest.mark.parametrize("init", ["pissa", "milora", "olora"])
