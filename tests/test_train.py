@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import spectrallab as sl
-from spectrallab.runs import Run, load_runs
+from spectrallab.runs import load_runs
 
 
 def test_train_yields_events_with_loss_lr_grad_norm_metrics_and_spectra(home):

@@ -11,7 +11,6 @@ import difflib
 import re
 from typing import Any, Iterable
 
-import torch
 from torch import nn
 
 from .methods.base import AdaptedLinear, Method, registered
