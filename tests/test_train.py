@@ -134,3 +134,21 @@ def test_tiny_gpt_learns_something(home):
     run = sl.fit(model, task, 40, eval_every=20, record=False)
     assert run.final("val_loss") < run.evals[0]["val_loss"] - 0.5
     assert len(model.generate("def ", 20, generator=torch.Generator().manual_seed(0))) == 20
+
+
+def test_method_lr_multipliers_compose_with_a_user_scheduler_and_are_restored():
+    from spectrallab.optim import add_lr_multiplier, effective_lr
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([p], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (step + 1))
+    add_lr_multiplier(opt, lambda: 0.5)
+    add_lr_multiplier(opt, lambda: 0.1)
+    assert effective_lr(opt) == pytest.approx(0.05)
+    for expected_step in (0.05, 0.025):  # user lr 1 then 1/2, times 0.05
+        before = p.detach().clone()
+        p.grad = torch.ones(3)
+        opt.step()
+        scheduler.step()
+        torch.testing.assert_close(before - p.detach(), torch.full((3,), expected_step))
+    assert opt.param_groups[0]["lr"] == pytest.approx(1 / 3)  # the scheduler's value, untouched

@@ -9,7 +9,7 @@ install step hooks on it through :meth:`Method.attach_optimizer`; a loop that ca
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -56,3 +56,47 @@ def optimizer(model: nn.Module, lr: float = 1e-3, optimizer: str | type[torch.op
     for spec, layers in by_spec.values():
         spec.attach_optimizer(opt, layers)
     return opt
+
+
+# -- methods that own part of the learning-rate schedule -----------------------------------------
+#
+# ReLoRA's jagged restarts and SST's warm-up after each resampling are part of the method, not of
+# the user's schedule: a hand-written loop with its own scheduler must still get them. A method
+# registers a multiplier (a side-effect-free callable returning a float for the *next* step); during
+# ``opt.step()`` every group's lr is multiplied by the product of all registered multipliers, and
+# restored afterwards, so a user's LR scheduler (which writes ``group["lr"]``) composes with it.
+
+def add_lr_multiplier(opt: torch.optim.Optimizer, multiplier: Callable[[], float]) -> None:
+    """Scale every param group's lr by ``multiplier()`` for the duration of each ``opt.step()``."""
+    multipliers = getattr(opt, "_spectrallab_lr_multipliers", None)
+    if multipliers is None:
+        multipliers = opt._spectrallab_lr_multipliers = []
+        saved: list[float] = []
+
+        def scale(optimizer, args, kwargs):
+            factor = lr_multiplier(optimizer)
+            saved[:] = [group["lr"] for group in optimizer.param_groups]
+            for group in optimizer.param_groups:
+                group["lr"] = group["lr"] * factor
+
+        def restore(optimizer, args, kwargs):
+            for group, lr in zip(optimizer.param_groups, saved):
+                group["lr"] = lr
+
+        # Registered first, so the scaling wraps every other method hook (hooks run in order).
+        opt.register_step_pre_hook(scale)
+        opt.register_step_post_hook(restore)
+    multipliers.append(multiplier)
+
+
+def lr_multiplier(opt: torch.optim.Optimizer) -> float:
+    """The product of the method-owned LR multipliers that the next ``opt.step()`` will apply."""
+    factor = 1.0
+    for multiplier in getattr(opt, "_spectrallab_lr_multipliers", ()):
+        factor *= float(multiplier())
+    return factor
+
+
+def effective_lr(opt: torch.optim.Optimizer, group: int = 0) -> float:
+    """The learning rate the next step really uses: the group's lr times the method multipliers."""
+    return opt.param_groups[group]["lr"] * lr_multiplier(opt)

@@ -26,7 +26,7 @@ from torch import nn
 
 from .apply import adapted_layers, trainable_parameters
 from .linalg import spectrum
-from .optim import optimizer as make_optimizer
+from .optim import effective_lr, optimizer as make_optimizer
 from .profiles import device as default_device, profile
 from .runs import Run, home
 from .tasks.base import Task
@@ -116,7 +116,7 @@ def train(model: nn.Module, task: Task, steps: int, *, optimizer: torch.optim.Op
 
     start = time.perf_counter()
     try:
-        yield Event(0, None, opt.param_groups[0]["lr"], None, metrics=evaluate(0),
+        yield Event(0, None, effective_lr(opt), None, metrics=evaluate(0),
                     spectra=measure_spectra(0) if spectra_of else None)
         model.train()
         for step in range(1, steps + 1):
@@ -128,7 +128,7 @@ def train(model: nn.Module, task: Task, steps: int, *, optimizer: torch.optim.Op
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip else math.inf))
-            current_lr = opt.param_groups[0]["lr"]
+            current_lr = effective_lr(opt)  # includes method-owned multipliers (ReLoRA restarts, SST warm-up)
             opt.step()
             if scheduler is not None:
                 scheduler.step()
