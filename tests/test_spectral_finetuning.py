@@ -374,3 +374,97 @@ def test_sorsa_regularizer_keeps_singular_vectors_orthonormal_under_a_large_lr()
 
 def test_sorsa_defaults_to_the_authors_mean_reduction():
     assert sl.method_class("sorsa").options["reduction"] == "mean"
+
+
+# -- SVFT's Top-k pattern (Lingam et al. 2024, §3.1): the positions of largest |u_iᵀ v_j| ------------
+
+def square_layer(n: int = 12, seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(n, n)
+
+
+@pytest.mark.parametrize("off_diag", [0, 1, 3])
+def test_svft_topk_positions_are_the_largest_alignments(off_diag):
+    """Ω holds exactly the nnz entries of |UᵀV| that are largest, computed here from an independent SVD."""
+    lin = square_layer()
+    layer = sl.apply(copy.deepcopy(lin), "svft", pattern="topk", off_diag=off_diag)
+    k, nnz = 12, banded_nnz(12, off_diag)
+    assert layer.nnz == nnz == layer.svft_rows.numel() == layer.svft_M.numel()
+    chosen = set(zip(layer.svft_rows.tolist(), layer.svft_cols.tolist()))
+    assert len(chosen) == nnz                                                        # distinct positions
+
+    U, _, Vh = torch.linalg.svd(lin.weight.detach().double())
+    alignment = (U.T @ Vh.T).abs()                                                  # |u_iᵀ v_j|, sign-free
+    mask = torch.zeros(k, k, dtype=torch.bool)
+    mask[layer.svft_rows, layer.svft_cols] = True
+    assert alignment[mask].min() >= alignment[~mask].max() - 1e-6                  # top by the criterion
+    if off_diag > 0:  # not merely the band: Top-k picks positions a banded pattern would not
+        assert (layer.svft_rows - layer.svft_cols).abs().max() > off_diag
+
+
+def test_svft_topk_is_not_the_signed_or_untransposed_ranking():
+    """The ranking is of |u_iᵀ v_j|: flipping a singular pair's sign must not change Ω, and the
+    pattern differs from ranking signed values or the entries of U·V (the authors' code)."""
+    lin = square_layer(16, seed=2)
+    layer = sl.apply(copy.deepcopy(lin), "svft", pattern="topk", off_diag=2)
+    ours = set(zip(layer.svft_rows.tolist(), layer.svft_cols.tolist()))
+    U, _, Vh = (t.double() for t in torch.linalg.svd(lin.weight.detach()))
+    flip = torch.ones(16, dtype=torch.float64)
+    flip[::3] = -1                                                                  # another valid SVD
+    from spectrallab.methods.svft import singular_vector_alignment, topk_indices
+
+    rows, cols = topk_indices(singular_vector_alignment(U * flip, flip.unsqueeze(1) * Vh), layer.nnz)
+    assert set(zip(rows.tolist(), cols.tolist())) == ours
+
+    def top_positions(scores):
+        flat = torch.topk(scores.flatten(), layer.nnz).indices
+        return set(zip((flat // 16).tolist(), (flat % 16).tolist()))
+
+    assert top_positions(U.T @ Vh.T) != ours                                        # signed: not ours
+    assert top_positions((U @ Vh.T).abs()) != ours                                   # U·V: not ours
+
+
+def test_svft_topk_counts_init_and_merge():
+    """nnz = the banded count (+1 gate); init="zeros" gives W' = W; training then merging is exact."""
+    lin = square_layer(20, seed=1)
+    for d in (0, 2):
+        layer = sl.apply(copy.deepcopy(lin), "svft", pattern="topk", off_diag=d)
+        assert sl.trainable_parameters(layer) == banded_nnz(20, d) + 1
+        no_gate = sl.apply(copy.deepcopy(lin), "svft", pattern="topk", off_diag=d, gate=False)
+        assert sl.trainable_parameters(no_gate) == banded_nnz(20, d)
+    layer = sl.apply(copy.deepcopy(lin), "svft", pattern="topk", off_diag=2, init="zeros")
+    torch.testing.assert_close(layer.effective_weight(), lin.weight, rtol=0, atol=1e-5)
+    x = torch.randn(5, 20)
+    torch.testing.assert_close(layer(x), lin(x), rtol=0, atol=1e-5)
+
+    opt = sl.optimizer(layer, lr=0.05, optimizer="sgd")
+    for _ in range(3):
+        layer(x).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+    moved = (layer.effective_weight() - lin.weight).abs().max()
+    assert moved > 1e-3
+    # the update lives on Ω: UᵀΔWV is zero off the pattern
+    delta = layer.svft_U.T @ (layer.effective_weight() - lin.weight).detach() @ layer.svft_Vh.T
+    off = torch.ones_like(delta, dtype=torch.bool)
+    off[layer.svft_rows, layer.svft_cols] = False
+    assert delta[off].abs().max() < 1e-4 * moved.item() + 1e-6
+    expected = layer(x)
+    merged = sl.merge(layer)
+    torch.testing.assert_close(merged(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_svft_topk_refuses_non_square_layers_and_leaves_the_model_alone(model):
+    """ThreeLayers has no square Linear: the first rectangular target fails, nothing is changed."""
+    before = fingerprint(model)
+    message = r"layer 'encoder.fc1' \(32×16\): pattern='topk'.*out_features == in_features"
+    with pytest.raises(ValueError, match=message):
+        sl.apply(model, "svft", pattern="topk")
+    assert same_fingerprint(before, fingerprint(model))
+    mixed = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))
+    before = fingerprint(mixed)
+    with pytest.raises(ValueError, match=r"layer '1' \(4×8\)"):     # and the square layer 0 is not half-applied
+        sl.apply(mixed, "svft", pattern="topk")
+    assert same_fingerprint(before, fingerprint(mixed))
+    sl.apply(mixed, "svft", pattern="topk", targets=["0"])                          # square targets only: fine
+    assert sl.adapted_layers(mixed)["0"].pattern == "topk"

@@ -18,7 +18,31 @@ pattern ``Ω`` sets the expressivity:
   the k × k matrix (**SVFT-R**), from a generator seeded by ``seed`` and the layer's name, so the
   pattern is reproducible and differs between layers. (The authors' code draws rows and columns
   independently, with possible repeats; we draw distinct positions so every value is a separate
-  coefficient.) The paper's fourth variant, Top-k, is not implemented.
+  coefficient.)
+* ``pattern="topk"`` (**SVFT-T**, the paper's "Top-k"): the positions where the left and right
+  singular vectors are most *aligned*. The paper (§3.1) computes the alignment ``a_ij = u_iᵀ v_j``
+  of every left singular vector with every right one and makes the top-k of them learnable — "the
+  top-k strong interactions between singular vector directions" — and notes that this "only works
+  when left and right singular vectors have the same size". So:
+
+  - **Criterion.** ``Ω`` = the ``nnz`` positions with the largest ``|u_iᵀ v_j|``
+    (:func:`singular_vector_alignment`). We rank by the *magnitude*: an SVD fixes each pair
+    ``(u_i, v_i)`` only up to a joint sign flip, which flips the sign of row i and column i of
+    ``a`` — a signed ranking would depend on LAPACK's sign convention, the magnitude does not.
+    Exact ties are broken by position, row-major, so the pattern is deterministic. (Where the
+    alignments are all near 0 apart from a few — a symmetric W has ``u_i = ±v_i``, so ``a = ±I`` —
+    the rest of the ranking is decided by rounding noise: Top-k is meant for W whose left and right
+    singular vectors genuinely overlap in several directions.)
+  - **Count.** The paper's "k" is a count, not our ``k = min(m, n)``: ``nnz = k(2d+1) − d(d+1)``
+    with ``d = off_diag``, the banded count: the paper's
+    Table 5 compares Banded, Random and Top-k "matching the number of trainable coefficients", and
+    the authors' code sizes all three by the same formula.
+  - **Non-square W.** ``u_i ∈ R^m`` and ``v_j ∈ R^n`` have no inner product when ``m ≠ n``, and the
+    paper defines none; we refuse such a layer with a ``ValueError`` (restrict ``targets`` to square
+    layers). The authors' code instead falls back to the entries of whichever factor is square,
+    which is not an alignment; we do not copy that. (For square W their code ranks the signed
+    entries of ``U·V`` — rows of U against columns of V, a transpose away from the paper's
+    ``UᵀV`` — we follow the paper's text.)
 
 ``M`` is stored as a 1-D parameter of its ``nnz`` values plus two fixed index buffers (row, col);
 the dense k × k matrix is never built in the forward.
@@ -52,7 +76,7 @@ from torch import nn
 from .. import linalg
 from .base import AdaptedLinear, Method, check_choice, check_finite_weight, frozen, register
 
-PATTERNS = ("banded", "random")
+PATTERNS = ("banded", "random", "topk")
 INITS = ("kaiming", "zeros")
 
 
@@ -83,6 +107,24 @@ def random_indices(k: int, nnz: int, generator: torch.Generator) -> tuple[torch.
     return flat // k, flat % k
 
 
+def singular_vector_alignment(U: torch.Tensor, Vh: torch.Tensor) -> torch.Tensor:
+    """``a_ij = u_iᵀ v_j`` for the columns ``u_i`` of U and the rows ``v_jᵀ`` of Vh (k × k, float32).
+
+    Defined only when the two live in the same space (U is m × k, Vh is k × n with m = n).
+    """
+    if U.shape[0] != Vh.shape[1]:
+        raise ValueError(f"singular vector alignment needs left and right singular vectors of the same size, "
+                         f"got U {tuple(U.shape)} and Vh {tuple(Vh.shape)}")
+    return U.float().T @ Vh.float().T
+
+
+def topk_indices(alignment: torch.Tensor, nnz: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``nnz`` positions with the largest ``|alignment|``, largest first (ties: row-major order)."""
+    k = alignment.shape[1]
+    order = torch.argsort(alignment.abs().flatten().cpu(), descending=True, stable=True)[:nnz]
+    return order // k, order % k
+
+
 def layer_generator(seed: int, layer_name: str) -> torch.Generator:
     """A CPU generator seeded from ``seed`` and the layer name (stable across runs, unlike ``hash``)."""
     mixed = (seed * 1_000_003 + zlib.crc32(layer_name.encode())) % (1 << 63)
@@ -109,8 +151,10 @@ class SVFTLayer(AdaptedLinear):
 
         if pattern == "banded":
             rows, cols = banded_indices(k, off_diag)
-        else:
+        elif pattern == "random":
             rows, cols = random_indices(k, banded_nnz(k, off_diag), layer_generator(seed, layer_name))
+        else:  # "topk": from the float32 factors, before any cast to a low-precision dtype
+            rows, cols = topk_indices(singular_vector_alignment(U, Vh), banded_nnz(k, off_diag))
         self.register_buffer("svft_rows", rows.to(W.device))
         self.register_buffer("svft_cols", cols.to(W.device))
         self.nnz = rows.numel()
@@ -149,8 +193,9 @@ class SVFTLayer(AdaptedLinear):
 class SVFT(Method):
     """Learn a sparse matrix of coefficients between the frozen singular vectors: ``U(diag(S) + σ(g)M)Vh``.
 
-    Options: ``pattern`` ("banded" | "random"), ``off_diag`` (0: plain/diagonal; d: d diagonals on
-    each side; for "random" the same count ``k(2d+1) − d(d+1)`` of random positions), ``init``
+    Options: ``pattern`` ("banded" | "random" | "topk"), ``off_diag`` (0: plain/diagonal; d: d
+    diagonals on each side; for "random" and "topk" the same count ``k(2d+1) − d(d+1)`` of random
+    positions or of the positions with the largest ``|u_iᵀ v_j|``; "topk" needs square layers), ``init``
     ("kaiming": the authors' init, W' ≠ W at step 0 | "zeros": W' = W), ``gate`` (True: M scaled
     by a trainable σ(g), g = 0), ``seed`` (0, for the random pattern). Trainable per layer: nnz (+1).
     """
@@ -173,6 +218,11 @@ class SVFT(Method):
         if not 0 <= d <= k - 1:
             raise ValueError(f"layer {layer_name!r} ({linear.out_features}×{linear.in_features}): off_diag={d} "
                              f"is outside the allowed range [0, {k - 1}] = [0, min(out, in) − 1]")
+        if c["pattern"] == "topk" and linear.out_features != linear.in_features:
+            raise ValueError(f"layer {layer_name!r} ({linear.out_features}×{linear.in_features}): pattern='topk' "
+                             "ranks the alignments u_iᵀ v_j, which exist only when out_features == in_features "
+                             "(left and right singular vectors of the same size); restrict targets to square "
+                             "layers or use pattern='random' for the same count")
         if not isinstance(c["gate"], bool):
             raise TypeError(f"layer {layer_name!r}: gate must be True or False, got {c['gate']!r}")
         if isinstance(c["seed"], bool) or not isinstance(c["seed"], int):
