@@ -136,3 +136,142 @@ def test_all_finite_is_exact_even_when_the_sum_overflows():
         assert not linalg.all_finite(t)
     mixed = torch.tensor([float("inf"), -float("inf")])  # sums to NaN; still caught
     assert not linalg.all_finite(mixed)
+
+
+# -- intruder dimensions (Shuttleworth et al. 2024, arXiv:2410.21228) ------------------------------
+
+def pretrained_like(m: int = 48, n: int = 40, seed: int = 0) -> torch.Tensor:
+    """A weight with a clear spectrum: 8 large, well-separated values above a small decaying tail."""
+    sigma = torch.cat([torch.linspace(10, 3, 8), 0.5 * torch.logspace(0, -1, min(m, n) - 8)])
+    return matrix_with_spectrum(sigma, m, n, seed)
+
+
+def test_intruders_of_an_unchanged_or_sign_flipped_weight_are_zero():
+    W = pretrained_like()
+    for W_ft in (W.clone(), -W):  # −W has the same singular vectors up to sign: |cos| = 1
+        found = linalg.intruder_dimensions(W, W_ft, k=10, epsilon=0.5)
+        assert found.count == 0 and found.indices.numel() == 0
+        torch.testing.assert_close(found.max_similarity, torch.ones(10), atol=1e-4, rtol=0)
+        assert found.similarity.shape == (10, 40) and found.singular_values.shape == (10,)
+
+
+def test_a_large_spike_along_new_directions_is_exactly_one_intruder_at_the_top():
+    W = pretrained_like()
+    U, S, Vh = torch.linalg.svd(W.double(), full_matrices=False)
+    # an equal mix of the 20 smallest left (and right) directions: |cos| with any single pretrained
+    # vector is 1/√20 ≈ 0.22, so the spike is new although it lies inside W's column space
+    u = U[:, -20:].sum(1) / math.sqrt(20)
+    v = Vh[-20:].sum(0) / math.sqrt(20)
+    W_ft = (W.double() + 30.0 * torch.outer(u, v)).float()
+    found = linalg.intruder_dimensions(W, W_ft, k=10, epsilon=0.5)
+    assert found.count == 1 and found.indices.tolist() == [0], found.max_similarity
+    assert float(found.max_similarity[0]) < 0.3 and bool((found.max_similarity[1:] > 0.9).all())
+    assert float(found.singular_values[0]) > 2 * float(S[0])          # the intruder is the new σ'_1
+    # the same spike far below the top-k does not count: intruders are *high-ranking* vectors
+    small = (W.double() + 0.2 * torch.outer(u, v)).float()
+    assert linalg.intruder_dimensions(W, small, k=8, epsilon=0.5).count == 0
+
+
+def test_a_spike_along_one_existing_minor_direction_is_not_an_intruder():
+    """Matched against *all* pretrained vectors: promoting σ_last to the top is not a new direction
+    (an implementation that compared only with the top k pretrained vectors would call it one)."""
+    W = pretrained_like()
+    U, S, Vh = torch.linalg.svd(W.double(), full_matrices=False)
+    W_ft = (W.double() + 30.0 * torch.outer(U[:, -1], Vh[-1])).float()
+    found = linalg.intruder_dimensions(W, W_ft, k=10, epsilon=0.5)
+    assert found.count == 0
+    assert float(found.max_similarity[0]) > 0.999
+    assert float(found.similarity[0, :10].max()) < 1e-3  # unlike every *top* pretrained vector
+
+
+def test_a_tall_weight_can_gain_a_direction_orthogonal_to_every_pretrained_one():
+    W = pretrained_like(60, 20, seed=2)        # 20 left singular vectors span 20 of 60 dimensions
+    U, _, Vh = torch.linalg.svd(W.double(), full_matrices=True)
+    outside = U[:, 40]                          # orthogonal to the column space of W
+    # read through W's weakest input direction, so W itself barely tilts the new output direction
+    W_ft = (W.double() + 40.0 * torch.outer(outside, Vh[-1])).float()
+    found = linalg.intruder_dimensions(W, W_ft, k=5, epsilon=0.1)
+    assert found.indices.tolist() == [0] and float(found.max_similarity[0]) < 1e-2
+
+
+def test_left_and_right_singular_vectors_can_disagree():
+    """A spike whose output direction is W's top u₁ but whose input direction is new intrudes on
+    the right (Vh) side only; the default, as the authors' code, is the left side."""
+    W = pretrained_like()
+    U, S, Vh = torch.linalg.svd(W.double(), full_matrices=False)
+    v = Vh[-20:].sum(0) / math.sqrt(20)
+    W_ft = (W.double() + 30.0 * torch.outer(U[:, 0], v)).float()
+    assert linalg.intruder_dimensions(W, W_ft, k=5).count == 0
+    right = linalg.intruder_dimensions(W, W_ft, k=5, side="right")
+    assert right.count == 1 and right.indices.tolist() == [0]
+
+
+def test_intruder_count_is_monotone_in_epsilon_and_count_below_agrees():
+    W = pretrained_like(64, 64, seed=4)
+    g = torch.Generator().manual_seed(1)
+    W_ft = W + 0.8 * torch.randn(64, 64, generator=g)   # a dense perturbation mixes the tail directions
+    found = linalg.intruder_dimensions(W, W_ft, k=16, epsilon=0.5)
+    epsilons = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    counts = [found.count_below(e) for e in epsilons]
+    assert counts == sorted(counts) and counts[-1] > counts[0], counts
+    for e, c in zip(epsilons, counts):
+        again = linalg.intruder_dimensions(W, W_ft, k=16, epsilon=e)
+        assert again.count == c and again.indices.tolist() == torch.nonzero(found.max_similarity < e).flatten().tolist()
+    # the similarity matrix is |U'ᵀU| of the two SVDs, its row maxima are max_similarity
+    U0 = torch.linalg.svd(W).U
+    U1 = torch.linalg.svd(W_ft).U
+    torch.testing.assert_close(found.similarity, (U1[:, :16].T @ U0).abs(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(found.max_similarity, found.similarity.max(1).values)
+
+
+def test_intruders_read_layers_and_the_effective_weight_of_adapted_layers():
+    import copy
+
+    import spectrallab as sl
+    from torch import nn
+
+    torch.manual_seed(0)
+    linear = nn.Linear(24, 32)
+    adapted = sl.apply(copy.deepcopy(linear), "lora", rank=2)
+    with torch.no_grad():
+        adapted.lora_B.normal_(0, 3.0)
+    from_layers = linalg.intruder_dimensions(linear, adapted, k=6)
+    from_tensors = linalg.intruder_dimensions(linear.weight, adapted.effective_weight(), k=6)
+    torch.testing.assert_close(from_layers.max_similarity, from_tensors.max_similarity)
+    assert from_layers.indices.tolist() == from_tensors.indices.tolist()
+    half = linalg.intruder_dimensions(linear.weight.half(), linear.weight.half(), k=6)
+    assert half.count == 0 and half.max_similarity.dtype == torch.float32
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(k=0), ValueError, r"k=0 is outside the allowed range \[1, 16\]"),
+    (dict(k=17), ValueError, r"k=17 is outside the allowed range \[1, 16\]"),
+    (dict(k=2.0), TypeError, r"k must be an int in \[1, 16\]"),
+    (dict(k=True), TypeError, "k must be an int"),
+    (dict(epsilon=0), ValueError, r"epsilon=0 is outside the allowed range \(0, 1\]"),
+    (dict(epsilon=1.5), ValueError, r"epsilon=1.5 is outside the allowed range \(0, 1\]"),
+    (dict(epsilon=float("nan")), TypeError, r"epsilon must be a finite number in \(0, 1\]"),
+    (dict(epsilon="0.5"), TypeError, "epsilon must be a finite number"),
+    (dict(side="both"), ValueError, "side='both' is not one of 'left', 'right'"),
+])
+def test_intruder_bad_options(kwargs, error, message):
+    W = torch.randn(16, 24)
+    with pytest.raises(error, match=message):
+        linalg.intruder_dimensions(W, W + 0.1, **kwargs)
+
+
+def test_intruder_bad_matrices():
+    W = torch.randn(16, 24)
+    with pytest.raises(ValueError, match=r"same shape, got \(16, 24\) and \(24, 16\)"):
+        linalg.intruder_dimensions(W, W.T)
+    bad = W.clone()
+    bad[2, 3] = float("nan")
+    with pytest.raises(ValueError, match="W_ft: has 1 non-finite value"):
+        linalg.intruder_dimensions(W, bad)
+    with pytest.raises(ValueError, match="W_pre: expected a 2-D matrix"):
+        linalg.intruder_dimensions(torch.randn(16), W)
+    with pytest.raises(TypeError, match="W_pre: expected a 2-D tensor or a layer"):
+        linalg.intruder_dimensions([[1.0]], W)
+    found = linalg.intruder_dimensions(W, W)
+    with pytest.raises(ValueError, match=r"epsilon=2 is outside the allowed range"):
+        found.count_below(2)

@@ -9,7 +9,8 @@ Notation: ``W ∈ R^{m×n}``, ``k = min(m, n)``, ``W = U diag(S) Vh`` with ``S``
 * Spectra metrics: :func:`energy` captured by the top r values, :func:`effective_rank` (entropy,
   Roy & Vetterli 2007 — the "RankMe" measure), :func:`stable_rank` ``‖W‖_F²/‖W‖_2²``,
   :func:`eckart_young_error` (the best rank-r error), :func:`principal_angles` and
-  :func:`subspace_overlap` between subspaces, :func:`orthogonality_error` ``‖QᵀQ − I‖_F``.
+  :func:`subspace_overlap` between subspaces, :func:`orthogonality_error` ``‖QᵀQ − I‖_F``,
+  :func:`intruder_dimensions` (Shuttleworth et al. 2024: new top singular vectors after fine-tuning).
 
 Low-precision inputs (bf16/fp16) are upcast to float32 for the factorization — LAPACK has no
 half-precision SVD, and half precision would lose the small singular values anyway — and the
@@ -193,3 +194,96 @@ def spectral_gap(S: torch.Tensor, rank: int) -> float:
     if rank >= S.numel():
         return 0.0
     return float(S[rank] / S[rank - 1]) if S[rank - 1] > 0 else math.nan
+
+
+class Intruders(NamedTuple):
+    """What :func:`intruder_dimensions` found in the top ``k`` singular vectors of a fine-tuned weight."""
+
+    count: int                    # how many of the top-k fine-tuned singular vectors are intruders
+    indices: torch.Tensor         # their positions in the fine-tuned spectrum (0-based, ascending, int64)
+    max_similarity: torch.Tensor  # (k,): max_i |cos(u'_j, u_i)| for each of the top-k fine-tuned vectors
+    similarity: torch.Tensor      # (k, k_pre): |cos(u'_j, u_i)| against every pretrained singular vector
+    singular_values: torch.Tensor  # (k,): σ'_j of the fine-tuned weight, to place intruders in its spectrum
+    epsilon: float
+
+    def count_below(self, epsilon: float) -> int:
+        """The count at another threshold, from the same decomposition (for count-vs-ε curves)."""
+        return int((self.max_similarity < check_similarity_threshold(epsilon)).sum())
+
+
+def check_similarity_threshold(epsilon, name: str = "intruder_dimensions") -> float:
+    """A cosine-similarity threshold: a finite number in (0, 1]."""
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon):
+        raise TypeError(f"{name}: epsilon must be a finite number in (0, 1], got {epsilon!r}")
+    if not 0 < epsilon <= 1:
+        raise ValueError(f"{name}: epsilon={epsilon} is outside the allowed range (0, 1]")
+    return float(epsilon)
+
+
+def intruder_dimensions(W_pre: torch.Tensor | nn.Module, W_ft: torch.Tensor | nn.Module, k: int = 10,
+                        epsilon: float = 0.5, *, side: Literal["left", "right"] = "left",
+                        name: str = "intruder_dimensions") -> Intruders:
+    """Intruder dimensions of a fine-tuned weight (Shuttleworth, Andreas, Torralba & Sharma 2024,
+    "LoRA vs Full Fine-tuning: An Illusion of Equivalence", arXiv:2410.21228).
+
+    Take the SVDs of the pretrained weight ``W_pre = U diag(S) Vh`` and of the fine-tuned one
+    ``W_ft = U' diag(S') Vh'`` (same shape, m×n). A singular vector ``u'_j`` of ``W_ft`` is an
+    **intruder dimension** when it is unlike every pretrained singular vector::
+
+        max_i |cos(u'_j, u_i)| = max_i |u'_jᵀ u_i| < ε,        i = 1 … min(m, n)
+
+    and the paper counts intruders among the ``k`` *highest-ranking* fine-tuned vectors
+    (j = 1 … k; k = 10, with the count plotted against a range of ε; the authors' script and HF
+    PEFT's intruder mitigation default to ε = 0.5).
+    LoRA's low-rank update adds a few such new, large directions; full fine-tuning mostly rotates
+    the existing ones a little, so its top vectors keep a close pretrained match.
+
+    Choices where the paper's text leaves room (stated here and in the intruder chapter):
+
+    * **Left singular vectors** (columns of U, the output space of an ``nn.Linear`` weight), as the
+      authors' released code does; ``side="right"`` compares the rows of Vh (the input space)
+      instead.
+    * **Absolute** cosine: a singular vector is defined only up to sign, so ``u`` and ``−u`` are
+      the same direction (the released code also takes ``abs``).
+    * Matched against **all** ``min(m, n)`` pretrained singular vectors of the thin SVD, not only
+      the top k: a small pretrained direction that grows large is not new. When the compared space
+      has dimension ``min(m, n)`` (the output space when ``m ≤ n``, for ``side="left"``) these
+      vectors span it, so ``max_i |cos| ≥ 1/√min(m, n)`` and no ε below that finds an intruder.
+    * Strict ``<``, as the paper's definition. ``W_pre`` and ``W_ft`` may be tensors or layers
+      (an adapted layer contributes its effective weight ``W + ΔW``); both are read in float32 or
+      float64 (half precision is upcast).
+
+    A property of the definition worth knowing: singular vectors of nearly equal singular values
+    are unstable, so a small dense update can mix two of them into ``(u_1 ± u_2)/√2``, whose best
+    match is about 0.71 — counted at ε above that although no new direction appeared. Read counts at
+    high ε, or deep k, together with the singular values (``singular_values``) and the spectrum.
+
+    Returns an :class:`Intruders`: the count at ``epsilon``, the intruders' positions in the
+    fine-tuned spectrum, each top-k vector's best similarity (``count_below(ε)`` recounts at any
+    other ε), the k × min(m, n) similarity matrix and the top-k fine-tuned singular values.
+    """
+    pre = as_matrix(W_pre, f"{name}: W_pre")
+    ft = as_matrix(W_ft, f"{name}: W_ft")
+    if pre.shape != ft.shape:
+        raise ValueError(f"{name}: W_pre and W_ft must have the same shape, got {tuple(pre.shape)} and "
+                         f"{tuple(ft.shape)}")
+    limit = min(pre.shape)
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"{name}: k must be an int in [1, {limit}], got {k!r}")
+    if not 1 <= k <= limit:
+        raise ValueError(f"{name} ({pre.shape[0]}×{pre.shape[1]}): k={k} is outside the allowed range "
+                         f"[1, {limit}] = [1, min(out, in)]")
+    epsilon = check_similarity_threshold(epsilon, name)
+    if side not in ("left", "right"):
+        raise ValueError(f"{name}: side={side!r} is not one of 'left', 'right'")
+    dtype = torch.promote_types(pre.dtype, ft.dtype)
+    U_pre, _, Vh_pre = torch.linalg.svd(pre.to(dtype), full_matrices=False)
+    U_ft, S_ft, Vh_ft = torch.linalg.svd(ft.to(device=pre.device, dtype=dtype), full_matrices=False)
+    if side == "left":
+        similarity = (U_ft[:, :k].T @ U_pre).abs()   # rows: fine-tuned u'_j, columns: pretrained u_i
+    else:
+        similarity = (Vh_ft[:k] @ Vh_pre.T).abs()
+    similarity = similarity.clamp(max=1.0)          # |cos| ≤ 1; rounding may overshoot by an ulp
+    max_similarity = similarity.max(dim=1).values
+    indices = torch.nonzero(max_similarity < epsilon).flatten()
+    return Intruders(int(indices.numel()), indices, max_similarity, similarity, S_ft[:k], epsilon)
