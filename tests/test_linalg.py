@@ -275,3 +275,9 @@ def test_intruder_bad_matrices():
     found = linalg.intruder_dimensions(W, W)
     with pytest.raises(ValueError, match=r"epsilon=2 is outside the allowed range"):
         found.count_below(2)
+
+
+def test_rank_for_energy_one_keeps_every_nonzero_value_in_float32():
+    """A float32 cumulative sum reaches 1.0 before the last (small) value; full energy needs all k."""
+    S = torch.linspace(10, 0.01, 128, dtype=torch.float32)
+    assert linalg.rank_for_energy(S, 1.0) == 128

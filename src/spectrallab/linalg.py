@@ -140,7 +140,7 @@ def rank_for_energy(S: torch.Tensor, fraction: float) -> int:
     """Smallest r whose top-r values capture at least ``fraction`` of the energy."""
     if not 0 < fraction <= 1:
         raise ValueError(f"energy fraction={fraction} is outside the allowed range (0, 1]")
-    cumulative = energy(S).double()
+    cumulative = energy(S.double())  # in float64: a float32 cumsum reaches 1.0 before the last value
     return int(torch.searchsorted(cumulative, torch.tensor(fraction - 1e-12, dtype=torch.float64)).item()) + 1
 
 
