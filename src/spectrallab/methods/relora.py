@@ -1,0 +1,285 @@
+"""ReLoRA — High-Rank Training Through Low-Rank Updates (Lialin, Muckatira, Shivagunde & Rumshisky,
+arXiv:2307.05695, ICLR 2024).
+
+A pre-training method: a sum of low-rank updates can have high rank, so train LoRA, fold it into
+the weight, start a new LoRA, and repeat. Each layer holds a frozen ``W`` and LoRA factors::
+
+    W' = W + s · B A,      A ∈ R^{r×n} (Kaiming-uniform, a = √5),  B ∈ R^{m×r} (= 0),  s = alpha / r
+    y  = x Wᵀ + b + s · (x Aᵀ) Bᵀ
+
+and every ``T = reset_every`` optimizer steps, after the step, :func:`spectrallab.optimizer` runs
+the **merge-and-reinit** of every layer (the paper's Algorithm 1):
+
+1. **merge** ``W ← W + s·BA`` (written into the frozen ``W``; the function is unchanged);
+2. **re-init** ``A`` Kaiming-uniform and ``B = 0`` (so again ``BA = 0``);
+3. **prune the optimizer state** of ``A`` and ``B`` (``prune=``):
+
+   * ``"random"`` (default): zero a random ``prune_ratio`` of the entries;
+   * ``"magnitude"``: keep only the ``1 − prune_ratio`` entries of largest magnitude;
+   * ``"reset"``: zero all of it (a plain optimizer reset).
+
+   Without it, Adam's moments — built up for the *old* ``A, B`` — would keep pushing the new
+   factors along the old update direction (the paper's motivation for the partial reset); a full
+   reset instead throws away the whole history.
+4. the **jagged schedule**: a learning-rate multiplier owned by the method that is 0 on the first
+   step after each reset and climbs linearly back to 1 over ``restart_warmup`` steps
+   (``j / restart_warmup`` on the ``j``-th step after a reset, ``j = 0, 1, …``). It multiplies
+   whatever schedule the user runs: with ``sl.warmup_cosine`` it is exactly the paper's "jagged
+   cosine" (Figure 2: "on every optimizer reset, we set the learning rate to zero and perform a
+   quick (50–100 steps) learning rate warm-up back to the cosine schedule").
+
+**The saddle right after a reset.** With ``B = 0``, ``∂L/∂A = s·Bᵀ (∂L/∂W') = 0`` exactly, while
+``∂L/∂B = s·(∂L/∂W') Aᵀ ≠ 0``: the first steps after a merge only move ``B``, and ``A`` starts to
+move once ``B ≠ 0``. The gradient norm of the LoRA factors collapses at every reset (the SST
+paper's critique of ReLoRA). Initializing *both* factors to zero would be a true trap — every
+gradient of ``A`` and ``B`` would then be zero forever — which is why ``A`` is re-drawn, never
+zeroed.
+
+**Warm start and ReLoRA\\*.** The paper starts from a partially trained full-rank model (a warm
+start) and switches to ReLoRA after it. Here that is a composition: train with ``"full"``, then
+``sl.merge`` and ``sl.apply(model, "relora", ...)``. **ReLoRA\\*** (as the SST paper, Zhao et al.
+2024, runs it) has no warm start and prunes 99 % of the state: ``sl.apply(model, "relora",
+prune_ratio=0.99)`` on a freshly initialized model.
+
+Choices, where the paper or the authors' code leave room:
+
+* **Counts, not coin flips.** The authors' code zeroes each entry independently with probability
+  ``prune_ratio`` (random) or everything below the ``prune_ratio`` quantile (magnitude). We zero
+  exactly ``⌊prune_ratio·N + ½⌋`` of the ``N`` entries of each factor — the same expected number,
+  but exact and testable.
+* **One mask per factor, shared by all of its state tensors** (Adam's ``exp_avg`` and
+  ``exp_avg_sq``, AMSGrad's ``max_exp_avg_sq``, SGD's ``momentum_buffer``). Independent masks, as
+  in the authors' code, can zero ``v`` and keep ``m`` for an entry of ``A``; since ``∂L/∂A = 0``
+  right after a reset, ``v`` stays 0 and Adam's step ``m̂/(√v̂ + ε)`` on that entry is ``m/ε`` —
+  huge. A shared mask keeps or drops ``(m, v)`` together. ``"magnitude"`` ranks the entries by the
+  first moment ``|exp_avg|`` (or ``|momentum_buffer|``), the direction the optimizer carries over.
+* Adam's step counter is left alone (as in the authors' code), so bias correction stays that of a
+  long run.
+* The restart warm-up is the multiplier ``j / restart_warmup`` (0 on the first step after a reset, as
+  the authors' ``cosine_restarts`` scheduler); ``restart_warmup = 0`` disables it. It scales every
+  parameter group of the optimizer (the embeddings and norms too), like the authors' scheduler.
+  Default 100 steps, the value of the authors' 130M runs (and the upper end of the paper's 50–100).
+* ``reset_every`` defaults to 2000 (the authors' 130M runs); small experiments set it themselves.
+* The bias of an adapted layer stays trainable (the authors' layer keeps the original trainable
+  bias), and so does every parameter outside the adapted layers (``freezes_others = False``): this
+  is pre-training, not fine-tuning.
+* ``W`` is copied at ``apply`` (merges write into it; the original ``nn.Linear`` is never touched).
+* ``seed=None`` draws the layers' random streams from torch's global generator at ``apply``
+  (``torch.manual_seed`` makes a run reproducible, as for LoRA); an int seeds them from the seed and
+  the layer name, independent of the global generator. The stream supplies ``A`` at ``apply``, the
+  re-drawn ``A`` at every reset and the random pruning masks.
+
+Trainable parameters per layer: ``r(m + n)`` (+ ``m`` with a bias). Optimizer state per layer:
+``2r(m + n)`` with Adam, instead of ``2mn`` for full-rank training.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..optim import add_lr_multiplier
+from .base import AdaptedLinear, Method, check_choice, check_positive, check_rank, frozen, register
+
+PRUNE_MODES = ("random", "magnitude", "reset")
+
+
+def round_half_up(x: float) -> int:
+    """``⌊x + ½⌋``: the rounding used for every count in this file (no banker's rounding)."""
+    return int(math.floor(x + 0.5))
+
+
+def layer_generator(seed: int, layer_name: str) -> torch.Generator:
+    """A CPU generator seeded from ``seed`` and the layer name (stable across runs, unlike ``hash``)."""
+    mixed = (seed * 1_000_003 + zlib.crc32(layer_name.encode())) % (1 << 63)
+    return torch.Generator().manual_seed(mixed)
+
+
+def resolve_seed(seed: int | None) -> int:
+    """``seed`` itself, or (None) a seed drawn from torch's global generator."""
+    return int(torch.randint(0, 1 << 62, (1,))) if seed is None else int(seed)
+
+
+def kaiming_factor(rows: int, cols: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """``rows × cols``, Kaiming-uniform with ``a = √5`` (``nn.Linear``'s init: U(±1/√cols)), drawn on
+    the CPU from ``generator`` so the stream does not depend on the device."""
+    A = torch.empty(rows, cols, dtype=torch.float32)
+    nn.init.kaiming_uniform_(A, a=math.sqrt(5), generator=generator)
+    return A.to(device=like.device, dtype=like.dtype)
+
+
+class ReLoRALinear(AdaptedLinear):
+    """``y = x Wᵀ + b + s·(x Aᵀ) Bᵀ``; ``W`` frozen (merges write into it), ``A``, ``B``, ``b`` trainable."""
+
+    method = "relora"
+
+    def __init__(self, linear: nn.Linear, rank: int, alpha: float, generator: torch.Generator):
+        super().__init__(linear.in_features, linear.out_features)
+        self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
+        W = linear.weight.detach()
+        self.weight = frozen(W.clone())          # a copy: merges write into it
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
+        self.generator = generator
+        self.lora_A = nn.Parameter(kaiming_factor(rank, self.in_features, generator, W))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=W.dtype, device=W.device))
+        self.restarts = 0                       # merge-and-reinit events so far
+
+    def delta_weight(self) -> torch.Tensor:
+        """``ΔW = s · B A`` (out × in): the update since the last merge."""
+        return self.scale * (self.lora_B @ self.lora_A)
+
+    def effective_weight(self) -> torch.Tensor:
+        return self.weight + self.delta_weight()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        return out.add_(F.linear(F.linear(x, self.lora_A), self.lora_B), alpha=self.scale)
+
+    @torch.no_grad()
+    def merge_and_reinit(self) -> None:
+        """``W ← W + s·BA`` (summed in at least float32), then ``A`` Kaiming-uniform and ``B = 0``."""
+        wide = torch.promote_types(self.weight.dtype, torch.float32)
+        merged = torch.addmm(self.weight.to(wide), self.lora_B.to(wide), self.lora_A.to(wide), alpha=self.scale)
+        self.weight.copy_(merged)
+        self.lora_A.copy_(kaiming_factor(self.rank, self.in_features, self.generator, self.lora_A))
+        self.lora_B.zero_()
+        self.restarts += 1
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, "
+                f"restarts={self.restarts}")
+
+
+@torch.no_grad()
+def prune_state(optimizer: torch.optim.Optimizer, param: nn.Parameter, mode: str, ratio: float,
+                generator: torch.Generator) -> int:
+    """Zero part of ``param``'s optimizer state in place (one mask for all of its state tensors).
+
+    Returns the number of entries (per state tensor) that were zeroed. State that is not shaped
+    like the parameter (Adam's ``step``) is left alone.
+    """
+    state = optimizer.state.get(param)
+    if not state:
+        return 0
+    tensors = {k: v for k, v in state.items() if torch.is_tensor(v) and v.shape == param.shape}
+    if not tensors:
+        return 0
+    n = param.numel()
+    n_zero = n if mode == "reset" else min(n, round_half_up(ratio * n))
+    if n_zero == 0:
+        return 0
+    if n_zero == n:
+        for t in tensors.values():
+            t.zero_()
+        return n
+    if mode == "random":
+        dropped = torch.randperm(n, generator=generator)[:n_zero].to(param.device)
+    else:  # magnitude: drop the entries with the smallest first moment
+        key = next((k for k in ("exp_avg", "momentum_buffer") if k in tensors), next(iter(tensors)))
+        dropped = torch.topk(tensors[key].abs().flatten().float(), n_zero, largest=False).indices
+    keep = torch.ones(n, dtype=torch.bool, device=param.device)
+    keep[dropped] = False
+    for t in tensors.values():
+        t.mul_(keep.view(param.shape).to(t.dtype))
+    return n_zero
+
+
+@dataclass
+class RestartSchedule:
+    """The method's clock: optimizer steps taken, and the step of the last merge-and-reinit."""
+
+    reset_every: int
+    restart_warmup: int
+    step: int = 0
+    last_reset: int | None = None
+
+    def multiplier(self) -> float:
+        """The LR multiplier of the *next* step: ``j / restart_warmup`` for its j-th step after a reset."""
+        if self.last_reset is None or self.restart_warmup == 0:
+            return 1.0
+        return min(1.0, (self.step - self.last_reset) / self.restart_warmup)
+
+
+@register("relora")
+class ReLoRA(Method):
+    """LoRA that is merged into ``W`` and restarted every ``reset_every`` steps (Lialin et al. 2024).
+
+    Options: ``rank`` (8); ``alpha`` (None → rank, s = 1); ``reset_every`` (T = 2000 optimizer
+    steps); ``prune`` ("random" | "magnitude" | "reset") and ``prune_ratio`` (0.999; ReLoRA\\* uses
+    0.99) for the LoRA optimizer state at each reset; ``restart_warmup`` (100 steps of linear LR
+    re-warm-up after each reset, 0 = none; must be < reset_every); ``seed`` (None: from torch's
+    global generator). Merges, re-inits, pruning and the jagged LR multiplier are installed by
+    :func:`spectrallab.optimizer`. Trainable per layer: ``r(m + n)`` (+ bias).
+    """
+
+    options = {"rank": 8, "alpha": None, "reset_every": 2000, "prune": "random", "prune_ratio": 0.999,
+               "restart_warmup": 100, "seed": None}
+    freezes_others = False
+
+    @classmethod
+    def option_choices(cls, option: str):
+        return list(PRUNE_MODES) if option == "prune" else None
+
+    def check(self, layer_name: str, linear: nn.Linear) -> None:
+        c = self.config
+        check_rank(layer_name, linear, c["rank"])
+        if c["alpha"] is not None:
+            check_positive(layer_name, "alpha", c["alpha"])
+        T = c["reset_every"]
+        if isinstance(T, bool) or not isinstance(T, int):
+            raise TypeError(f"layer {layer_name!r}: reset_every must be an int in [1, inf), got {T!r}")
+        if T < 1:
+            raise ValueError(f"layer {layer_name!r}: reset_every={T} is outside the allowed range [1, inf)")
+        W = c["restart_warmup"]
+        if isinstance(W, bool) or not isinstance(W, int):
+            raise TypeError(f"layer {layer_name!r}: restart_warmup must be an int in [0, {T - 1}], got {W!r}")
+        if not 0 <= W < T:
+            raise ValueError(f"layer {layer_name!r}: restart_warmup={W} is outside the allowed range "
+                             f"[0, {T - 1}] (it must be shorter than reset_every={T})")
+        check_choice(layer_name, "prune", c["prune"], PRUNE_MODES)
+        p = c["prune_ratio"]
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p):
+            raise TypeError(f"layer {layer_name!r}: prune_ratio must be a number in [0, 1], got {p!r}")
+        if not 0 <= p <= 1:
+            raise ValueError(f"layer {layer_name!r}: prune_ratio={p} is outside the allowed range [0, 1]")
+        s = c["seed"]
+        if s is not None and (isinstance(s, bool) or not isinstance(s, int)):
+            raise TypeError(f"layer {layer_name!r}: seed must be an int or None, got {s!r}")
+
+    def adapt(self, layer_name: str, linear: nn.Linear) -> ReLoRALinear:
+        c = self.config
+        if not hasattr(self, "_seed"):  # one draw per apply, so torch.manual_seed before apply fixes all
+            self._seed = resolve_seed(c["seed"])
+        alpha = float(c["rank"] if c["alpha"] is None else c["alpha"])
+        return ReLoRALinear(linear, c["rank"], alpha, layer_generator(self._seed, layer_name))
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer, layers: dict[str, ReLoRALinear]) -> None:
+        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        mine = [layer for layer in layers.values()
+                if id(layer.lora_A) in in_optimizer or id(layer.lora_B) in in_optimizer]
+        if not mine:
+            return
+        c = self.config
+        schedule = RestartSchedule(c["reset_every"], c["restart_warmup"])
+        add_lr_multiplier(optimizer, schedule.multiplier)
+        mode, ratio = c["prune"], float(c["prune_ratio"])
+
+        def merge_and_restart(opt, args, kwargs):
+            schedule.step += 1
+            if schedule.step % schedule.reset_every:
+                return
+            for layer in mine:
+                layer.merge_and_reinit()
+                for param in (layer.lora_A, layer.lora_B):
+                    prune_state(opt, param, mode, ratio, layer.generator)
+            schedule.last_reset = schedule.step
+
+        # Registered after add_lr_multiplier's restore hook: the merge sees the step already taken.
+        optimizer.register_step_post_hook(merge_and_restart)
+        for layer in mine:
+            layer.schedule = schedule  # the clock, readable from the layer (step, last_reset)
