@@ -1,0 +1,429 @@
+"""SST — Sparse Spectral Training (Zhao, Zhang, Li, Liu & Cannistraci, "Sparse Spectral Training and
+Inference on Euclidean and Hyperbolic Neural Networks", arXiv:2405.15481, ICML 2025).
+
+A pre-training method. Every targeted weight is replaced by its own SVD, computed once at apply
+time from the (random or given) weight, so the network starts exactly where it was::
+
+    W = U diag(Σ) Vh            U: m × k,  Σ: k (≥ 0),  Vh: k × n,  k = min(m, n)
+    y = x (U diag(Σ) Vh)ᵀ + b
+
+and trained in the spectral domain:
+
+* **All singular values, every step.** Σ is a trainable vector of length k; after each optimizer
+  step ``Σ ← max(Σ, 0)`` (a singular value is a magnitude).
+* **Only r singular vectors at a time.** The paper's *iteration* — here a **period** of
+  ``resample_every`` steps (T3; the paper uses 200 in translation) — trains the columns ``U[:, i]``
+  and the matching rows ``Vh[i]`` for a set of r indices S; the other k − r vectors are frozen.
+  After each step the trained vectors are renormalized to unit length, so a vector is only a
+  direction and its magnitude lives in Σ_i.
+* **Sampling balances exploitation and exploration.** S is drawn by multinomial sampling *without
+  replacement* (r distinct indices) weighted by the singular values, mixed with a uniform term::
+
+      p_i = (1 − μ) · Σ_i / Σ_j Σ_j + μ / k          μ = ``uniform_mix`` = ½ by default
+
+  so large directions are revisited often (exploitation) and every direction has a chance
+  (exploration). ``sampling="uniform" | "sequential" | "top"`` are the paper's ablation baselines
+  (equal chances; the indices in turn, r at a time, so all k are visited in ⌈k/r⌉ periods; always
+  the r largest — a LoRA-like pure exploitation).
+* **Enhanced gradient.** The gradient of a sampled vector is ``∂L/∂U_{·i} = (∂L/∂W) V_{·i} Σ_i``
+  (and ``∂L/∂V_{·i} = (∂L/∂W)ᵀ U_{·i} Σ_i``): a direction belonging to a small singular value
+  barely moves. SST drops the factor Σ_i::
+
+      ∇̃U_{·i} = (∂L/∂W) V_{·i},        ∇̃V_{·i} = (∂L/∂W)ᵀ U_{·i}
+
+  decoupling how fast a direction turns from how large it is. ``gradient="default"`` keeps the
+  plain gradient, for comparison.
+* **Re-SVD after each round.** Renormalized vectors drift away from orthogonality; after a round of
+  ``periods_per_round`` periods (the paper's T2 iterations per round; default ⌈k/r⌉, one sweep's
+  worth of periods) the layer re-factorizes its own current weight, ``U, Σ, Vh ← SVD(U diag(Σ) Vh)``
+  — the function is unchanged, U and Vh are orthonormal again and Σ is sorted again.
+* **Inference** merges back to a dense ``W`` (:func:`spectrallab.merge`).
+
+**Memory-efficient layout** (the paper's implementation section): the r active vectors are
+Parameters ``U_active`` (m × r) and ``Vh_active`` (r × n) — the only vectors with optimizer state —
+next to ``S`` (Σ, all k, trainable), and the k − r inactive ones are frozen Parameters
+``U_frozen``, ``Vh_frozen`` (``requires_grad=False``: they move with ``.to()`` and are saved, but no
+optimizer sees them). The buffers ``active_index`` / ``frozen_index`` say which singular index each
+slot holds. A new sample *swaps* vectors between the blocks (data copied into the same Parameter
+tensors, so the optimizer stays valid); a vector that stays active keeps its slot. Trainable per
+layer: ``r(m + n) + k`` (+ the bias), optimizer state O(r(m + n) + k).
+
+**Forward**: the dense ``W = U_active diag(Σ_active) Vh_active + U_frozen diag(Σ_frozen) Vh_frozen``
+is built once per forward (m·k·n multiply-adds, independent of the batch) and applied with one
+``F.linear`` (tokens·m·n); per-token factor products ``((x Vhᵀ) ⊙ Σ) Uᵀ`` cost tokens·k·(m + n),
+which is more as soon as a batch has more than max(m, n) tokens, as pre-training batches do (on the
+tiny GPT, d = 128, 4096 tokens per batch: an SST step takes 0.93× the time of a full-rank step on a
+CPU; ``benchmarks/pretrain_steps.py``).
+
+Everything that changes *optimization* is installed by :func:`spectrallab.optimizer` (step hooks,
+see :meth:`SST.attach_optimizer`), so a hand-written loop calling ``opt.step()`` runs the whole
+algorithm: enhanced gradient (pre-step), clamp and renormalize (post-step), and every T3 steps the
+swap, the optimizer-state reset and the re-SVD, plus an LR warm-up at the start of each period.
+
+Choices where the paper leaves room. They were fixed from the paper's method description
+(abstract, method section and Algorithm 1 as summarized in secondary sources); neither the full
+text of Appendix A nor the authors' repository (github.com/biomedical-cybernetics/
+sparse-spectral-training) could be read where this was written, so items 1, 4 and 5 in particular
+deserve a check against them:
+
+1. *Uniform term*: p_i mixes ½ uniform and ½ Σ-proportional (the form reported for the ICML version);
+   ``uniform_mix=0`` gives the plain Σ-proportional multinomial of the first preprint.
+2. *Replacement*: without — the active block holds r distinct vectors.
+3. *Shared indices*: U and Vh use the same index set (a singular *triplet* is trained or not).
+4. *Re-SVD*: once per round of ``periods_per_round`` periods (Algorithm 1: T1 rounds × T2
+   iterations × T3 steps, re-SVD closing each round); default T2 = ⌈k/r⌉, per layer.
+5. *Optimizer-state reset*: when vectors are swapped in, their slots' optimizer state is zeroed
+   (every moment-like tensor — Adam's ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, SGD's
+   ``momentum_buffer`` — along those columns of ``U_active`` / rows of ``Vh_active``); vectors that
+   stay active keep theirs; the step counter is kept (it is per tensor), as ReLoRA's reference
+   code does when it resets its factors' state — which is why the first steps after a reset are
+   large and a warm-up follows. After a re-SVD every vector and Σ's indexing change, so the state of ``U_active``,
+   ``Vh_active`` and ``S`` is zeroed entirely.
+6. *Warm-up*: a linear LR warm-up over the first ``warmup`` steps of *every* period (the first one
+   included: its vectors are fresh too), multiplier ``(s + 1)/warmup`` at the s-th step of a period,
+   applied to **all** parameter groups (the paper schedules one global learning rate), through
+   :func:`spectrallab.optim.add_lr_multiplier` so it composes with the user's scheduler.
+7. *Enhanced gradient*: the pre-step hook divides the true gradient of each active column / row by
+   its Σ_i (exact: autograd computed ``(∂L/∂W V_{·i})·Σ_i``), no eps. Where Σ_i = 0 (clamped) the
+   true gradient is exactly 0 and stays 0 — the paper's ``∂L/∂W V_{·i}`` would be nonzero there,
+   but that direction then has no effect on the output. Gradient clipping done by the loop before
+   ``opt.step()`` acts on the true gradient.
+8. *Weight decay*: none special. The optimizer's decoupled decay on Σ is exactly decoupled decay of
+   ``W = U diag(Σ) Vh`` (when U, Vh are orthonormal); on the active vectors it is undone by the
+   renormalization (up to a 1/(1 − lr·λ) rescaling of that step).
+
+The SVD runs in float32 (bf16/fp16 weights are upcast) and the factors are stored in the weight's
+dtype. The sampling generator is seeded from ``seed`` and the layer's name: runs are reproducible
+and layers sample independently. ``layer.history`` records, per period, the first step, the active
+indices, Σ at that moment, and whether the period began with a re-SVD.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import linalg
+from .base import AdaptedLinear, Method, check_choice, check_finite_weight, check_rank, frozen, register
+
+SAMPLINGS = ("multinomial", "uniform", "sequential", "top")
+GRADIENTS = ("enhanced", "default")
+# Optimizer state that does not describe the parameter's entries (Adam's step count, ...): never zeroed.
+_NOT_MOMENTS = ("step",)
+
+
+def sampling_probabilities(S: torch.Tensor, uniform_mix: float = 0.5) -> torch.Tensor:
+    """``p_i = (1 − μ) Σ_i / Σ_j Σ_j + μ / k`` (float64, sums to 1; uniform when all Σ are 0)."""
+    S = S.detach().double().clamp_min(0).cpu()
+    k = S.numel()
+    total = S.sum()
+    proportional = S / total if total > 0 else torch.full_like(S, 1.0 / k)
+    return (1 - uniform_mix) * proportional + uniform_mix / k
+
+
+def draw_indices(S: torch.Tensor, rank: int, sampling: str, *, uniform_mix: float = 0.5,
+                 generator: torch.Generator | None = None, draw: int = 0) -> torch.Tensor:
+    """r distinct singular indices (sorted, int64, CPU) for one period.
+
+    ``draw`` numbers the draws of a layer (0, 1, ...); only ``"sequential"`` uses it: draw t takes
+    ``t·r, …, t·r + r − 1`` (mod k).
+    """
+    k = S.numel()
+    if sampling == "multinomial":
+        p = sampling_probabilities(S, uniform_mix)
+        if int((p > 0).sum()) < rank:  # μ = 0 and fewer than r nonzero Σ: the zero ones fill the rest
+            p = p.clamp_min(1e-12)
+        chosen = torch.multinomial(p, rank, replacement=False, generator=generator)
+    elif sampling == "uniform":
+        chosen = torch.randperm(k, generator=generator)[:rank]
+    elif sampling == "sequential":
+        chosen = (torch.arange(rank) + draw * rank) % k
+    elif sampling == "top":
+        chosen = torch.topk(S.detach().float().cpu(), rank).indices
+    else:
+        raise ValueError(f"sampling={sampling!r} is not one of {', '.join(map(repr, SAMPLINGS))}")
+    return chosen.sort().values
+
+
+def warmup_multiplier(step_in_period: int, warmup: int) -> float:
+    """LR multiplier for the ``step_in_period``-th step (0-based) of a period: ``(s + 1)/warmup``, then 1."""
+    return 1.0 if step_in_period >= warmup else (step_in_period + 1) / warmup
+
+
+def layer_generator(seed: int, layer_name: str) -> torch.Generator:
+    """A CPU generator seeded from ``seed`` and the layer name (stable across runs, unlike ``hash``)."""
+    mixed = (seed * 1_000_003 + zlib.crc32(layer_name.encode())) % (1 << 63)
+    return torch.Generator().manual_seed(mixed)
+
+
+class SSTLayer(AdaptedLinear):
+    """``y = x (U diag(Σ) Vh)ᵀ + b`` with r active singular vectors, Σ and b trainable."""
+
+    method = "sst"
+
+    def __init__(self, layer_name: str, linear: nn.Linear, rank: int, sampling: str = "multinomial",
+                 uniform_mix: float = 0.5, periods_per_round: int | None = None, seed: int = 0):
+        super().__init__(linear.in_features, linear.out_features)
+        W = linear.weight.detach()
+        check_finite_weight(layer_name, W)
+        self.layer_name, self.rank, self.sampling, self.uniform_mix = layer_name, rank, sampling, uniform_mix
+        U, S, Vh = linalg.svd(W, name=f"layer {layer_name!r}")          # all k triplets, float32
+        self.k = k = S.numel()
+        self.periods_per_round = periods_per_round or math.ceil(k / rank)
+        self.generator = layer_generator(seed, layer_name)
+        self.period = 0          # completed periods since apply
+        self.draws = 0           # index sets drawn so far (drives "sequential")
+        self.resvds = 0          # re-SVDs done
+        self.history: list[dict[str, Any]] = []
+
+        active = self._draw(S)
+        inactive = self._complement(active)
+        dtype = W.dtype
+        self.U_active = nn.Parameter(U[:, active].to(dtype).contiguous())        # m × r
+        self.Vh_active = nn.Parameter(Vh[active].to(dtype).contiguous())         # r × n
+        self.S = nn.Parameter(S.to(dtype))                                       # k: Σ, indexed by singular index
+        self.U_frozen = frozen(U[:, inactive].to(dtype).contiguous())            # m × (k − r)
+        self.Vh_frozen = frozen(Vh[inactive].to(dtype).contiguous())             # (k − r) × n
+        self.register_buffer("active_index", active.to(W.device))                # slot → singular index
+        self.register_buffer("frozen_index", inactive.to(W.device))
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(),
+                                                                  requires_grad=linear.bias.requires_grad)
+        self._record(step=0, resvd=False)
+
+    # -- the function ------------------------------------------------------------------------------
+
+    def effective_weight(self) -> torch.Tensor:
+        """``U diag(Σ) Vh`` as one dense out × in matrix (differentiable in the active block and Σ)."""
+        inactive = (self.U_frozen * self.S[self.frozen_index]) @ self.Vh_frozen
+        return torch.addmm(inactive, self.U_active * self.S[self.active_index], self.Vh_active)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.effective_weight(), self.bias)
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(U, Σ, Vh)`` with the vectors in singular-index order (detached copies, m × k, k, k × n)."""
+        U = torch.empty(self.out_features, self.k, dtype=self.S.dtype, device=self.S.device)
+        Vh = torch.empty(self.k, self.in_features, dtype=self.S.dtype, device=self.S.device)
+        U[:, self.active_index], U[:, self.frozen_index] = self.U_active.detach(), self.U_frozen.detach()
+        Vh[self.active_index], Vh[self.frozen_index] = self.Vh_active.detach(), self.Vh_frozen.detach()
+        return U, self.S.detach().clone(), Vh
+
+    # -- what the optimizer hooks call -------------------------------------------------------------
+
+    @torch.no_grad()
+    def enhance_gradients(self) -> None:
+        """Divide the gradient of each active column of U / row of Vh by its Σ_i (0 stays 0)."""
+        sigma = self.S[self.active_index]
+        safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
+        keep = sigma > 0
+        if self.U_active.grad is not None:
+            self.U_active.grad.div_(safe).mul_(keep)
+        if self.Vh_active.grad is not None:
+            self.Vh_active.grad.div_(safe[:, None]).mul_(keep[:, None])
+
+    @torch.no_grad()
+    def project(self) -> None:
+        """After a step: Σ ≥ 0, and the active vectors back to unit length."""
+        self.S.clamp_(min=0)
+        tiny = torch.finfo(self.U_active.dtype).tiny
+        self.U_active.div_(self.U_active.norm(dim=0, keepdim=True).clamp_min(tiny))
+        self.Vh_active.div_(self.Vh_active.norm(dim=1, keepdim=True).clamp_min(tiny))
+
+    @torch.no_grad()
+    def next_period(self, step: int) -> tuple[bool, torch.Tensor]:
+        """End the current period: re-SVD if a round is complete, then draw and swap in a new set.
+
+        Returns ``(resvd, slots)``: whether a re-SVD happened, and the active slots that now hold a
+        different vector than before (all of them after a re-SVD) — their optimizer state is stale.
+        """
+        self.period += 1
+        if self.period % self.periods_per_round == 0:
+            self.resvd(step)
+            return True, torch.arange(self.rank)
+        new_active = self._draw(self.S)
+        slots = self.swap_in(new_active)
+        self._record(step, resvd=False)
+        return False, slots
+
+    @torch.no_grad()
+    def swap_in(self, new_active: torch.Tensor) -> torch.Tensor:
+        """Make ``new_active`` the active set by swapping vectors between the blocks (in place).
+
+        A vector that stays active keeps its slot; each leaving vector trades places with an
+        entering one. Returns the slots that received a new vector.
+        """
+        device = self.active_index.device
+        new_active = new_active.to(device)
+        leaving = torch.nonzero(~torch.isin(self.active_index, new_active)).flatten()       # active slots
+        entering = new_active[~torch.isin(new_active, self.active_index)]                 # singular indices
+        where = torch.nonzero(self.frozen_index[:, None] == entering[None, :])              # (frozen slot, entry)
+        frozen_slots = where[where[:, 1].argsort(), 0]
+        if leaving.numel():
+            u, vh = self.U_active[:, leaving].clone(), self.Vh_active[leaving].clone()
+            self.U_active[:, leaving] = self.U_frozen[:, frozen_slots]
+            self.Vh_active[leaving] = self.Vh_frozen[frozen_slots]
+            self.U_frozen[:, frozen_slots], self.Vh_frozen[frozen_slots] = u, vh
+            old = self.active_index[leaving].clone()
+            self.active_index[leaving] = self.frozen_index[frozen_slots]
+            self.frozen_index[frozen_slots] = old
+        return leaving.cpu()
+
+    @torch.no_grad()
+    def resvd(self, step: int | None = None) -> None:
+        """``U, Σ, Vh ← SVD(U diag(Σ) Vh)``, then a fresh draw laid out in the blocks (same function)."""
+        U, S, Vh = linalg.svd(self.effective_weight(), name=f"layer {self.layer_name!r}")
+        active = self._draw(S)
+        inactive = self._complement(active)
+        dtype = self.S.dtype
+        self.S.copy_(S.to(dtype))
+        self.U_active.copy_(U[:, active].to(dtype))
+        self.Vh_active.copy_(Vh[active].to(dtype))
+        self.U_frozen.copy_(U[:, inactive].to(dtype))
+        self.Vh_frozen.copy_(Vh[inactive].to(dtype))
+        self.active_index.copy_(active)
+        self.frozen_index.copy_(inactive)
+        self.resvds += 1
+        self._record(step, resvd=True)
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _draw(self, S: torch.Tensor) -> torch.Tensor:
+        chosen = draw_indices(S, self.rank, self.sampling, uniform_mix=self.uniform_mix,
+                              generator=self.generator, draw=self.draws)
+        self.draws += 1
+        return chosen
+
+    def _complement(self, active: torch.Tensor) -> torch.Tensor:
+        mask = torch.ones(self.k, dtype=torch.bool)
+        mask[active.cpu()] = False
+        return torch.arange(self.k)[mask]
+
+    def _record(self, step: int | None, resvd: bool) -> None:
+        self.history.append({"period": self.period, "step": step, "active": sorted(self.active_index.tolist()),
+                             "sigma": self.S.detach().float().cpu().tolist(), "resvd": resvd})
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, k={self.k}, rank={self.rank}, sampling={self.sampling!r}, "
+                f"periods_per_round={self.periods_per_round}")
+
+
+def reset_optimizer_state(optimizer: torch.optim.Optimizer, param: nn.Parameter, slots: torch.Tensor | None = None,
+                          dim: int = 0) -> None:
+    """Zero ``param``'s moment-like optimizer state: entirely, or only at ``slots`` along ``dim``.
+
+    Every tensor in the state shaped like the parameter is a per-entry moment (Adam's ``exp_avg``,
+    ``exp_avg_sq``, ``max_exp_avg_sq``; SGD's ``momentum_buffer``); the step count is kept.
+    """
+    state = optimizer.state.get(param)
+    if not state:
+        return
+    for key, value in state.items():
+        if key in _NOT_MOMENTS or not torch.is_tensor(value) or value.shape != param.shape:
+            continue
+        if slots is None:
+            value.zero_()
+        elif slots.numel():
+            value.index_fill_(dim, slots.to(value.device), 0)
+
+
+@register("sst")
+class SST(Method):
+    """Sparse Spectral Training: train all singular values and r sampled singular vectors at a time.
+
+    Options (paper symbols in brackets):
+
+    * ``rank`` (8) — r, vectors trained per period.
+    * ``resample_every`` (200) — T3, steps per period (the paper's "iteration").
+    * ``warmup`` (20) — LR warm-up steps at the start of every period (0: none; ≤ ``resample_every``).
+    * ``periods_per_round`` (None → ⌈k/r⌉ per layer) — T2, periods between re-SVDs.
+    * ``sampling`` ("multinomial" | "uniform" | "sequential" | "top").
+    * ``uniform_mix`` (0.5) — μ, the uniform share of the multinomial probabilities.
+    * ``gradient`` ("enhanced": ∂L/∂W·V_{·i} | "default": the plain gradient, Σ_i times that).
+    * ``seed`` (0) — seeds every layer's sampling generator (with the layer's name).
+
+    Trainable per layer: ``r(m + n) + k`` (+ bias). Everything else is trainable too
+    (a pre-training method). See the module docstring for the algorithm and the choices made.
+    """
+
+    options = {"rank": 8, "resample_every": 200, "warmup": 20, "periods_per_round": None,
+               "sampling": "multinomial", "uniform_mix": 0.5, "gradient": "enhanced", "seed": 0}
+    freezes_others = False
+
+    @classmethod
+    def option_choices(cls, option: str):
+        return {"sampling": list(SAMPLINGS), "gradient": list(GRADIENTS)}.get(option)
+
+    def check(self, layer_name: str, linear: nn.Linear) -> None:
+        c = self.config
+        check_rank(layer_name, linear, c["rank"])
+        _check_int(layer_name, "resample_every", c["resample_every"], 1)
+        _check_int(layer_name, "warmup", c["warmup"], 0, c["resample_every"])
+        if c["periods_per_round"] is not None:
+            _check_int(layer_name, "periods_per_round", c["periods_per_round"], 1)
+        check_choice(layer_name, "sampling", c["sampling"], SAMPLINGS)
+        check_choice(layer_name, "gradient", c["gradient"], GRADIENTS)
+        mix = c["uniform_mix"]
+        if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not math.isfinite(mix):
+            raise TypeError(f"layer {layer_name!r}: uniform_mix must be a number in [0, 1], got {mix!r}")
+        if not 0 <= mix <= 1:
+            raise ValueError(f"layer {layer_name!r}: uniform_mix={mix} is outside the allowed range [0, 1]")
+        if isinstance(c["seed"], bool) or not isinstance(c["seed"], int):
+            raise TypeError(f"layer {layer_name!r}: seed must be an int, got {c['seed']!r}")
+        check_finite_weight(layer_name, linear.weight)
+
+    def adapt(self, layer_name: str, linear: nn.Linear) -> SSTLayer:
+        c = self.config
+        return SSTLayer(layer_name, linear, c["rank"], c["sampling"], float(c["uniform_mix"]),
+                        c["periods_per_round"], c["seed"])
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer, layers: dict[str, SSTLayer]) -> None:
+        from ..optim import add_lr_multiplier  # optim imports apply, which imports this package
+
+        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        mine = [layer for layer in layers.values()
+                if id(layer.U_active) in in_optimizer or id(layer.S) in in_optimizer]
+        if not mine:
+            return
+        period, warmup = self.config["resample_every"], self.config["warmup"]
+        enhanced = self.config["gradient"] == "enhanced"
+        clock = {"steps": 0}  # optimizer steps taken through this optimizer
+
+        if warmup:
+            add_lr_multiplier(optimizer, lambda: warmup_multiplier(clock["steps"] % period, warmup))
+
+        def before_step(opt, args, kwargs):
+            if enhanced:
+                for layer in mine:
+                    layer.enhance_gradients()
+
+        def after_step(opt, args, kwargs):
+            clock["steps"] += 1
+            for layer in mine:
+                layer.project()
+            if clock["steps"] % period:
+                return
+            for layer in mine:
+                resvd, slots = layer.next_period(clock["steps"])
+                if resvd:
+                    for param in (layer.U_active, layer.Vh_active, layer.S):
+                        reset_optimizer_state(opt, param)
+                else:
+                    reset_optimizer_state(opt, layer.U_active, slots, dim=1)
+                    reset_optimizer_state(opt, layer.Vh_active, slots, dim=0)
+
+        optimizer.register_step_pre_hook(before_step)
+        optimizer.register_step_post_hook(after_step)
+
+
+def _check_int(layer_name: str, option: str, value: Any, low: int, high: int | None = None) -> int:
+    allowed = f"[{low}, {'inf' if high is None else high}]"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"layer {layer_name!r}: {option} must be an int in {allowed}, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"layer {layer_name!r}: {option}={value} is outside the allowed range {allowed}")
+    return value

@@ -1,0 +1,142 @@
+"""SSTView: which singular vectors Sparse Spectral Training trained in each period, and the spectrum then.
+
+Every SST layer records its periods in ``layer.history`` (the first step, the active indices, Σ at
+that moment, and whether the period began with a re-SVD). This widget draws that record:
+
+* **left**, a heatmap *period × singular index*: the colour is Σ_i (log₁₀ by default) at the start of
+  the period, a white cross marks each of the r active indices, a red ring on the left edge marks a
+  period that began with a re-SVD (after which the indices are again sorted by size);
+* **right**, Σ at the chosen period (grey), its active indices highlighted (crosses), and Σ of the
+  first period as a dotted reference, so the spectrum's drift is visible.
+
+The ``period`` slider only moves the highlight and redraws the right panel from the stored history
+(no training, no decomposition), so it responds at once. ``SSTView()`` with no layer trains a small
+demo layer first (a fraction of a second) so the widget always builds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import ipywidgets as W
+import numpy as np
+import plotly.graph_objects as go
+import torch
+import torch.nn.functional as F
+from plotly.subplots import make_subplots
+from torch import nn
+
+import spectrallab as sl
+from spectrallab.methods.sst import SSTLayer
+
+from .base import Widget
+from .plots import LAYOUT
+
+# Positions of the traces in ``SSTView.figure.data`` (fixed: traces are updated, never replaced).
+HEATMAP, ACTIVE, RESVD, HIGHLIGHT, SIGMA, SIGMA_ACTIVE, SIGMA_FIRST = range(7)
+FLOOR = 1e-6  # log colour scale: a clamped Σ_i = 0 is drawn at this value
+
+
+def demo_layer(steps: int = 60, seed: int = 0) -> SSTLayer:
+    """A 32×24 SST layer (rank 4, a new sample every 5 steps) trained on a random regression problem."""
+    torch.manual_seed(seed)
+    layer = sl.apply(nn.Linear(24, 32), "sst", rank=4, resample_every=5, warmup=1, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(32, 24, generator=generator) / 24 ** 0.5
+    opt = sl.optimizer(layer, lr=0.02)
+    for _ in range(steps):
+        x = torch.randn(64, 24, generator=generator)
+        F.mse_loss(layer(x), x @ teacher.T).backward()
+        opt.step()
+        opt.zero_grad()
+    return layer
+
+
+class SSTView(Widget):
+    """Active singular vectors per period (heatmap) and the spectrum at a chosen period.
+
+    ``layer``: an :class:`~spectrallab.methods.sst.SSTLayer` (default: :func:`demo_layer`). Controls:
+    ``period`` (which period the right panel shows) and ``log_color`` (log₁₀ Σ in the heatmap).
+    """
+
+    def __init__(self, layer: SSTLayer | None = None, *, period: int = 0, log_color: bool = True,
+                 title: str | None = None, live: bool | None = None, hide: Iterable[str] = ()):
+        super().__init__(live=live, hide=hide)
+        if layer is None:
+            layer = demo_layer()
+        if not isinstance(layer, SSTLayer):
+            raise TypeError(f"SSTView needs a layer made by sl.apply(..., 'sst'), got {type(layer).__name__}")
+        self.layer = layer
+        self.history = list(layer.history)
+        self.sigma = np.array([h["sigma"] for h in self.history], dtype=float)      # periods × k
+        last = len(self.history) - 1
+        if isinstance(period, bool) or not isinstance(period, int) or not 0 <= period <= last:
+            raise ValueError(f"period={period!r} is outside the allowed range [0, {last}] "
+                             f"(this layer has {len(self.history)} recorded periods)")
+        self.title = title or f"SST: active singular vectors per period (rank {layer.rank} of k = {layer.k})"
+        self.controls["period"] = W.IntSlider(value=period, min=0, max=last, description="period")
+        self.controls["log_color"] = W.Checkbox(value=log_color, description="log₁₀ Σ colour")
+        self.figure = self.make_figure(self._build())
+        for name in ("period", "log_color"):
+            self.controls[name].observe(self._on_change, names="value")
+        self._finish_controls()
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return {"period": self.controls["period"].value, "log_color": self.controls["log_color"].value}
+
+    # -- drawing -------------------------------------------------------------------------------------
+    def _colour_values(self) -> np.ndarray:
+        return np.log10(np.maximum(self.sigma, FLOOR)) if self.controls["log_color"].value else self.sigma
+
+    def _build(self) -> go.Figure:
+        fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.12,
+                            subplot_titles=("active indices per period", "Σ at the chosen period"))
+        periods = np.arange(len(self.history))
+        k = self.sigma.shape[1]
+        fig.add_trace(go.Heatmap(z=self._colour_values(), x=np.arange(k), y=periods, colorscale="Viridis",
+                                 colorbar=dict(x=0.53, len=0.9), name="Σ"), row=1, col=1)
+        xs = [i for h in self.history for i in h["active"]]
+        ys = [p for p, h in zip(periods, self.history) for _ in h["active"]]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="active",
+                                 marker=dict(symbol="x", color="white", size=6, line=dict(width=1))), row=1, col=1)
+        resvd = [p for p, h in zip(periods, self.history) if h["resvd"]]
+        fig.add_trace(go.Scatter(x=[-1.5] * len(resvd), y=resvd, mode="markers", name="re-SVD",
+                                 marker=dict(symbol="circle-open", color="red", size=9)), row=1, col=1)
+        fig.add_trace(go.Scatter(mode="lines", line=dict(color="red", width=1), name="chosen period",
+                                 showlegend=False), row=1, col=1)
+        fig.add_trace(go.Bar(marker_color="#b0b0b0", name="Σ_i"), row=1, col=2)
+        fig.add_trace(go.Scatter(mode="markers", marker=dict(symbol="x", color="#d62728", size=8), name="active Σ_i"),
+                      row=1, col=2)
+        fig.add_trace(go.Scatter(x=np.arange(k), y=self.sigma[0], mode="lines", name="Σ at period 0",
+                                 line=dict(color="black", dash="dot")), row=1, col=2)
+        fig.update_xaxes(title_text="singular index i", row=1, col=1)
+        fig.update_yaxes(title_text="period", row=1, col=1)
+        fig.update_xaxes(title_text="singular index i", row=1, col=2)
+        fig.update_yaxes(title_text="Σ_i", row=1, col=2)
+        fig.update_layout(**{**LAYOUT, "height": 450})
+        self._draw(fig)
+        return fig
+
+    def _draw(self, fig: go.Figure) -> None:
+        """Everything that depends on the controls (the figure's traces, updated in place)."""
+        p = self.controls["period"].value
+        entry, k = self.history[p], self.sigma.shape[1]
+        fig.data[HEATMAP].z = self._colour_values()
+        fig.data[HEATMAP].colorbar.title = "log₁₀ Σ_i" if self.controls["log_color"].value else "Σ_i"
+        fig.data[HIGHLIGHT].x, fig.data[HIGHLIGHT].y = [-0.5, k - 0.5], [p, p]
+        fig.data[SIGMA].x, fig.data[SIGMA].y = np.arange(k), self.sigma[p]
+        fig.data[SIGMA_ACTIVE].x = entry["active"]
+        fig.data[SIGMA_ACTIVE].y = self.sigma[p][entry["active"]]
+        step = "" if entry["step"] is None else f", step {entry['step']}"
+        fig.update_layout(title=f"{self.title} — period {p}{step}{' (re-SVD)' if entry['resvd'] else ''}")
+
+    def _on_change(self, change) -> None:
+        try:
+            if isinstance(self.figure, go.FigureWidget):
+                with self.figure.batch_update():
+                    self._draw(self.figure)
+            else:
+                self._draw(self.figure)
+        except Exception as error:  # shown in the widget, never lost in a callback
+            self.show_error("redraw", error)
