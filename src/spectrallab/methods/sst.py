@@ -61,10 +61,12 @@ algorithm: enhanced gradient (pre-step), clamp and renormalize (post-step), and 
 swap, the optimizer-state reset and the re-SVD, plus an LR warm-up at the start of each period.
 
 Choices where the paper leaves room. They were fixed from the paper's method description
-(abstract, method section and Algorithm 1 as summarized in secondary sources); neither the full
-text of Appendix A nor the authors' repository (github.com/biomedical-cybernetics/
-sparse-spectral-training) could be read where this was written, so items 1, 4 and 5 in particular
-deserve a check against them:
+(abstract, method section and Algorithm 1) as reported by a detailed summary of the ICML 2025
+version, which gives the sampling law ``p(i) = ½(1/k + Σ_i/Σ_j Σ_j)`` (item 1), the re-SVD after
+each round (item 4), the momentum reset at each new sample followed by a warm-up (items 5, 6), and
+SVD's 0.5–0.8 % share of training time. Neither Appendix A's full text nor the authors' repository
+(github.com/biomedical-cybernetics/sparse-spectral-training) could be read where this was written,
+so the exact extent of the state reset (item 5) deserves a check against them:
 
 1. *Uniform term*: p_i mixes ½ uniform and ½ Σ-proportional (the form reported for the ICML version);
    ``uniform_mix=0`` gives the plain Σ-proportional multinomial of the first preprint.
