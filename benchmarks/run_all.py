@@ -1,6 +1,7 @@
 """`make bench`: every quick benchmark in one go (the fresh-clone `make test` timing is separate)."""
 
 import chapters
+import galore_vs_galore_torch
 import lora_vs_peft
 import method_steps
 import pissa_init
@@ -9,6 +10,7 @@ import widget_throughput
 
 if __name__ == "__main__":
     lora_vs_peft.main()
+    galore_vs_galore_torch.main()
     widget_latency.main()
     widget_throughput.main()
     method_steps.main()

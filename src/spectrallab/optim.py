@@ -29,6 +29,14 @@ def optimizer(model: nn.Module, lr: float = 1e-3, optimizer: str | type[torch.op
 
     ``optimizer`` is a name (``"adamw"``, ``"adam"``, ``"sgd"``) or an optimizer class; other
     keywords (``weight_decay``, ``betas``, ``momentum`` ...) go to it unchanged.
+
+    Two method hooks, in this order (see :class:`~spectrallab.methods.base.Method`):
+
+    1. ``optimizer_groups(layers, optimizer_class)`` — before the optimizer exists: a method may put
+       its parameters in param groups with their own options and choose the optimizer class
+       (GaLore: its weights in a projected group of a ``GaLoreAdamW``; ``optimizer="sgd"`` is then
+       refused). Parameters in no method group form one ordinary group, listed first.
+    2. ``attach_optimizer(optimizer, layers)`` — after: step hooks (SORSA's regularizer, ...).
     """
     if isinstance(optimizer, str):
         if optimizer.lower() not in OPTIMIZERS:
@@ -45,7 +53,6 @@ def optimizer(model: nn.Module, lr: float = 1e-3, optimizer: str | type[torch.op
     if not params:
         raise ValueError("the model has no trainable parameters (every requires_grad is False); "
                          "apply a method first or unfreeze something")
-    opt = cls(params, lr=lr, **kwargs)
 
     # Group adapted layers by the method instance that made them; each method hooks in once.
     by_spec: dict[int, tuple[Any, dict]] = {}
@@ -53,6 +60,27 @@ def optimizer(model: nn.Module, lr: float = 1e-3, optimizer: str | type[torch.op
         spec = getattr(layer, "spec", None)
         if spec is not None:
             by_spec.setdefault(id(spec), (spec, {}))[1][name] = layer
+
+    trainable = {id(p) for p in params}
+    claimed: dict[int, str] = {}
+    method_groups: list[dict[str, Any]] = []
+    for spec, layers in by_spec.values():
+        cls, groups = spec.optimizer_groups(layers, cls)
+        for group in groups:
+            mine = []
+            for p in group["params"]:
+                if id(p) not in trainable:
+                    continue  # frozen by the user: nothing to optimize
+                if id(p) in claimed:
+                    raise ValueError(f"method {spec.name!r} puts a parameter of shape {tuple(p.shape)} in an "
+                                     f"optimizer group that method {claimed[id(p)]!r} already claimed")
+                claimed[id(p)] = spec.name
+                mine.append(p)
+            if mine:
+                method_groups.append({**group, "params": mine})
+    ordinary = [p for p in params if id(p) not in claimed]
+    opt = cls(([{"params": ordinary}] if ordinary else []) + method_groups, lr=lr, **kwargs)
+
     for spec, layers in by_spec.values():
         spec.attach_optimizer(opt, layers)
     return opt

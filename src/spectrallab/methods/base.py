@@ -123,6 +123,27 @@ class Method:
     def attach_optimizer(self, optimizer: torch.optim.Optimizer, layers: dict[str, AdaptedLinear]) -> None:
         """Install the method's optimizer behaviour (hooks on ``optimizer``). Default: none."""
 
+    def optimizer_groups(self, layers: dict[str, AdaptedLinear], optimizer_class: type[torch.optim.Optimizer]
+                         ) -> tuple[type[torch.optim.Optimizer], list[dict[str, Any]]]:
+        """Param groups with method-specific options, and the optimizer class that can honour them.
+
+        ``spectrallab.optimizer`` calls this *before* it builds the optimizer (``attach_optimizer``
+        runs after), once per method instance, with that method's layers and the class asked for —
+        the user's choice, or what a previous method on the same model returned. Return
+        ``(optimizer_class, groups)``:
+
+        * ``groups``: dicts ``{"params": [...], <option>: value, ...}``. Their options override the
+          optimizer's defaults (the user's keywords) for those parameters only; every trainable
+          parameter in no group lands in one ordinary group. Frozen parameters are dropped, and a
+          parameter may belong to one group only.
+        * ``optimizer_class``: the class to build. A method that needs its own optimizer (GaLore's
+          projected Adam) returns it, and raises ``ValueError`` naming its layers when the class asked
+          for cannot do what it needs (``optimizer="sgd"`` for GaLore).
+
+        Default: ``(optimizer_class, [])`` — the optimizer asked for, no special groups.
+        """
+        return optimizer_class, []
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
         return f"{type(self).__name__}({args})"
