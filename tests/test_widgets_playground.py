@@ -151,3 +151,25 @@ def test_every_registered_method_trains_in_the_playground(method):
     assert w.error is None and w.session.step_count == 3
     assert len(w.figure.data[TRAIN].x) == 3 and all(map(math.isfinite, w.figure.data[TRAIN].y))
     assert sl.trainable_parameters(w.session.model) > 0
+
+
+@pytest.mark.parametrize("method, count_periods", [
+    ("sst", lambda layer: len(layer.history)),
+    ("relora", None),
+    ("galore", None),
+])
+def test_the_period_knob_reaches_methods_with_periodic_work(method, count_periods):
+    """ReLoRA's restarts, GaLore's projection updates and SST's resampling happen every `period` steps."""
+    w = Playground(scenario="digits", method=method, rank=2, period=4, live=False, ghost=False)
+    assert w.controls["period"].layout.display is None
+    spec = next(iter(sl.adapted_layers(w.session.model).values())).spec
+    expected = type(spec).period_options(4)
+    assert {k: spec.config[k] for k in expected} == expected
+    for _ in range(9):
+        w.step()
+    assert w.error is None
+    if count_periods is not None:
+        layer = next(iter(sl.adapted_layers(w.session.model).values()))
+        assert count_periods(layer) >= 3  # periods starting at steps 0, 4, 8
+    lora = Playground(scenario="digits", method="lora", live=False, ghost=False)
+    assert lora.controls["period"].layout.display == "none"

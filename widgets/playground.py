@@ -5,7 +5,7 @@ loss, and a dashed *ghost* — full-rank training on the same task — for refer
 spectrum of a chosen layer's effective weight (now vs. at the start), and the spectrum of the update
 ΔW = W − W_start, which is where low-rank methods differ from full training.
 
-Structural controls (task, method, rank, sparsity, init, steps) rebuild the run; the learning rate
+Structural controls (task, method, rank, sparsity, init, period, steps) rebuild the run; the learning rate
 applies to the running optimizer at once. Training runs in a background thread (Pause takes effect
 within one step; Reset joins the thread before building anew); the figure is redrawn at most ten
 times a second. In static mode (a book build) ``play()`` trains to the end before returning, so the
@@ -32,7 +32,7 @@ from .plots import LAYOUT, palette
 from .session import SCENARIOS, TrainingSession, reference_run
 
 REFRESH_SECONDS = 0.1       # redraw at most ~10 times a second while training
-STRUCTURAL = ("scenario", "method", "rank", "sparsity", "init", "steps")
+STRUCTURAL = ("scenario", "method", "rank", "sparsity", "init", "period", "steps")
 _PLAYGROUNDS: "weakref.WeakSet[Playground]" = weakref.WeakSet()
 
 # Trace order in the figure.
@@ -49,7 +49,7 @@ class Playground(Widget):
     """
 
     def __init__(self, scenario: str = "rotated digits (fine-tune)", method: str = "lora", rank: int = 4,
-                 sparsity: float = 0.05, init: str = "default", lr: float | None = None,
+                 sparsity: float = 0.05, init: str = "default", period: int | None = None, lr: float | None = None,
                  steps: int | None = None, layer: str | None = None, log_y: bool = True, seed: int = 0,
                  ghost: bool = True, live: bool | None = None, hide: Iterable[str] = ()):
         super().__init__(live=live, hide=hide)
@@ -70,6 +70,10 @@ class Playground(Widget):
         c["sparsity"] = W.FloatSlider(value=sparsity, min=0.01, max=1.0, step=0.01, description="sparsity",
                                       continuous_update=False)
         c["init"] = W.Dropdown(options=sorted(LORA_INITS), value=init, description="init")
+        # One knob for every method with periodic work (ReLoRA's restarts, GaLore's projection
+        # updates, SST's resampling): short enough by default that a run shows several periods.
+        c["period"] = W.BoundedIntText(value=period or sl.pick(ci=25, cpu=50, gpu=200), min=1, max=10**6,
+                                       description="period")
         c["lr"] = W.FloatLogSlider(value=lr or spec.suggested_lr(method), base=10, min=-4, max=-0.5, step=0.1,
                                    description="lr", readout_format=".1e", continuous_update=False)
         c["steps"] = W.BoundedIntText(value=steps or sl.pick(ci=150, cpu=600, gpu=3000), min=1, max=10**7,
@@ -151,7 +155,9 @@ class Playground(Widget):
         spec = SCENARIOS[state["scenario"]]
         self._sync_controls(spec, state["method"])
         state = self.state
-        options = {k: state[k] for k in ("rank", "sparsity", "init") if k in sl.method_class(state["method"]).options}
+        method_class = sl.method_class(state["method"])
+        options = {k: state[k] for k in ("rank", "sparsity", "init") if k in method_class.options}
+        options.update(method_class.period_options(state["period"]) or {})
         with self._data_lock:
             self.history = {"step": [], "loss": [], "val_step": [], "val_loss": []}
         self.session = None
@@ -266,6 +272,9 @@ class Playground(Widget):
         for name in ("rank", "sparsity", "init"):
             if name not in self._hidden:
                 self.controls[name].layout.display = None if name in options else "none"
+        if "period" not in self._hidden:
+            has_period = sl.method_class(method).period_options(1) is not None
+            self.controls["period"].layout.display = None if has_period else "none"
         if "init" in options:  # each method has its own initializations (LoRA's table, SVFT's ...)
             init = self.controls["init"]
             choices = sl.method_class(method).option_choices("init") or [options["init"]]

@@ -123,6 +123,16 @@ class Method:
     def attach_optimizer(self, optimizer: torch.optim.Optimizer, layers: dict[str, AdaptedLinear]) -> None:
         """Install the method's optimizer behaviour (hooks on ``optimizer``). Default: none."""
 
+    @classmethod
+    def period_options(cls, period: int) -> dict[str, Any] | None:
+        """Options that make the method do its periodic work every ``period`` steps, or None.
+
+        Methods with a period (ReLoRA's restarts, GaLore's projection updates, SST's resampling)
+        return their own option names with consistent companions (a warm-up shorter than the
+        period), so a widget can offer one "period" knob for all of them. Default: None.
+        """
+        return None
+
     def optimizer_groups(self, layers: dict[str, AdaptedLinear], optimizer_class: type[torch.optim.Optimizer]
                          ) -> tuple[type[torch.optim.Optimizer], list[dict[str, Any]]]:
         """Param groups with method-specific options, and the optimizer class that can honour them.

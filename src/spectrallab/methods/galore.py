@@ -298,6 +298,12 @@ class GaLore(Method):
     options = {"rank": 8, "update_proj_gap": 200, "scale": 0.25, "proj_type": "std"}
     freezes_others = False
 
+
+    @classmethod
+    def period_options(cls, period: int) -> dict:
+        """Every ``period`` steps (used by the Playground's "period" knob)."""
+        return {"update_proj_gap": period}
+
     @classmethod
     def option_choices(cls, option: str) -> list[Any] | None:
         return list(PROJ_TYPES) if option == "proj_type" else None

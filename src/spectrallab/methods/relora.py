@@ -221,6 +221,12 @@ class ReLoRA(Method):
                "restart_warmup": 100, "seed": None}
     freezes_others = False
 
+
+    @classmethod
+    def period_options(cls, period: int) -> dict:
+        """Every ``period`` steps (used by the Playground's "period" knob)."""
+        return {"reset_every": period, "restart_warmup": min(period - 1, max(1, period // 10))}
+
     @classmethod
     def option_choices(cls, option: str):
         return list(PRUNE_MODES) if option == "prune" else None

@@ -356,6 +356,12 @@ class SST(Method):
                "sampling": "multinomial", "uniform_mix": 0.5, "gradient": "enhanced", "seed": 0}
     freezes_others = False
 
+
+    @classmethod
+    def period_options(cls, period: int) -> dict:
+        """Every ``period`` steps (used by the Playground's "period" knob)."""
+        return {"resample_every": period, "warmup": min(period, max(1, period // 10))}
+
     @classmethod
     def option_choices(cls, option: str):
         return {"sampling": list(SAMPLINGS), "gradient": list(GRADIENTS)}.get(option)
