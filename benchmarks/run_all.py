@@ -5,6 +5,7 @@ import galore_vs_galore_torch
 import lora_vs_peft
 import method_steps
 import pissa_init
+import pretrain_steps
 import widget_latency
 import widget_throughput
 
@@ -15,4 +16,5 @@ if __name__ == "__main__":
     widget_throughput.main()
     method_steps.main()
     pissa_init.main()
+    pretrain_steps.main()
     chapters.main("ci")
