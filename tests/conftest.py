@@ -106,3 +106,15 @@ def same_fingerprint(a: dict, b: dict) -> bool:
         return False
     return all(torch.equal(a["params"][n][0], b["params"][n][0]) and a["params"][n][1] == b["params"][n][1]
                for n in a["params"])
+
+
+def assert_rejected_and_unchanged(method: str, options: dict, error: type[Exception], message: str) -> None:
+    """``apply`` refuses ``options`` with ``error`` matching ``message`` and leaves SmallMLP as it was."""
+    import spectrallab as sl
+
+    torch.manual_seed(0)
+    model = SmallMLP()
+    before = fingerprint(model)
+    with pytest.raises(error, match=message):
+        sl.apply(model, method, **options)
+    assert same_fingerprint(before, fingerprint(model))

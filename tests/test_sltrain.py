@@ -14,7 +14,7 @@ from torch import nn
 import spectrallab as sl
 from spectrallab.methods.sltrain import SLTrainLinear, support_size
 
-from conftest import SmallMLP, fingerprint, same_fingerprint, sgd_steps
+from conftest import SmallMLP, fingerprint, same_fingerprint, sgd_steps, assert_rejected_and_unchanged
 
 
 def make(seed: int = 0, bias: bool = True, **options) -> SmallMLP:
@@ -186,9 +186,4 @@ def test_bad_sparsity_names_the_layer_and_the_range(sparsity, error, message):
     (dict(rank=4, init="pissa"), TypeError, r"unknown option\(s\) init"),
 ])
 def test_other_bad_input(options, error, message):
-    torch.manual_seed(0)
-    model = SmallMLP()
-    before = fingerprint(model)
-    with pytest.raises(error, match=message):
-        sl.apply(model, "sltrain", **options)
-    assert same_fingerprint(before, fingerprint(model))
+    assert_rejected_and_unchanged("sltrain", options, error, message)

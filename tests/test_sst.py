@@ -22,7 +22,7 @@ from spectrallab.linalg import orthogonality_error
 from spectrallab.methods.sst import SSTLayer, draw_indices, sampling_probabilities, warmup_multiplier
 from spectrallab.optim import lr_multiplier
 
-from conftest import SmallMLP, fingerprint, same_fingerprint
+from conftest import SmallMLP, fingerprint, same_fingerprint, assert_rejected_and_unchanged
 
 
 def sst_mlp(init_seed: int = 0, **options) -> SmallMLP:
@@ -358,12 +358,7 @@ BAD = [
 
 @pytest.mark.parametrize("options, error, message", BAD)
 def test_bad_input_names_layer_value_and_range_and_changes_nothing(options, error, message):
-    torch.manual_seed(0)
-    model = SmallMLP()
-    before = fingerprint(model)
-    with pytest.raises(error, match=message):
-        sl.apply(model, "sst", **options)
-    assert same_fingerprint(before, fingerprint(model))
+    assert_rejected_and_unchanged("sst", options, error, message)
 
 
 def test_a_later_layer_failing_leaves_the_first_untouched():
