@@ -58,6 +58,11 @@ def wait_for(driver, script: str, timeout: float = 20.0):
         time.sleep(0.2)
 
 
+# What plotly.js draws for a trace: lines and markers are `.trace` groups; a heatmap is an image in
+# an `.hm` group; a table lives in `.table` groups.
+DRAWN_TRACE = ".main-svg .trace, .main-svg .hm, .main-svg .table"
+
+
 @pytest.mark.browser
 @pytest.mark.chapters
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
@@ -71,9 +76,10 @@ def test_chapter_page_renders_figures_and_math_without_console_errors(browser, b
 
     if expected_figures:
         drawn = wait_for(browser, f"""
+            const DRAWN = {DRAWN_TRACE!r};
             const divs = document.querySelectorAll('.js-plotly-plot');
             return divs.length >= {expected_figures} &&
-                   [...divs].every(d => d._fullLayout && d.querySelector('.main-svg .trace') !== null)
+                   [...divs].every(d => d._fullLayout && d.querySelector(DRAWN) !== null)
                    ? divs.length : 0;""")
         assert drawn >= expected_figures, f"{chapter.stem}: {expected_figures} plotly figures expected, drawn: {drawn}"
         traces = browser.execute_script(

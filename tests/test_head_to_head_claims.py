@@ -19,11 +19,14 @@ SST − LoRA = −0.10 and 43 % of the LoRA → full perplexity gap closed; over
 settings gave −0.12, −0.11 and 46 %, 49 %.
 
 What a broken SST does here (tried by hand, recorded for whoever edits these margins):
-``sampling="top"`` (no exploration; at rank 1 the same vector all run) gives SST − LoRA = −0.04 and
-18 % of the gap — it fails both quality assertions and the exploration one; a no-op resampling
-(``next_period`` patched to keep the first sample) fails the exploration assertion only — at this
-size it is *not* worse in loss, and neither is ``gradient="default"``: the quality margins test that
-SST trains its spectrum, not the paper's sampling ablation, which needs the longer runs of the
+``sampling="top"`` (no exploration: always the largest current Σ) gives SST − LoRA = −0.04 nats and
+18 % of the gap and visits only 6–14 directions per matrix — it fails both the quality and the
+exploration assertions; ``sampling="top"`` with ``gradient="default"`` (−0.06, 27 %) and a no-op
+resampling (``next_period`` patched to keep the first sample; −0.13, 53 %) fail the exploration
+assertion only; ``gradient="default"`` alone passes everything (−0.12, 50 %). At this size the
+ingredients of the paper's ablations (multinomial sampling, enhanced gradient) do not show in the
+loss: the quality margins test that SST trains its whole spectrum and beats LoRA, the exploration
+assertion that the sampling machinery runs; ranking the ingredients needs the longer runs of the
 ``cpu``/``gpu`` profiles.
 """
 
@@ -85,9 +88,11 @@ def test_sst_explores_many_directions(trained):
     """Each SST matrix has trained far more than its r starting directions over the 30 periods."""
     model = trained["sst"][0]
     for name, layer in sl.adapted_layers(model).items():
-        visited = {i for period in layer.history for i in period["active"]}
-        assert len(layer.history) > STEPS // 20, (name, len(layer.history))    # a new sample every period
-        assert len(visited) >= 8 * RANK, (name, sorted(visited))              # of k = 32 (≈ 19 expected)
+        periods = [p for p in layer.history if p["step"] < STEPS]          # the draw at the last step never trains
+        visited = {i for p in periods for i in p["active"]}
+        assert len(periods) >= STEPS // 20, (name, len(periods))            # a new sample every period
+        # of k = 32: about 17–23 per matrix over three seeds; "top" sampling visits 6–14
+        assert len(visited) >= 12 * RANK, (name, sorted(visited))
 
 
 def test_memory_sst_and_galore(task, trained):
