@@ -14,6 +14,7 @@ override :meth:`Method.attach_optimizer`; ``spectrallab.optimizer`` calls it.
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Any, ClassVar
 
 import torch
@@ -204,6 +205,26 @@ def check_finite_weight(layer_name: str, weight: torch.Tensor) -> None:
         bad = int((~torch.isfinite(weight)).sum())
         raise ValueError(f"layer {layer_name!r}: weight has {bad} non-finite value(s) (NaN or inf); "
                          "an SVD needs all values finite")
+
+
+def check_seed(layer_name: str, seed: Any, allow_none: bool = False) -> None:
+    if seed is None and allow_none:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        kind = "an int or None" if allow_none else "an int"
+        raise TypeError(f"layer {layer_name!r}: seed must be {kind}, got {seed!r}")
+
+
+def resolve_seed(seed: int | None) -> int:
+    """``seed`` itself, or (None) a seed drawn from torch's global generator."""
+    return int(torch.randint(0, 1 << 62, (1,))) if seed is None else int(seed)
+
+
+def layer_generator(seed: int, layer_name: str) -> torch.Generator:
+    """A CPU generator seeded from ``seed`` and the layer name (stable across runs, unlike ``hash``):
+    runs are reproducible and layers draw independently."""
+    mixed = (seed * 1_000_003 + zlib.crc32(layer_name.encode())) % (1 << 63)
+    return torch.Generator().manual_seed(mixed)
 
 
 def frozen(tensor: torch.Tensor) -> nn.Parameter:

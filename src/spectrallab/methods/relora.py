@@ -76,7 +76,6 @@ Trainable parameters per layer: ``r(m + n)`` (+ ``m`` with a bias). Optimizer st
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass
 
 import torch
@@ -84,7 +83,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..optim import add_lr_multiplier
-from .base import AdaptedLinear, Method, check_choice, check_positive, check_rank, frozen, register
+from .base import (AdaptedLinear, Method, check_choice, check_positive, check_rank, check_seed, frozen,
+                   layer_generator, register, resolve_seed)
 
 PRUNE_MODES = ("random", "magnitude", "reset")
 
@@ -94,15 +94,6 @@ def round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def layer_generator(seed: int, layer_name: str) -> torch.Generator:
-    """A CPU generator seeded from ``seed`` and the layer name (stable across runs, unlike ``hash``)."""
-    mixed = (seed * 1_000_003 + zlib.crc32(layer_name.encode())) % (1 << 63)
-    return torch.Generator().manual_seed(mixed)
-
-
-def resolve_seed(seed: int | None) -> int:
-    """``seed`` itself, or (None) a seed drawn from torch's global generator."""
-    return int(torch.randint(0, 1 << 62, (1,))) if seed is None else int(seed)
 
 
 def kaiming_factor(rows: int, cols: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
@@ -253,9 +244,7 @@ class ReLoRA(Method):
             raise TypeError(f"layer {layer_name!r}: prune_ratio must be a number in [0, 1], got {p!r}")
         if not 0 <= p <= 1:
             raise ValueError(f"layer {layer_name!r}: prune_ratio={p} is outside the allowed range [0, 1]")
-        s = c["seed"]
-        if s is not None and (isinstance(s, bool) or not isinstance(s, int)):
-            raise TypeError(f"layer {layer_name!r}: seed must be an int or None, got {s!r}")
+        check_seed(layer_name, c["seed"], allow_none=True)
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> ReLoRALinear:
         c = self.config

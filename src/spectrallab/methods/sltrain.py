@@ -52,8 +52,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import AdaptedLinear, Method, check_positive, check_rank, check_sparsity, register
-from .relora import kaiming_factor, layer_generator, resolve_seed, round_half_up
+from .base import (AdaptedLinear, Method, check_positive, check_rank, check_seed, check_sparsity, layer_generator,
+                   register, resolve_seed)
+from .relora import kaiming_factor, round_half_up
 
 
 def support_size(out_features: int, in_features: int, sparsity: float) -> int:
@@ -142,9 +143,7 @@ class SLTrain(Method):
         if c["alpha"] is not None:
             check_positive(layer_name, "alpha", c["alpha"])
         check_sparsity(layer_name, c["sparsity"])
-        s = c["seed"]
-        if s is not None and (isinstance(s, bool) or not isinstance(s, int)):
-            raise TypeError(f"layer {layer_name!r}: seed must be an int or None, got {s!r}")
+        check_seed(layer_name, c["seed"], allow_none=True)
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> SLTrainLinear:
         c = self.config

@@ -103,7 +103,6 @@ indices, Σ at that moment, and whether the period began with a re-SVD.
 from __future__ import annotations
 
 import math
-import zlib
 from typing import Any
 
 import torch
@@ -111,7 +110,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import linalg
-from .base import AdaptedLinear, Method, check_choice, check_finite_weight, check_rank, frozen, register
+from .base import (AdaptedLinear, Method, check_choice, check_finite_weight, check_rank, check_seed, frozen,
+                   layer_generator, register)
 
 SAMPLINGS = ("multinomial", "uniform", "sequential", "top")
 GRADIENTS = ("enhanced", "default")
@@ -156,11 +156,6 @@ def warmup_multiplier(step_in_period: int, warmup: int) -> float:
     """LR multiplier for the ``step_in_period``-th step (0-based) of a period: ``(s + 1)/warmup``, then 1."""
     return 1.0 if step_in_period >= warmup else (step_in_period + 1) / warmup
 
-
-def layer_generator(seed: int, layer_name: str) -> torch.Generator:
-    """A CPU generator seeded from ``seed`` and the layer name (stable across runs, unlike ``hash``)."""
-    mixed = (seed * 1_000_003 + zlib.crc32(layer_name.encode())) % (1 << 63)
-    return torch.Generator().manual_seed(mixed)
 
 
 class SSTLayer(AdaptedLinear):
@@ -380,8 +375,7 @@ class SST(Method):
             raise TypeError(f"layer {layer_name!r}: uniform_mix must be a number in [0, 1], got {mix!r}")
         if not 0 <= mix <= 1:
             raise ValueError(f"layer {layer_name!r}: uniform_mix={mix} is outside the allowed range [0, 1]")
-        if isinstance(c["seed"], bool) or not isinstance(c["seed"], int):
-            raise TypeError(f"layer {layer_name!r}: seed must be an int, got {c['seed']!r}")
+        check_seed(layer_name, c["seed"])
         check_finite_weight(layer_name, linear.weight)
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> SSTLayer:

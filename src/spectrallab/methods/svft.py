@@ -67,14 +67,14 @@ Trainable parameters per layer: ``nnz`` (+ 1 with the gate).
 
 from __future__ import annotations
 
-import zlib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import linalg
-from .base import AdaptedLinear, Method, check_choice, check_finite_weight, frozen, register
+from .base import (AdaptedLinear, Method, check_choice, check_finite_weight, check_seed, frozen, layer_generator,
+                   register)
 
 PATTERNS = ("banded", "random", "topk")
 INITS = ("kaiming", "zeros")
@@ -124,11 +124,6 @@ def topk_indices(alignment: torch.Tensor, nnz: int) -> tuple[torch.Tensor, torch
     order = torch.argsort(alignment.abs().flatten().cpu(), descending=True, stable=True)[:nnz]
     return order // k, order % k
 
-
-def layer_generator(seed: int, layer_name: str) -> torch.Generator:
-    """A CPU generator seeded from ``seed`` and the layer name (stable across runs, unlike ``hash``)."""
-    mixed = (seed * 1_000_003 + zlib.crc32(layer_name.encode())) % (1 << 63)
-    return torch.Generator().manual_seed(mixed)
 
 
 class SVFTLayer(AdaptedLinear):
@@ -225,8 +220,7 @@ class SVFT(Method):
                              "layers or use pattern='random' for the same count")
         if not isinstance(c["gate"], bool):
             raise TypeError(f"layer {layer_name!r}: gate must be True or False, got {c['gate']!r}")
-        if isinstance(c["seed"], bool) or not isinstance(c["seed"], int):
-            raise TypeError(f"layer {layer_name!r}: seed must be an int, got {c['seed']!r}")
+        check_seed(layer_name, c["seed"])
         check_finite_weight(layer_name, linear.weight)
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> SVFTLayer:
