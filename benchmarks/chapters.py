@@ -21,6 +21,7 @@ def main(profile: str = "ci") -> dict:
     from nbclient import NotebookClient
 
     os.environ["SPECTRALLAB_PROFILE"] = profile
+    os.environ.setdefault("SPECTRALLAB_PROGRESS", "lines")
     os.environ.setdefault("SPECTRALLAB_HOME", tempfile.mkdtemp(prefix="spectrallab-bench-"))
     times = {}
     for chapter in sorted((ROOT / "book").glob("*.md")):

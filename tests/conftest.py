@@ -12,6 +12,8 @@ from pathlib import Path
 os.environ["SPECTRALLAB_PROFILE"] = "ci"
 os.environ.setdefault("SPECTRALLAB_HOME", tempfile.mkdtemp(prefix="spectrallab-test-home-"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Chapter kernels print compact progress lines, as in the book build, rather than widget bars.
+os.environ.setdefault("SPECTRALLAB_PROGRESS", "lines")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -27,6 +27,7 @@ from torch import nn
 from .apply import adapted_layers, trainable_parameters
 from .linalg import spectrum
 from .optim import effective_lr, optimizer as make_optimizer
+from .progress import Progress
 from .profiles import device as default_device, profile
 from .runs import Run, home
 from .tasks.base import Task
@@ -157,12 +158,22 @@ def _method_config(model: nn.Module) -> dict[str, Any]:
 
 
 def fit(model: nn.Module, task: Task, steps: int, *, on_event: Callable[[Event], None] | None = None,
-        name: str | None = None, **kwargs: Any) -> Run:
-    """Run :func:`train` to the end and return its :class:`Run` (saved to disk unless ``record=False``)."""
+        name: str | None = None, progress: str | None = None, **kwargs: Any) -> Run:
+    """Run :func:`train` to the end and return its :class:`Run` (saved to disk unless ``record=False``).
+
+    ``progress``: ``"bar"``, ``"lines"`` or ``"off"`` (default: chosen by :mod:`spectrallab.progress` —
+    a bar in a live notebook, a line every 15 s of a long run in a built page).
+    """
     run = Run(name or "run")
-    for event in train(model, task, steps, run=run, **kwargs):
-        if on_event is not None:
-            on_event(event)
+    label = name or " ".join(str(v) for v in (task.name, _method_config(model).get("method")) if v)
+    meter = Progress(steps, label, progress)
+    try:
+        for event in train(model, task, steps, run=run, **kwargs):
+            meter.update(event.step, event.loss)
+            if on_event is not None:
+                on_event(event)
+    finally:
+        meter.close()
     return run
 
 
