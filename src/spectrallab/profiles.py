@@ -1,11 +1,15 @@
-"""How big the experiments are: ``SPECTRALLAB_PROFILE=ci|cpu|gpu``.
+"""How big the experiments are: ``SPECTRALLAB_PROFILE=ci|cpu|gpu``, each with a time budget that is met.
 
-* ``ci``  — every chapter well under a minute on 2 CPU cores (CI sets ``CI=true``, which selects it).
-* ``cpu`` — a reader's laptop: minutes, numbers worth reading.
-* ``gpu`` — the real-size experiments, on CUDA.
+======= ==================================== =========================================================
+profile for                                  budget (measured by ``benchmarks/chapters.py PROFILE``)
+======= ==================================== =========================================================
+``ci``  the tests (CI sets ``CI=true``)       ≤ 45 s per chapter on 2 CPU cores
+``cpu`` a reader's laptop, no GPU (default)  ≤ 3 min per chapter, ≤ 20 min for the whole book, 2 cores
+``gpu`` a reader with a GPU (default there)  ≤ 5 min per chapter on one H200-class GPU
+======= ==================================== =========================================================
 
-Unset, the profile is ``ci`` under CI, ``gpu`` when CUDA is available, else ``cpu``. Chapters
-size everything through :func:`pick`::
+The budgets exclude setup (creating ``.venv``). Unset, the profile is ``ci`` under CI, ``gpu`` when
+CUDA is available, else ``cpu``. Chapters size everything through :func:`pick`::
 
     steps = sl.pick(ci=200, cpu=2_000, gpu=20_000)
 
@@ -21,6 +25,9 @@ from typing import TypeVar
 import torch
 
 PROFILES = ("ci", "cpu", "gpu")
+# Seconds: "chapter" for each chapter's execution, "book" for all chapters together (None: no book budget).
+BUDGETS = {"ci": {"chapter": 45, "book": None}, "cpu": {"chapter": 180, "book": 1200},
+           "gpu": {"chapter": 300, "book": None}}
 T = TypeVar("T")
 
 
