@@ -1,9 +1,12 @@
-"""Every chapter executes top to bottom in the `ci` profile (jupytext + nbclient), and the whole
-book builds with warnings as errors. Execution times are recorded in test-artifacts/."""
+"""Every chapter executes top to bottom in the `ci` profile (jupytext + nbclient) — as the
+instructor handout, so every instructor notebook is tested too — and the whole book builds with
+warnings as errors, once as the instructor edition and once as the student edition (no solutions).
+Execution times are recorded in test-artifacts/."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -13,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from solutions import MIN_RUN, handouts, html_text, prose_runs, read
 
 CHAPTERS = sorted((ROOT / "book").glob("*.md"))
 ARTIFACTS = ROOT / "test-artifacts"
@@ -21,10 +25,9 @@ ARTIFACTS = ROOT / "test-artifacts"
 @pytest.mark.chapters
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
 def test_chapter_executes(chapter: Path, tmp_path):
-    import jupytext
     from nbclient import NotebookClient
 
-    notebook = jupytext.read(chapter)
+    notebook = handouts().instructor_notebook(chapter)  # the chapter's code cells, solutions included
     assert notebook.metadata.get("kernelspec", {}).get("name") == "python3", "chapter header needs a kernelspec"
     client = NotebookClient(notebook, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})
@@ -40,17 +43,45 @@ def test_chapter_executes(chapter: Path, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def built_book(tmp_path_factory) -> Path:
-    """Build the book once per session (execution forced, -W): the HTML directory."""
-    out = tmp_path_factory.mktemp("book")
+def book_cache(tmp_path_factory) -> Path:
+    """One execution cache for the session's book builds: the student build re-uses what the
+    instructor build executed (book/_ext/execution_cache.py)."""
+    return tmp_path_factory.mktemp("book-cache")
+
+
+def build_book(out: Path, cache: Path, audience: str) -> str:
+    """Build the book into ``out`` (-W) for ``audience``; returns the build log."""
+    env = {**os.environ, "SPECTRALLAB_BOOK_CACHE": str(cache), "SPECTRALLAB_AUDIENCE": audience}
     result = subprocess.run(
         [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "--all", "-W", "-n",
          "--keep-going", "--path-output", str(out)],
-        capture_output=True, text=True, timeout=1800)
+        capture_output=True, text=True, timeout=1800, env=env)
     log = result.stdout + result.stderr
     ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / "book-build.log").write_text(log)
-    assert result.returncode == 0, f"book build failed (log in test-artifacts/book-build.log):\n{log[-6000:]}"
+    name = "book-build.log" if audience == "instructor" else f"book-build-{audience}.log"
+    (ARTIFACTS / name).write_text(log)
+    assert result.returncode == 0, f"{audience} book build failed (log in test-artifacts/{name}):\n{log[-6000:]}"
+    return log
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory, book_cache) -> Path:
+    """Build the book once per session (every chapter executed into a fresh cache, -W): the HTML directory."""
+    out = tmp_path_factory.mktemp("book")
+    build_book(out, book_cache, "instructor")
+    return out / "_build" / "html"
+
+
+@pytest.fixture(scope="session")
+def built_student_book(built_book, tmp_path_factory, book_cache) -> Path:
+    """The student edition (SPECTRALLAB_AUDIENCE=student), built after the instructor edition from its
+    execution cache, so it executes nothing: the HTML directory."""
+    out = tmp_path_factory.mktemp("student-book")
+    log = build_book(out, book_cache, "student")
+    caches = {re.search(r"Using jupyter-cache at: (\S+)", text).group(1)
+              for text in (log, (ARTIFACTS / "book-build.log").read_text()) if "Using jupyter-cache at:" in text}
+    assert len(caches) == 1, f"the two builds used different execution caches (did src/ or widgets/ change?): {caches}"
+    assert "Executing notebook" not in log, "the student build executed a chapter instead of using the cache"
     return out / "_build" / "html"
 
 
@@ -66,3 +97,60 @@ def test_book_builds_with_warnings_as_errors(built_book):
         remote = re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="(https?://[^"]+)"', html)
         assert not remote, f"{chapter.stem} loads from the network: {remote}"
         assert "Traceback" not in html, f"{chapter.stem} shows a traceback"
+
+
+def solution_parts() -> dict:
+    """Per chapter with solutions: the distinctive solution code lines and prose runs (those found
+    nowhere outside a solution in any chapter)."""
+    chapters = {chapter: read(chapter) for chapter in CHAPTERS}
+    outside = set().union(*(s.outside for s in chapters.values()))
+    outside_text = " ".join(s.outside_text for s in chapters.values())
+    parts = {}
+    for chapter, s in chapters.items():
+        if s.count:
+            code = s.distinctive(s.code, outside)
+            runs = sorted({run for line in s.text for run in prose_runs(line) if run not in outside_text})
+            parts[chapter] = (code, runs)
+    return parts
+
+
+@pytest.mark.chapters
+def test_instructor_book_shows_solutions_in_collapsed_dropdowns(built_book):
+    from bs4 import BeautifulSoup
+
+    for chapter, (code, runs) in solution_parts().items():
+        page = BeautifulSoup((built_book / chapter.relative_to(ROOT).with_suffix(".html")).read_text(), "html.parser")
+        boxes = page.select("div.solution")
+        assert len(boxes) == read(chapter).count, f"{chapter.stem}: {len(boxes)} solution boxes"
+        for box in boxes:
+            classes = set(box.get("class", []))
+            assert classes & {"dropdown", "toggle"}, f"{chapter.stem}: a solution is not collapsed: {sorted(classes)}"
+        text = "\n".join(box.get_text() for box in boxes)
+        lines = {line.strip() for line in text.split("\n")}
+        flat = " ".join(text.split())
+        missing = [line for line in code if line not in lines] + [run for run in runs if run not in flat]
+        assert not missing, f"{chapter.stem}: not inside a collapsed solution in the instructor book: {missing[:5]}"
+        assert len(code) + len(runs) >= 3, f"{chapter.stem}: too little to check"
+
+
+@pytest.mark.chapters
+def test_student_book_has_no_solutions(built_student_book):
+    parts = solution_parts()
+    code = sorted({line for c, _ in parts.values() for line in c})
+    runs = sorted({run for _, r in parts.values() for run in r})
+    assert code and runs and all(len(run) >= MIN_RUN for run in runs)
+    files = [path for path in built_student_book.rglob("*") if path.is_file()]
+    assert any(path.name == "searchindex.js" for path in files)
+    leaks = []
+    for path in files:
+        raw = path.read_bytes().decode("utf-8", errors="ignore")
+        texts = [raw, html_text(raw)] if path.suffix == ".html" else [raw]
+        for text in texts:
+            lines = {line.strip() for line in text.split("\n")}
+            flat = " ".join(text.split())
+            leaks += [(path.relative_to(built_student_book), line) for line in code if line in lines or line in text]
+            leaks += [(path.relative_to(built_student_book), run) for run in runs if run in flat]
+    assert not leaks, f"solutions in the student book: {sorted(set(leaks))[:8]}"
+    for chapter in parts:  # the exercises themselves are there
+        page = (built_student_book / chapter.relative_to(ROOT).with_suffix(".html")).read_text()
+        assert 'class="exercise' in page and 'class="solution' not in page, chapter.stem
