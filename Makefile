@@ -11,7 +11,7 @@ STAMP         := $(VENV)/.installed
 TORCH_VERSION      ?= 2.13.0
 TORCH_CPU_PIP_ARGS ?=
 PIP           := $(PY) -m pip --disable-pip-version-check
-.PHONY: help setup book test lab bench system-deps clean
+.PHONY: help setup book handouts test lab bench system-deps clean
 
 # make book FORCE=1 re-executes every chapter (otherwise only chapters whose code, the profile or the
 # library changed run again); make book AUDIENCE=student builds the student edition (no solutions).
@@ -22,6 +22,7 @@ BOOK_OUT := $(if $(filter student,$(AUDIENCE)),_build/student,.)
 help:
 	@echo "make book   execute every chapter and build the HTML book (_build/html/index.html)"
 	@echo "            FORCE=1: re-execute every chapter; AUDIENCE=student: the edition without solutions"
+	@echo "make handouts  a student and an instructor notebook per chapter (_build/handouts/)"
 	@echo "make test   the whole test suite (unit, PEFT cross-checks, chapters, book, browser)"
 	@echo "make lab    JupyterLab on the book; chapters open as notebooks"
 	@echo "make bench  speed benchmarks (ratios against a peer, recorded in benchmarks/results/)"
@@ -57,10 +58,13 @@ system-deps:
 
 book: $(STAMP)
 	@case "$(AUDIENCE)" in instructor|student) ;; *) echo "AUDIENCE=$(AUDIENCE): use instructor or student"; exit 2;; esac
-	$(if $(FORCE),rm -rf _build/.jupyter_cache $(BOOK_OUT)/_build/html $(BOOK_OUT)/_build/.doctrees)
+	$(if $(FORCE),rm -rf $${SPECTRALLAB_BOOK_CACHE:-_build/.jupyter_cache} $(BOOK_OUT)/_build/html $(BOOK_OUT)/_build/.doctrees)
 	SPECTRALLAB_AUDIENCE=$(AUDIENCE) $(VENV)/bin/jupyter-book build . $(if $(FORCE),--all) -W -n --keep-going \
 	    --path-output $(BOOK_OUT)
 	@echo "The $(AUDIENCE) book is at file://$(abspath $(BOOK_OUT))/_build/html/index.html"
+
+handouts: $(STAMP)
+	$(PY) book/_ext/handouts.py _build/handouts
 
 test: $(STAMP) system-deps
 	SPECTRALLAB_PROFILE=ci $(PY) -m pytest -ra $(PYTEST_ARGS)
