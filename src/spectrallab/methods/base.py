@@ -14,6 +14,7 @@ override :meth:`Method.attach_optimizer`; ``spectrallab.optimizer`` calls it.
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from typing import Any, ClassVar
 
@@ -24,16 +25,43 @@ _REGISTRY: dict[str, type["Method"]] = {}
 
 
 def register(name: str):
-    """Class decorator: make a :class:`Method` subclass reachable as ``spectrallab.apply(model, name)``."""
+    """Class decorator: make a :class:`Method` subclass reachable as ``spectrallab.apply(model, name)``.
 
-    def decorate(cls: type[Method]) -> type[Method]:
-        if name in _REGISTRY:
-            raise ValueError(f"a method named {name!r} is already registered ({_REGISTRY[name].__name__})")
-        cls.name = name
-        _REGISTRY[name] = cls
+    Names are matched case-insensitively: ``@register("MyGate")`` is found as ``"mygate"``,
+    ``"MyGate"`` or ``"MYGATE"`` (its canonical name, ``cls.name``, is the lower-case one).
+
+    Fit for notebooks: registering a name again — a re-run cell, ``importlib.reload`` or
+    ``%autoreload`` of the module that defines it — *replaces* the earlier definition with a
+    warning, so the edited method is what ``apply`` uses from then on. Layers that the earlier
+    definition already built keep working: they are instances of the old class and keep their own
+    ``spec``.
+    """
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise TypeError(f"a method's name must be a non-empty string without surrounding spaces, got {name!r}")
+    key = name.lower()
+
+    def decorate(cls):
+        if not (isinstance(cls, type) and issubclass(cls, Method)) or cls is Method:
+            raise TypeError(f"@register({name!r}) decorates {cls!r}, which is not a subclass of "
+                            f"spectrallab.Method; a method is a class deriving from Method")
+        earlier = _REGISTRY.get(key)
+        if earlier is not None and earlier is not cls:
+            warnings.warn(f"method {key!r} is registered again: {_qualified(cls)} replaces "
+                          f"{_qualified(earlier)} (layers it already built keep working)",
+                          MethodRedefinedWarning, stacklevel=2)
+        cls.name = key
+        _REGISTRY[key] = cls
         return cls
 
     return decorate
+
+
+class MethodRedefinedWarning(UserWarning):
+    """A method name was registered again (re-run cell, module reload); the new definition wins."""
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def registered() -> dict[str, type["Method"]]:
