@@ -134,6 +134,27 @@ def test_instructor_book_shows_solutions_in_collapsed_dropdowns(built_book):
 
 
 @pytest.mark.chapters
+def test_book_numbers_exercises_as_the_handouts_name_them(built_book):
+    """Chapter N's exercises read "Exercise N.k" on the page, the names the handouts and the teaching
+    page use, in the chapter's order."""
+    from bs4 import BeautifulSoup
+
+    numbers = handouts().chapter_numbers(ROOT)
+    checked = 0
+    for chapter in CHAPTERS:
+        parsed = handouts().parse(chapter, numbers[chapter])
+        if not parsed.exercises:
+            continue
+        page = BeautifulSoup((built_book / chapter.relative_to(ROOT).with_suffix(".html")).read_text(), "html.parser")
+        shown = [(box.get("id"), " ".join(box.select_one(".admonition-title").get_text().split()))
+                 for box in page.select("div.exercise")]
+        named = [(e.label, f"Exercise {e.name}") for e in parsed.exercises]
+        assert [(label, title.split(" (")[0]) for label, title in shown] == named, chapter.stem
+        checked += len(named)
+    assert checked >= 40
+
+
+@pytest.mark.chapters
 def test_student_book_has_no_solutions(built_student_book):
     parts = solution_parts()
     code = sorted({line for c, _ in parts.values() for line in c})

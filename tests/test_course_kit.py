@@ -223,7 +223,10 @@ def test_cli_writes_both_folders_for_the_real_book(tmp_path):
             assert f"wrote {path}" in result.stdout
             nbformat.validate(nbformat.read(path, as_version=4))
     lora = nbformat.read(tmp_path / "out" / "student" / "lora.ipynb", as_version=4)
-    assert any(c.source.startswith("# Exercise 1 (lora-") for c in lora.cells)
+    # Named as the numbered book names them: the first exercise of chapter N is Exercise N.1.
+    number = handouts().chapter_numbers(ROOT)[ROOT / "book" / "lora.md"]
+    assert number == stems.index("lora")
+    assert any(c.source.startswith(f"# Exercise {number}.1 (lora-") for c in lora.cells)
 
 
 def test_cli_reads_a_synthetic_toc_and_fails_clearly_on_bad_markup(tmp_path):

@@ -59,6 +59,13 @@ class Exercise:
     label: str | None
     at: str  # where it starts: "line N" of the chapter
     solved: bool = False
+    chapter: int | None = None  # the chapter's number in a numbered book
+
+    @property
+    def name(self) -> str:
+        """What the book calls it: "4.2" in chapter 4 of a numbered book (Sphinx numbers exercises
+        per chapter there), else its number within the chapter."""
+        return f"{self.chapter}.{self.number}" if self.chapter is not None else str(self.number)
 
 
 @dataclass
@@ -108,8 +115,11 @@ def _cell_lines(text: str, cells) -> list[int]:
     return starts
 
 
-def parse(chapter_path) -> Chapter:
-    """Read a chapter (jupytext) and find its exercises and solutions; raise MarkupError on bad markup."""
+def parse(chapter_path, chapter_number: int | None = None) -> Chapter:
+    """Read a chapter (jupytext) and find its exercises and solutions; raise MarkupError on bad markup.
+
+    ``chapter_number``: the chapter's number in the book (see :func:`chapter_numbers`), so that
+    exercises are named as the book names them ("Exercise 4.2")."""
     path = Path(chapter_path)
     notebook = jupytext.read(path)
     chapter = Chapter(path, notebook)
@@ -122,7 +132,7 @@ def parse(chapter_path) -> Chapter:
     tokens = chapter.tokens
 
     def new_exercise(label: str | None, here: str) -> Exercise:
-        exercise = Exercise(len(chapter.exercises) + 1, label or None, here)
+        exercise = Exercise(len(chapter.exercises) + 1, label or None, here, chapter=chapter_number)
         if label:
             if label in by_label:
                 raise MarkupError(f"{where}: two exercises are labelled {label!r} ({by_label[label].at} and {here})")
@@ -257,7 +267,7 @@ def parse(chapter_path) -> Chapter:
 
 
 def _heading(exercise: Exercise) -> str:
-    return f"**Exercise {exercise.number}**"
+    return f"**Exercise {exercise.name}**"
 
 
 def _references(line: str, by_label: dict) -> str:
@@ -267,10 +277,10 @@ def _references(line: str, by_label: dict) -> str:
         label = (match["target"] or match["label"]).strip()
         if label not in by_label:
             return match[0]
-        number, text = by_label[label].number, match["text"]
+        number, text = by_label[label].name, match["text"]
         if text is None:
             return f"Exercise {number}"
-        return text.replace("%s", str(number)) if match["role"] == "numref" else text
+        return text.replace("%s", number) if match["role"] == "numref" else text
 
     return REFERENCE.sub(plain, line) if "}`" in line else line
 
@@ -315,8 +325,8 @@ def _render(chapter: Chapter, audience: str) -> nbformat.NotebookNode:
             return
         stubbed.add(exercise.number)
         flush()
-        label = exercise.label or f"exercise {exercise.number}"
-        cells.append(nbformat.v4.new_code_cell(STUB.format(number=exercise.number, label=label)))
+        label = exercise.label or f"exercise {exercise.name}"
+        cells.append(nbformat.v4.new_code_cell(STUB.format(number=exercise.name, label=label)))
 
     for token in chapter.tokens:
         kind = token[0]
@@ -361,7 +371,7 @@ def _render(chapter: Chapter, audience: str) -> nbformat.NotebookNode:
             else:
                 if lines and lines[-1].strip():
                     lines.append("")
-                lines.extend([f"**Solution {exercise.number}**", ""])
+                lines.extend([f"**Solution {exercise.name}**", ""])
     flush()
     for cell in cells:
         cell.pop("_from", None)
@@ -378,14 +388,14 @@ def _render(chapter: Chapter, audience: str) -> nbformat.NotebookNode:
     return notebook
 
 
-def instructor_notebook(chapter_path) -> nbformat.NotebookNode:
+def instructor_notebook(chapter_path, chapter_number: int | None = None) -> nbformat.NotebookNode:
     """The chapter as a notebook with every solution in place (under **Solution N**); no outputs."""
-    return _render(parse(chapter_path), "instructor")
+    return _render(parse(chapter_path, chapter_number), "instructor")
 
 
-def student_notebook(chapter_path) -> nbformat.NotebookNode:
+def student_notebook(chapter_path, chapter_number: int | None = None) -> nbformat.NotebookNode:
     """The chapter as a notebook without solutions: one stub code cell per exercise; no outputs."""
-    return _render(parse(chapter_path), "student")
+    return _render(parse(chapter_path, chapter_number), "student")
 
 
 def toc_files(root) -> list[Path]:
@@ -419,6 +429,17 @@ def toc_files(root) -> list[Path]:
     return files
 
 
+def chapter_numbers(root) -> dict[Path, int | None]:
+    """Each toc file's chapter number as the book shows it: with ``defaults: numbered: true`` in
+    ``_toc.yml`` the chapters after the root are numbered 1, 2, ... in order (the root is not);
+    otherwise no file has a number."""
+    files = toc_files(root)
+    toc = yaml.safe_load((Path(root) / "_toc.yml").read_text())
+    if not (toc.get("defaults") or {}).get("numbered"):
+        return {path: None for path in files}
+    return {path: (index or None) for index, path in enumerate(files)}
+
+
 def write_handouts(outdir, root=ROOT) -> list[Path]:
     """Write OUTDIR/{student,instructor}/<stem>.ipynb for every chapter in ROOT/_toc.yml."""
     outdir = Path(outdir)
@@ -427,7 +448,8 @@ def write_handouts(outdir, root=ROOT) -> list[Path]:
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
     if duplicates:
         raise MarkupError(f"two chapters share the name {', '.join(duplicates)}: their handouts would collide")
-    rendered = [(c, {a: _render(parse(c), a) for a in AUDIENCES}) for c in chapters]  # all parsed before writing
+    numbers = chapter_numbers(root)
+    rendered = [(c, {a: _render(parse(c, numbers[c]), a) for a in AUDIENCES}) for c in chapters]  # all parsed before writing
     written = []
     for chapter, notebooks in rendered:
         for audience, notebook in notebooks.items():
