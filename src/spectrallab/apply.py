@@ -121,13 +121,18 @@ def resolve_targets(model: nn.Module, targets: Targets = None) -> dict[str, nn.M
 
 def apply(model: nn.Module, method: str, *, targets: Targets = None, freeze_others: bool | None = None,
           **options: Any) -> nn.Module:
-    """Replace the targeted ``nn.Linear`` layers of ``model`` by ``method``'s layers, in place.
+    """Replace the targeted ``nn.Linear`` (and ``Conv1D``) layers of ``model`` by ``method``'s layers, in place.
 
     ``options`` are the method's keywords (``rank``, ``alpha``, ``init``, ... — see its docstring).
     ``freeze_others`` freezes every parameter outside the adapted layers; by default fine-tuning
     methods do (LoRA family) and pre-training methods do not (``full``, SST, ...).
 
-    Returns the model (or, when ``model`` itself is an ``nn.Linear``, the adapted layer).
+    A model on the meta device (shapes, no values; ``with torch.device("meta"): ...``) is refused,
+    naming the layer, by methods whose initialization reads the weight (SVD, QR, DoRA's norms); with
+    the others, ``model.to_empty(device=...)`` and then each adapted layer's ``reset_parameters()``
+    initialize the adapted layers (load pretrained base weights after that, for fine-tuning).
+
+    Returns the model (or, when ``model`` itself is one linear layer, the adapted layer).
     Bad input raises ``ValueError``/``TypeError`` naming the layer, the value and the allowed range,
     and leaves the model exactly as it was.
     """
