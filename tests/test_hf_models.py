@@ -91,3 +91,13 @@ def test_a_conv1d_layer_alone_is_adapted_and_merged_back():
     back = sl.merge(layer)
     assert type(back) is Conv1D
     torch.testing.assert_close(back(x), conv(x), atol=1e-6, rtol=1e-5)
+
+
+def test_spectrallab_does_not_import_transformers():
+    import subprocess
+    import sys
+
+    code = "import sys, spectrallab as sl, torch; sl.apply(torch.nn.Linear(4, 4), 'lora', rank=2); " \
+           "print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
