@@ -43,10 +43,12 @@ def all_finite(t: torch.Tensor) -> bool:
 
 def as_matrix(x: torch.Tensor | nn.Module, name: str = "matrix") -> torch.Tensor:
     """A detached float32 2-D tensor from a tensor or a (linear or adapted) layer; finite values only."""
-    from .methods.base import AdaptedLinear
+    from .methods.base import AdaptedLinear, is_conv1d
 
     if isinstance(x, AdaptedLinear):
         w = x.effective_weight()
+    elif is_conv1d(x):  # transformers' Conv1D stores its weight in × out
+        w = x.weight.T
     elif isinstance(x, nn.Module) and isinstance(getattr(x, "weight", None), torch.Tensor):
         w = x.weight
     elif isinstance(x, torch.Tensor):

@@ -9,12 +9,13 @@ install step hooks on it through :meth:`Method.attach_optimizer`; a loop that ca
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .apply import adapted_layers
+from .apply import adapted_layers, memory_key
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adamw": torch.optim.AdamW,
@@ -49,7 +50,7 @@ def optimizer(model: nn.Module, lr: float = 1e-3, optimizer: str | type[torch.op
         raise TypeError(f"optimizer must be a name or a torch.optim.Optimizer subclass, got {optimizer!r}")
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
         raise ValueError(f"lr={lr!r} is outside the allowed range (0, inf)")
-    params = [p for p in model.parameters() if p.requires_grad]
+    params, aliases = _distinct_trainable(model)
     if not params:
         raise ValueError("the model has no trainable parameters (every requires_grad is False); "
                          "apply a method first or unfreeze something")
@@ -69,6 +70,7 @@ def optimizer(model: nn.Module, lr: float = 1e-3, optimizer: str | type[torch.op
         for group in groups:
             mine = []
             for p in group["params"]:
+                p = aliases.get(id(p), (p,))[0]  # a second Parameter on the same memory: the first one
                 if id(p) not in trainable:
                     continue  # frozen by the user: nothing to optimize
                 if id(p) in claimed:
@@ -80,10 +82,54 @@ def optimizer(model: nn.Module, lr: float = 1e-3, optimizer: str | type[torch.op
                 method_groups.append({**group, "params": mine})
     ordinary = [p for p in params if id(p) not in claimed]
     opt = cls(([{"params": ordinary}] if ordinary else []) + method_groups, lr=lr, **kwargs)
+    if aliases:
+        _sum_alias_gradients(opt, list(aliases.values()))
 
     for spec, layers in by_spec.values():
         spec.attach_optimizer(opt, layers)
     return opt
+
+
+# -- each parameter once ----------------------------------------------------------------------------
+#
+# `model.parameters()` lists a Parameter used at two places once. Two *different* Parameters on the
+# same memory (what `nn.Parameter(other.detach())` makes) would be listed twice, and AdamW would
+# update those numbers twice per step with two separate moment estimates. The optimizer gets the
+# first of them only; the others' gradients are added to its gradient before each step, which is
+# what autograd does for one Parameter used at two places.
+
+def _distinct_trainable(model: nn.Module) -> tuple[list[nn.Parameter], dict[int, tuple[nn.Parameter, nn.Parameter]]]:
+    """The trainable parameters, one per memory, and ``{id(duplicate): (kept, duplicate)}``."""
+    kept: dict[tuple, tuple[str, nn.Parameter]] = {}
+    aliases: dict[int, tuple[nn.Parameter, nn.Parameter]] = {}
+    params = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        key = memory_key(p)
+        if key in kept:
+            first_name, first = kept[key]
+            aliases[id(p)] = (first, p)
+            warnings.warn(f"parameters {first_name!r} and {name!r} are two Parameters on the same memory; the "
+                          f"optimizer updates it once, with their gradients summed", stacklevel=3)
+            continue
+        kept[key] = (name, p)
+        params.append(p)
+    return params, aliases
+
+
+def _sum_alias_gradients(opt: torch.optim.Optimizer, pairs: list[tuple[nn.Parameter, nn.Parameter]]) -> None:
+    def add_duplicates(optimizer, args, kwargs):
+        for first, duplicate in pairs:
+            if duplicate.grad is None:
+                continue
+            if first.grad is None:
+                first.grad = duplicate.grad.clone()
+            else:
+                first.grad.add_(duplicate.grad)
+            duplicate.grad = None
+
+    opt.register_step_pre_hook(add_duplicates)  # first: every method hook sees the summed gradient
 
 
 # -- methods that own part of the learning-rate schedule -----------------------------------------

@@ -68,6 +68,54 @@ def registered() -> dict[str, type["Method"]]:
     return dict(_REGISTRY)
 
 
+# -- transformers' Conv1D -------------------------------------------------------------------------
+#
+# GPT-2 (and OpenAI GPT) compute their projections with `transformers.pytorch_utils.Conv1D`: a
+# linear layer that stores its weight transposed (in × out) and computes y = x W + b. Methods are
+# written for nn.Linear; `apply` shows them an equivalent nn.Linear (the weight transposed, the same
+# bias) and the adapted layer remembers where it came from, so `merge` gives back a Conv1D.
+# Recognised by class name and module, so spectrallab never imports transformers.
+
+def is_conv1d(module: nn.Module) -> bool:
+    """True for transformers' ``Conv1D`` (or a subclass), without importing transformers."""
+    return any(cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers.")
+               for cls in type(module).__mro__)
+
+
+def as_linear(layer: nn.Module) -> nn.Linear:
+    """``layer`` itself if it is an ``nn.Linear``; for a ``Conv1D``, an ``nn.Linear`` computing the
+    same function: its weight (out × in) is a contiguous transposed copy, its bias the same Parameter."""
+    if not is_conv1d(layer):
+        return layer
+    n_in, n_out = layer.weight.shape
+    view = nn.Linear(n_in, n_out, bias=layer.bias is not None, device="meta")  # meta: no allocation
+    # A copy, not the strided view `weight.T`: optimizers, DDP buckets and FSDP expect contiguous
+    # parameters, and the Conv1D is dropped once its replacement is in place.
+    view.weight = nn.Parameter(layer.weight.detach().T.contiguous(), requires_grad=layer.weight.requires_grad)
+    view.bias = layer.bias
+    return view
+
+
+def conv1d_from_linear(linear: nn.Linear, conv_class: type[nn.Module]) -> nn.Module:
+    """A ``conv_class`` (transformers' Conv1D) computing what ``linear`` computes."""
+    with torch.device("meta"):  # Conv1D(nf, nx) draws a random weight: skip that work
+        conv = conv_class(linear.out_features, linear.in_features)
+    conv.weight = nn.Parameter(linear.weight.detach().T.contiguous())
+    bias = linear.bias if linear.bias is not None else torch.zeros(
+        linear.out_features, dtype=linear.weight.dtype, device=linear.weight.device)
+    conv.bias = nn.Parameter(bias.detach())
+    return conv
+
+
+@torch.no_grad()
+def reset_linear_(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """``nn.Linear.reset_parameters`` on bare tensors: Kaiming-uniform (a = √5) weight, U(±1/√in) bias."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        bound = 1 / math.sqrt(weight.shape[1]) if weight.shape[1] > 0 else 0.0
+        nn.init.uniform_(bias, -bound, bound)
+
+
 class AdaptedLinear(nn.Module):
     """A linear layer rewritten by a method: ``y = x W'ᵀ + b`` for the method's effective ``W'``.
 
@@ -78,6 +126,9 @@ class AdaptedLinear(nn.Module):
     """
 
     method: ClassVar[str] = "?"
+    # The class of the layer this one replaced, when it is not nn.Linear (transformers' Conv1D);
+    # `apply` sets it, `to_plain` rebuilds it.
+    origin: type[nn.Module] | None = None
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__()
@@ -104,6 +155,12 @@ class AdaptedLinear(nn.Module):
                 linear.bias.copy_(bias.detach())
         return linear
 
+    def to_plain(self) -> nn.Module:
+        """The plain layer this one replaced — ``nn.Linear``, or transformers' ``Conv1D`` for a layer
+        built from one — with the same function (what ``spectrallab.merge`` puts back)."""
+        linear = self.to_linear()
+        return linear if self.origin is None else conv1d_from_linear(linear, self.origin)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, method={self.method!r}"
 
@@ -122,6 +179,9 @@ class Method:
     name: ClassVar[str] = "?"
     options: ClassVar[dict[str, Any]] = {}
     freezes_others: ClassVar[bool] = True
+    # Why the initialization needs the weight's *values* (a phrase for error messages), or None when
+    # its shape is enough. See `needs_weight_values`.
+    init_reads_weight: ClassVar[str | None] = "its initialization was not declared to need only the weight's shape"
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.options))
@@ -138,6 +198,17 @@ class Method:
         Widgets build their dropdowns from this, so a method's own choices appear with no widget code.
         """
         return None
+
+    def needs_weight_values(self) -> str | None:
+        """Why this method cannot start from a meta-device layer (shapes, no values), or None if it can.
+
+        ``apply`` refuses a meta-device layer when this is not None, naming the layer and the reason.
+        A method that returns None gives its layer a ``reset_parameters()`` that initializes every
+        tensor the layer owns, so ``model.to_empty(device=...)`` then ``reset_parameters()`` (and,
+        for fine-tuning, loading the pretrained base weights) gives a valid model. Default: the
+        class attribute ``init_reads_weight`` (a method that says nothing is assumed to read W).
+        """
+        return self.init_reads_weight
 
     def check(self, layer_name: str, linear: nn.Linear) -> None:
         """Raise ``ValueError``/``TypeError`` if this method cannot adapt ``linear``.

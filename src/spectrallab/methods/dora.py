@@ -58,6 +58,12 @@ class DoRALinear(LoRALinear):
         # The same function as the forward's norm, so mag / norm is exactly 1 at step 0.
         self.magnitude = nn.Parameter(self.weight_norm())
 
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """LoRA's reset, then ``mag`` at the new row norms (``W' = W`` again)."""
+        super().reset_parameters()
+        self.magnitude.copy_(self.weight_norm())
+
     def weight_norm(self) -> torch.Tensor:
         """``‖W + s·BA‖`` per output row (length m), without a dense ``m × n`` temporary; no gradient."""
         with torch.no_grad():
@@ -104,3 +110,8 @@ class DoRA(LoRA):
     """
 
     layer_class = DoRALinear
+
+    def needs_weight_values(self) -> str | None:
+        # A meta model would get its magnitudes from random weights, and loading the pretrained
+        # weights afterwards would leave them stale: W' ≠ W at step 0, silently.
+        return "its magnitude starts at the pretrained weight's row norms"

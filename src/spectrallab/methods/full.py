@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import AdaptedLinear, Method, register
+from .base import AdaptedLinear, Method, register, reset_linear_
 
 
 class DenseLinear(AdaptedLinear):
@@ -27,6 +27,10 @@ class DenseLinear(AdaptedLinear):
     def effective_weight(self) -> torch.Tensor:
         return self.weight
 
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s initialization (after ``model.to_empty()`` on a meta-device model)."""
+        reset_linear_(self.weight, self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
@@ -37,6 +41,7 @@ class Full(Method):
 
     options = {}
     freezes_others = False
+    init_reads_weight = None  # works on a meta-device model: reset_parameters() initializes the layer
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> DenseLinear:
         return DenseLinear(linear)

@@ -76,7 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import AdaptedLinear, Method, check_choice, check_positive, check_rank, register
+from .base import AdaptedLinear, Method, check_choice, check_positive, check_rank, register, reset_linear_
 
 PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")
 # What a GaLore param group carries; the same keys as galore-torch's GaLoreAdamW reads, so a group
@@ -275,6 +275,10 @@ class GaLoreLinear(AdaptedLinear):
     def effective_weight(self) -> torch.Tensor:
         return self.weight
 
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s initialization (after ``model.to_empty()`` on a meta-device model)."""
+        reset_linear_(self.weight, self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
@@ -297,6 +301,7 @@ class GaLore(Method):
 
     options = {"rank": 8, "update_proj_gap": 200, "scale": 0.25, "proj_type": "std"}
     freezes_others = False
+    init_reads_weight = None  # the projection comes from gradients: a meta-device model is fine
 
 
     @classmethod

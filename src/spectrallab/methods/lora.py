@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import (AdaptedLinear, Method, check_choice, check_finite_weight, check_positive, check_rank, frozen,
-                   register)
+                   register, reset_linear_)
 
 # init name -> function(weight, rank, scale) -> (A, B, base_weight). `base_weight` is what stays
 # frozen: W itself for LoRA's own inits, a residual for inits that move part of W into BA.
@@ -126,6 +126,23 @@ class LoRALinear(AdaptedLinear):
     def effective_weight(self) -> torch.Tensor:
         return self.weight + self.delta_weight()
 
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Every tensor afresh: ``W``, ``b`` as ``nn.Linear`` does, then ``A``, ``B`` by the layer's init.
+
+        For a meta-device model after ``model.to_empty(device=...)``; load the pretrained base
+        weights afterwards (their state_dict keys, ``<layer>.weight`` / ``<layer>.bias``, are the
+        original layer's). With the default inits ``A`` and ``B`` do not depend on ``W``.
+        """
+        reset_linear_(self.weight, self.bias)
+        A, B, base = LORA_INITS[self.init](self.weight.detach().clone(), self.rank, self.scale)
+        self.weight.copy_(base)
+        self.lora_A.copy_(A)
+        self.lora_B.copy_(B)
+        if getattr(self, "lora_A0", None) is not None:
+            self.lora_A0.copy_(A)
+            self.lora_B0.copy_(B)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Two skinny matmuls, never the dense ΔW: O(r(m+n)) per token instead of O(mn). The scale
         # rides on an in-place add (no scaled copy of the output); F.linear's backward does not
@@ -186,6 +203,12 @@ class LoRA(Method):
     @classmethod
     def option_choices(cls, option: str):
         return sorted(LORA_INITS) if option == "init" and "init" in cls.options else None
+
+    def needs_weight_values(self) -> str | None:
+        # The default inits draw A at random and set B = 0: the shape of W is enough.
+        if self.config["init"] in ("default", "gaussian"):
+            return None
+        return f"init={self.config['init']!r} factorizes the pretrained weight (SVD or QR)"
 
     def check(self, layer_name: str, linear: nn.Linear) -> None:
         c = self.config

@@ -95,6 +95,7 @@ class LoRAXS(Method):
 
     options = {"rank": 8, "alpha": None, "init_std": 1e-5}
     freezes_others = True
+    init_reads_weight = "its frozen factors are the top singular vectors of the pretrained weight (an SVD)"
 
     def check(self, layer_name: str, linear: nn.Linear) -> None:
         c = self.config

@@ -84,7 +84,7 @@ from torch import nn
 
 from ..optim import add_lr_multiplier
 from .base import (AdaptedLinear, Method, check_choice, check_positive, check_rank, check_seed, frozen,
-                   layer_generator, register, resolve_seed)
+                   layer_generator, register, reset_linear_, resolve_seed)
 
 PRUNE_MODES = ("random", "magnitude", "reset")
 
@@ -130,6 +130,14 @@ class ReLoRALinear(AdaptedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
         return out.add_(F.linear(F.linear(x, self.lora_A), self.lora_B), alpha=self.scale)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """``W``, ``b`` as ``nn.Linear`` does, ``A`` Kaiming-uniform from the layer's stream, ``B = 0``
+        (for a meta-device model after ``model.to_empty(device=...)``)."""
+        reset_linear_(self.weight, self.bias)
+        self.lora_A.copy_(kaiming_factor(self.rank, self.in_features, self.generator, self.lora_A))
+        self.lora_B.zero_()
 
     @torch.no_grad()
     def merge_and_reinit(self) -> None:
@@ -211,6 +219,7 @@ class ReLoRA(Method):
     options = {"rank": 8, "alpha": None, "reset_every": 2000, "prune": "random", "prune_ratio": 0.999,
                "restart_warmup": 100, "seed": None}
     freezes_others = False
+    init_reads_weight = None  # A random, B = 0: a meta-device model is fine (reset_parameters)
 
 
     @classmethod

@@ -85,14 +85,37 @@ class SLTrainLinear(AdaptedLinear):
         m, n = self.out_features, self.in_features
         W = linear.weight.detach()
         self.rank, self.alpha, self.scale, self.sparsity = rank, alpha, alpha / rank, sparsity
-        self.lora_A = nn.Parameter(kaiming_factor(rank, n, generator, W))                  # r × n
-        self.lora_B = nn.Parameter(torch.zeros(m, rank, dtype=W.dtype, device=W.device))  # m × r
         self.nnz = support_size(m, n, sparsity)
-        self.register_buffer("sparse_index", random_support(m * n, self.nnz, generator).to(W.device))
+        like = {"dtype": W.dtype, "device": W.device}
+        self.lora_A = nn.Parameter(torch.empty(rank, n, **like))                          # r × n
+        self.lora_B = nn.Parameter(torch.empty(m, rank, **like))                          # m × r
+        self.register_buffer("sparse_index", torch.empty(self.nnz, dtype=torch.long, device=W.device))
+        self.sparse_values = nn.Parameter(torch.empty(self.nnz, **like))
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
+        # The stream before its first draw: `reset_parameters` replays it, so a layer built on the
+        # meta device and reset after `to_empty()` is the layer a real device would have given.
+        self._initial_stream = generator.get_state()
+        self._draw(generator)
+
+    @torch.no_grad()
+    def _draw(self, generator: torch.Generator) -> None:
+        """A, then the support, then the values, from ``generator``; ``B = 0``."""
+        m, n = self.out_features, self.in_features
+        self.lora_A.copy_(kaiming_factor(self.rank, n, generator, self.lora_A))
+        self.lora_B.zero_()
+        self.sparse_index.copy_(random_support(m * n, self.nnz, generator))
         bound = 1 / math.sqrt(n)
         values = torch.empty(self.nnz, dtype=torch.float32).uniform_(-bound, bound, generator=generator)
-        self.sparse_values = nn.Parameter(values.to(device=W.device, dtype=W.dtype))
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
+        self.sparse_values.copy_(values)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The draws of ``apply`` again (same stream, same numbers), and the bias as ``nn.Linear``
+        initializes it (its trained values are gone) — for a meta-device model after ``to_empty()``."""
+        self._draw(torch.Generator().set_state(self._initial_stream))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
 
     @property
     def density(self) -> float:
@@ -136,6 +159,7 @@ class SLTrain(Method):
 
     options = {"rank": 8, "alpha": None, "sparsity": 0.03, "seed": None}
     freezes_others = False
+    init_reads_weight = None  # W is dropped anyway: a meta-device model is fine (reset_parameters)
 
     def check(self, layer_name: str, linear: nn.Linear) -> None:
         c = self.config

@@ -141,6 +141,7 @@ class SORSA(Method):
 
     options = {"rank": 8, "gamma": 4e-4, "peak_lr": None, "reduction": "mean"}
     freezes_others = True
+    init_reads_weight = "it splits the top singular triplets off the pretrained weight (an SVD)"
 
     def check(self, layer_name: str, linear: nn.Linear) -> None:
         c = self.config

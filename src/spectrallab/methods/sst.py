@@ -350,6 +350,7 @@ class SST(Method):
     options = {"rank": 8, "resample_every": 200, "warmup": 20, "periods_per_round": None,
                "sampling": "multinomial", "uniform_mix": 0.5, "gradient": "enhanced", "seed": 0}
     freezes_others = False
+    init_reads_weight = "it factorizes the weight (an SVD) at apply"
 
 
     @classmethod

@@ -99,6 +99,7 @@ class SVFit(Method):
 
     options = {"rank": None, "energy": None}
     freezes_others = True
+    init_reads_weight = "it starts from the singular values and vectors of the pretrained weight (an SVD)"
     default_energy = 0.99
 
     def check(self, layer_name: str, linear: nn.Linear) -> None:

@@ -201,6 +201,7 @@ class SVFT(Method):
     def option_choices(cls, option: str):
         return {"pattern": list(PATTERNS), "init": list(INITS)}.get(option)
     freezes_others = True
+    init_reads_weight = "it replaces the weight by its singular vectors and values (an SVD)"
 
     def check(self, layer_name: str, linear: nn.Linear) -> None:
         c = self.config

@@ -46,16 +46,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import AdaptedLinear, Method, frozen, register
+from .base import AdaptedLinear, Method, frozen, register, reset_linear_
 
 
 class VeRAProjections(nn.Module):
     """The frozen random pair ``A`` (r × n_max) and ``B`` (m_max × r) shared by the layers of one ``apply``."""
 
-    def __init__(self, A: torch.Tensor, B: torch.Tensor):
+    def __init__(self, A: torch.Tensor, B: torch.Tensor, key: int = 0):
         super().__init__()
         self.register_buffer("A", A)
         self.register_buffer("B", B)
+        self.key = key  # `projection_prng_key`: the draw can be repeated (reset_parameters)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Draw the pair again from ``key`` (the same numbers as at ``apply``; after ``to_empty()``)."""
+        A, B = draw_projections(self.A.shape[0], self.B.shape[0], self.A.shape[1], self.key)
+        self.A.copy_(A)
+        self.B.copy_(B)
 
     def extra_repr(self) -> str:
         return f"A={tuple(self.A.shape)}, B={tuple(self.B.shape)}, shared"
@@ -104,6 +112,16 @@ class VeRALinear(AdaptedLinear):
         """This layer's slice ``B[:m]`` of the shared ``B`` (a view)."""
         return self.projections.B[: self.out_features]
 
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """``W``, ``b`` as ``nn.Linear`` does (load pretrained ones afterwards), the shared pair drawn
+        again from its key, ``λ_d = d_initial`` and ``λ_b = 0`` — for a meta-device model after
+        ``model.to_empty(device=...)``."""
+        reset_linear_(self.weight, self.bias)
+        self.projections.reset_parameters()
+        self.lambda_d.fill_(self.d_initial)
+        self.lambda_b.zero_()
+
     def delta_weight(self) -> torch.Tensor:
         """``ΔW = diag(λ_b) B_m diag(λ_d) A_n`` (out × in)."""
         return (self.lambda_b.unsqueeze(1) * self.vera_B) @ (self.lambda_d.unsqueeze(1) * self.vera_A)
@@ -132,6 +150,7 @@ class VeRA(Method):
 
     options = {"rank": 256, "d_initial": 0.1, "projection_prng_key": 0, "dropout": 0.0}
     freezes_others = True
+    init_reads_weight = None  # random shared pair and constant vectors: a meta-device model is fine
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -184,7 +203,8 @@ class VeRA(Method):
             A, B = draw_projections(self.config["rank"], self._max_out, self._max_in,
                                     self.config["projection_prng_key"])
             self._shared[group] = VeRAProjections(A.to(device=weight.device, dtype=weight.dtype),
-                                                  B.to(device=weight.device, dtype=weight.dtype))
+                                                  B.to(device=weight.device, dtype=weight.dtype),
+                                                  self.config["projection_prng_key"])
         return self._shared[group]
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> VeRALinear:
