@@ -325,7 +325,8 @@ def test_load_peft_bad_input(tmp_path):
 
     import shutil
     cases = {}
-    for case in ("no_weights", "ia3", "missing_module", "shape", "rank_vs_config", "bias", "extra_key"):
+    for case in ("no_weights", "ia3", "missing_module", "shape", "rank_vs_config", "bias", "extra_key",
+                 "not_targeted", "bad_json"):
         shutil.copytree(tmp_path / "ok", tmp_path / case)
         cases[case] = tmp_path / case
     (cases["no_weights"] / "adapter_model.safetensors").unlink()
@@ -337,6 +338,8 @@ def test_load_peft_bad_input(tmp_path):
     rewrite_config(cases["rank_vs_config"], rank_pattern={"head": 2})
     rewrite_config(cases["bias"], bias="all")
     rewrite_weights(cases["extra_key"], lambda t: t.update({"base_model.model.head.lora_E": torch.zeros(4)}))
+    rewrite_config(cases["not_targeted"], target_modules=["fc1", "blocks.0", "blocks.1"])
+    (cases["bad_json"] / "adapter_config.json").write_text("{not json")
 
     expected = {
         "no_weights": (FileNotFoundError, "adapter_model.safetensors"),
@@ -346,6 +349,8 @@ def test_load_peft_bad_input(tmp_path):
         "rank_vs_config": (ValueError, r"layer 'head'.*rank 2"),
         "bias": (ValueError, "bias='all'"),
         "extra_key": (ValueError, "lora_E"),
+        "not_targeted": (ValueError, r"layer 'head'.*does not target it"),
+        "bad_json": (ValueError, "not valid JSON"),
     }
     for case, (error, pattern) in expected.items():
         with pytest.raises(error, match=pattern):
@@ -388,7 +393,7 @@ def tiny_gpt2():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2,
-                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                                     bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     return transformers.GPT2LMHeadModel(config).eval()
 
 

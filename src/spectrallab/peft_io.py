@@ -294,6 +294,18 @@ def _peft_pattern(pattern: dict[str, Any], name: str, default: Any) -> Any:
     return default
 
 
+def _config_targets(config: dict[str, Any], name: str) -> bool:
+    """Whether a PEFT config targets module ``name`` (target_modules, exclude_modules; PEFT's
+    "all-linear" shorthand and layers_to_transform are taken as matching — the weights decide)."""
+    exclude = config.get("exclude_modules")
+    if exclude and _peft_targets(exclude if isinstance(exclude, str) else list(exclude), name):
+        return False
+    targets = config.get("target_modules")
+    if targets is None or targets == "all-linear" or config.get("layers_to_transform") is not None:
+        return True
+    return _peft_targets(targets if isinstance(targets, str) else list(targets), name)
+
+
 def _target_modules(model: nn.Module, names: list[str]) -> list[str] | str:
     """The target list PEFT reads back as exactly ``names``: the names themselves, or (when one of them
     is also the tail of another module's name) an anchored regular expression."""
@@ -416,6 +428,10 @@ def load_peft(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
         if not (isinstance(module, nn.Linear) or _is_hf_conv1d(module)):
             raise ValueError(f"load_peft: {where} is a {type(module).__name__}; spectrallab's LoRA adapts nn.Linear "
                              "(and transformers' Conv1D) layers")
+        if not _config_targets(config, name):
+            raise ValueError(f"load_peft: {where}: has weights, but {ADAPTER_CONFIG} does not target it "
+                             f"(target_modules={config.get('target_modules')!r}, exclude_modules="
+                             f"{config.get('exclude_modules')!r}); PEFT would not load them: the two files disagree")
         needed = {"A", "B", "magnitude"} if use_dora else {"A", "B"}
         if set(parts) != needed:
             raise ValueError(f"load_peft: {where}: has {sorted(parts)}, expected {sorted(needed)} "
