@@ -74,7 +74,8 @@ FINE_TUNING = [
     ("dora", {"rank": R}, lambda m, n: R * (m + n) + m, lambda m, n: m * n + R * (m + n) + m, lambda m, n: 0),
     ("loraxs", {"rank": R}, lambda m, n: R * R, lambda m, n: m * n + R * (m + n) + R * R, lambda m, n: 0),
     ("svfit", {"rank": R}, lambda m, n: R, lambda m, n: m * n + R * (m + n) + 2 * R, lambda m, n: 0),
-    ("sorsa", {"rank": R}, lambda m, n: R * (m + n) + R, lambda m, n: m * n + R * (m + n) + R, lambda m, n: 0),
+    ("sorsa", {"rank": R}, lambda m, n: R * (m + n) + R, lambda m, n: m * n + R * (m + n) + R,
+     lambda m, n: R * (m + n) + R),
     # SVFT-B with one off-diagonal: nnz = 3k − 2, plus the gate; U, S, Vh replace W; row/col indices
     ("svft", {"off_diag": 1}, lambda m, n: 3 * min(m, n) - 2 + 1,
      lambda m, n: min(m, n) * (m + n) + min(m, n) + 3 * min(m, n) - 2 + 1, lambda m, n: 2 * (3 * min(m, n) - 2)),

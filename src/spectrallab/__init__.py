@@ -4,6 +4,7 @@
     model = sl.apply(model, "lora", rank=8)     # in place; returns the model
     opt = sl.optimizer(model, lr=1e-3)          # method-aware AdamW
     sl.spectrum(model.fc1)                      # singular values of the effective weight
+    sl.save_peft(model, "adapter/")             # a PEFT LoRA adapter, where an exact one exists
     model = sl.merge(model)                     # back to plain nn.Linear, same outputs
 """
 
@@ -13,6 +14,7 @@ from .linalg import spectrum
 from .methods.base import AdaptedLinear, Method, register
 from .memory import memory_report
 from .optim import optimizer
+from .peft_io import PeftExport, PeftExportError, load_peft, save_peft
 from .profiles import device, pick, profile
 from .runs import Run, load_runs
 from .tasks import task
@@ -24,4 +26,5 @@ __version__ = "0.1.0"
 __all__ = ["methods", "apply", "merge", "trainable_parameters", "optimizer", "spectrum", "adapted_layers",
            "method_class", "resolve_targets", "linalg", "tasks", "task", "train", "fit", "pretrained", "Event",
            "Run", "load_runs", "warmup_cosine", "pick", "profile", "device", "memory_report",
-           "Method", "AdaptedLinear", "register"]
+           "Method", "AdaptedLinear", "register",
+           "save_peft", "load_peft", "PeftExport", "PeftExportError"]

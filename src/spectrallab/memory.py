@@ -198,9 +198,10 @@ def svft_counts(m: int, n: int, nnz: int, gate: bool = True, **_: Any) -> LayerC
 @formula("sorsa")
 def sorsa_counts(m: int, n: int, rank: int, **_: Any) -> LayerCounts:
     """SORSA (Cao 2024, arXiv:2409.00055): frozen residual ``W_res`` (mn) plus trained ``A`` (r×n),
-    ``S_p`` (r) and ``B`` (m×r): ``r(m+n) + r`` trainable."""
+    ``S_p`` (r) and ``B`` (m×r): ``r(m+n) + r`` trainable. This library also keeps the initial
+    ``A₀, S₀, B₀`` as buffers (``r(m+n) + r`` extra) for the rank-2r PEFT export."""
     trainable = rank * (m + n) + rank
-    return LayerCounts(m * n + trainable, trainable, _adam(trainable))
+    return LayerCounts(m * n + trainable, trainable, _adam(trainable), trainable)
 
 
 @formula("galore")

@@ -39,12 +39,24 @@ meaning and the same rank check. Trainable parameters per layer: ``r(m + n) + m`
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import register
-from .lora import LoRA, LoRALinear
+from .lora import LoRA, LoRALinear, factors_on_original
+
+
+class DoRAExport(NamedTuple):
+    """DoRA on the original weight: ``magnitude ⊙ V / ‖V‖_row`` with ``V = weight + scale · B @ A``."""
+
+    A: torch.Tensor          # r' × in
+    B: torch.Tensor          # out × r'
+    scale: float
+    weight: torch.Tensor     # the original (pre-init) W, out × in
+    magnitude: torch.Tensor  # out
 
 
 class DoRALinear(LoRALinear):
@@ -79,6 +91,13 @@ class DoRALinear(LoRALinear):
     def row_scale(self) -> torch.Tensor:
         """``mag / ‖W + sBA‖_row``: gradient flows to ``mag`` only (the norm is a constant)."""
         return self.magnitude / self.weight_norm()
+
+    def as_lora(self) -> DoRAExport:
+        """LoRA factors on the original W (rank r, or 2r for an init that moved part of W into BA)
+        and the magnitude: ``W_res + s·BA = W + s·B'A'``, so the direction, its norm and the
+        rescaled weight are the same on the original W — PEFT's DoRA form."""
+        A, B, scale, weight = factors_on_original(self)
+        return DoRAExport(A, B, scale, weight, self.magnitude.detach().clone())
 
     def effective_weight(self) -> torch.Tensor:
         direction = self.weight + self.delta_weight()

@@ -150,13 +150,21 @@ class LoRALinear(AdaptedLinear):
         out = F.linear(x, self.weight, self.bias)
         return out.add_(F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B), alpha=self.scale)
 
+    def as_lora(self) -> "LoRAExport":
+        """This layer as a plain LoRA on its original weight (rank r, or 2r for PiSSA/MiLoRA/OLoRA)."""
+        return export_lora(self)
+
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, "
                 f"init={self.init!r}")
 
 
 class LoRAExport(NamedTuple):
-    """A plain LoRA on the original weight: ``weight + scale · B @ A`` is the layer's weight now."""
+    """A plain LoRA on the original weight: ``weight + scale · B @ A`` is the layer's weight now.
+
+    Layers that can be written this way say so with an ``as_lora()`` method returning one of these
+    (what ``spectrallab.save_peft`` writes; DoRA returns its :class:`~.dora.DoRAExport`).
+    """
 
     A: torch.Tensor       # r' × in
     B: torch.Tensor       # out × r'
@@ -176,6 +184,12 @@ def export_lora(layer: LoRALinear) -> LoRAExport:
     if type(layer).effective_weight is not LoRALinear.effective_weight:
         raise TypeError(f"export_lora needs a plain LoRA layer (effective weight W + s·BA); "
                         f"{type(layer).__name__} computes its weight differently")
+    return factors_on_original(layer)
+
+
+def factors_on_original(layer: LoRALinear) -> LoRAExport:
+    """``(A', B', s, W)`` with ``W + s·B'A' = W_base + s·BA`` and ``W`` the weight the layer was built
+    from (rank r, or 2r for an init that moved ``s·B₀A₀`` out of W). DoRA normalizes that same sum."""
     with torch.no_grad():
         A, B = layer.lora_A.detach().clone(), layer.lora_B.detach().clone()
         if getattr(layer, "lora_A0", None) is None:

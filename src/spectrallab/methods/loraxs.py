@@ -76,6 +76,15 @@ class LoRAXSLinear(AdaptedLinear):
     def effective_weight(self) -> torch.Tensor:
         return self.weight + self.delta_weight()
 
+    def as_lora(self):
+        """A plain LoRA of rank r on ``W`` (unchanged by LoRA-XS): ``B' = B R`` (m × r), ``A' = A``,
+        the same scale ``s`` — ``s·B'A' = s·BRA`` exactly, up to the rounding of one r × r product."""
+        from .lora import LoRAExport
+
+        with torch.no_grad():
+            return LoRAExport(self.xs_A.detach().clone(), (self.xs_B @ self.xs_R).detach(), self.scale,
+                              self.weight.detach())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Three skinny products (n→r→r→m), never the dense ΔW.
         out = F.linear(x, self.weight, self.bias)

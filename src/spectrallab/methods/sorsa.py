@@ -53,7 +53,9 @@ Choices, with their source:
 The SVD runs in float32 (bf16/fp16 weights are upcast); ``A``, ``S_p``, ``B`` and ``W_res`` are
 stored in the weight's dtype (in low precision ``W_res + B diag(S_p) A`` then equals ``W`` only to
 that dtype's rounding). SORSA replaces ``W`` by ``W_res``: switching adapters needs the original
-``W``, which is ``W_res + B₀ diag(S₀) A₀`` of the *initial* factors.
+``W``, which is ``W_res + B₀ diag(S₀) A₀`` of the *initial* factors — kept as buffers
+(``sorsa_A0``, ``sorsa_S0``, ``sorsa_B0``; ``r(m+n) + r`` numbers the paper does not store) so that
+``spectrallab.save_peft`` can write the layer as a rank-2r LoRA on the original ``W``.
 
 Trainable parameters per layer: ``r(m + n) + r``.
 """
@@ -97,6 +99,11 @@ class SORSALinear(AdaptedLinear):
         self.sorsa_A = nn.Parameter(A)                                  # r × n
         self.sorsa_S = nn.Parameter(S)                                  # r
         self.sorsa_B = nn.Parameter(B)                                  # m × r
+        # The initial factors, kept (r(m+n) + r numbers) so a trained layer can still be written as a
+        # plain LoRA on the original W: W' − W = B diag(S) A − B₀ diag(S₀) A₀ (see `as_lora`).
+        self.register_buffer("sorsa_A0", A.detach().clone())
+        self.register_buffer("sorsa_S0", S.detach().clone())
+        self.register_buffer("sorsa_B0", B.detach().clone())
 
     def principal_weight(self) -> torch.Tensor:
         """``W_p = B diag(S) A`` (out × in)."""
@@ -108,6 +115,19 @@ class SORSALinear(AdaptedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
         return out.add_(F.linear(F.linear(x, self.sorsa_A) * self.sorsa_S, self.sorsa_B))
+
+    def as_lora(self):
+        """A plain LoRA of rank 2r on the original ``W = W_res + B₀ diag(S₀) A₀``, scale 1:
+        ``W' − W = B diag(S) A − B₀ diag(S₀) A₀ = [B diag(S) | −B₀ diag(S₀)] [A ; A₀]``."""
+        from .lora import LoRAExport
+
+        with torch.no_grad():
+            wide = torch.promote_types(self.weight.dtype, torch.float32)
+            B0S0 = self.sorsa_B0 * self.sorsa_S0
+            weight = torch.addmm(self.weight.to(wide), B0S0.to(wide), self.sorsa_A0.to(wide)).to(self.weight.dtype)
+            A = torch.cat([self.sorsa_A.detach(), self.sorsa_A0])
+            B = torch.cat([self.sorsa_B.detach() * self.sorsa_S.detach(), -B0S0], dim=1)
+            return LoRAExport(A, B, 1.0, weight)
 
     def orthonormality(self) -> torch.Tensor:
         """``L_reg = ‖AAᵀ − I‖_F + ‖BᵀB − I‖_F`` (float32, differentiable)."""

@@ -79,6 +79,15 @@ class SVFitLinear(AdaptedLinear):
         delta = self.delta_sigma().to(self.weight.dtype)
         return self.weight + (self.svfit_U * delta) @ self.svfit_Vh
 
+    def as_lora(self):
+        """A plain LoRA of rank r on ``W``: ``ΔW = U_r diag(σ − σ_r) Vh_r``, so ``B' = U_r diag(σ − σ_r)``,
+        ``A' = Vh_r``, scale 1 (r is this layer's, which ``energy=`` may choose per layer)."""
+        from .lora import LoRAExport
+
+        with torch.no_grad():
+            B = self.svfit_U * self.delta_sigma().to(self.weight.dtype)
+            return LoRAExport(self.svfit_Vh.detach().clone(), B.detach(), 1.0, self.weight.detach())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
         h = F.linear(x, self.svfit_Vh) * self.delta_sigma().to(x.dtype)

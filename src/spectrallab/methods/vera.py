@@ -129,6 +129,20 @@ class VeRALinear(AdaptedLinear):
     def effective_weight(self) -> torch.Tensor:
         return self.weight + self.delta_weight()
 
+    def as_lora(self):
+        """A plain LoRA of rank r on ``W``: ``B' = diag(λ_b) B_m diag(λ_d)``, ``A' = A_n``, scale 1.
+
+        Chosen over PEFT's own VeRA type because every LoRA runtime loads it and it is exact for any
+        rank; the price is storing ``A_n`` and ``B'`` (``r(m+n)`` numbers) instead of the two vectors
+        and a seed. (The shared matrices are PEFT's bit for bit, so ``VeraConfig`` with the same
+        ``projection_prng_key`` and targets also reproduces this layer from ``λ_b``, ``λ_d``.)"""
+        from .lora import LoRAExport
+
+        with torch.no_grad():
+            B = self.lambda_b.unsqueeze(1) * self.vera_B * self.lambda_d
+            return LoRAExport(self.vera_A.detach().clone(), B.detach().contiguous(), 1.0,
+                              self.weight.detach())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Two skinny matmuls through the rank-r bottleneck, never the dense ΔW.
         out = F.linear(x, self.weight, self.bias)
