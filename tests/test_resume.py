@@ -118,6 +118,12 @@ def test_save_load_continue_equals_uninterrupted(case, opt_name, n):
     run(resumed, resumed_opt, n, total)
 
     assert_same_state(straight, straight_opt, resumed, resumed_opt)
+    if method == "sst":  # the log restarts at the loaded state and then matches the uninterrupted one
+        for name in ("fc1", "fc2"):
+            log, full = getattr(resumed, name).history, getattr(straight, name).history
+            assert log[0]["resumed"] and log[0]["step"] == n
+            assert log[0]["active"] == max((h for h in full if h["step"] <= n), key=lambda h: h["step"])["active"]
+            assert log[1:] == [h for h in full if h["step"] > n]
     # And the run really moved (a resume that loads nothing and trains nothing would also "agree").
     torch.manual_seed(0)
     untouched = sl.apply(SmallMLP(), method, **options)

@@ -127,7 +127,15 @@ class Method:
         raise NotImplementedError
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer, layers: dict[str, AdaptedLinear]) -> None:
-        """Install the method's optimizer behaviour (hooks on ``optimizer``). Default: none."""
+        """Install the method's optimizer behaviour (hooks on ``optimizer``). Default: none.
+
+        Whatever the hooks must remember between steps (a step counter, a period index, a random
+        generator) belongs in the layers' persistent buffers (:func:`counter`, :func:`drawing`; list
+        them in ``state_buffers``), never in the hooks' closures: then ``model.state_dict()`` +
+        ``optimizer.state_dict()`` resume the run exactly, and an optimizer built again mid-run
+        continues the schedule. Input checks that must run before anything changes go through
+        :func:`spectrallab.optim.add_step_check`.
+        """
 
     @classmethod
     def period_options(cls, period: int) -> dict[str, Any] | None:
