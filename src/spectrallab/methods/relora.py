@@ -170,7 +170,7 @@ class ReLoRALinear(AdaptedLinear):
         with drawing(self.rng_state) as generator:
             self.lora_A.copy_(kaiming_factor(self.rank, self.in_features, generator, self.lora_A))
         self.lora_B.zero_()
-        self.restarts_done += 1
+        self.restarts_done.add_(1)
 
     @torch.no_grad()
     def check_finite(self, layer_name: str, step: int) -> None:
@@ -332,7 +332,7 @@ class ReLoRA(Method):
 
         def merge_and_restart(opt, args, kwargs):
             for layer, taken in zip(mine.values(), clocks()):
-                layer.steps_taken += 1
+                layer.steps_taken.add_(1)
                 if (taken + 1) % T:
                     continue
                 layer.merge_and_reinit()

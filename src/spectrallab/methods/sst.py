@@ -271,7 +271,7 @@ class SSTLayer(AdaptedLinear):
         Returns ``(resvd, slots)``: whether a re-SVD happened, and the active slots that now hold a
         different vector than before (all of them after a re-SVD) — their optimizer state is stale.
         """
-        self.periods_done += 1
+        self.periods_done.add_(1)
         if self.period % self.periods_per_round == 0:
             self.resvd(step)
             return True, torch.arange(self.rank)
@@ -317,7 +317,7 @@ class SSTLayer(AdaptedLinear):
         self.Vh_frozen.copy_(Vh[inactive].to(dtype))
         self.active_index.copy_(active)
         self.frozen_index.copy_(inactive)
-        self.resvds_done += 1
+        self.resvds_done.add_(1)
         self._record(step, resvd=True)
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -326,7 +326,7 @@ class SSTLayer(AdaptedLinear):
         with drawing(self.rng_state) as generator:
             chosen = draw_indices(S, self.rank, self.sampling, uniform_mix=self.uniform_mix,
                                   generator=generator, draw=self.draws)
-        self.draws_done += 1
+        self.draws_done.add_(1)
         return chosen
 
     def _complement(self, active: torch.Tensor) -> torch.Tensor:
@@ -478,7 +478,7 @@ class SST(Method):
 
         def after_step(opt, args, kwargs):
             for layer, taken in zip(mine, clocks()):
-                layer.steps_taken += 1
+                layer.steps_taken.add_(1)
                 layer.project()
                 step = taken + 1
                 if step % period:
