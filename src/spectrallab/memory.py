@@ -50,7 +50,9 @@ no formula here (a new one you registered) is reported measured-only, with a not
 Choices where the papers leave room (each formula's docstring has the details):
 
 * Adam's ``step`` counters (one scalar tensor per parameter) are measured but kept out of the
-  comparison: no paper counts them.
+  comparison: no paper counts them. So are a method's bookkeeping buffers
+  (``AdaptedLinear.state_buffers``: SST's and ReLoRA's step counters and random-generator states,
+  kept in the model so a checkpoint resumes exactly): their bytes are in the measured buffers.
 * GaLore's projector is on the smaller side (Table 1 assumes ``m ≤ n``: ``mr + 2nr``); the other
   ``proj_type`` values are counted as they store.
 * SST's weights are all of ``U``, ``Σ``, ``Vh`` (the frozen ``k − r`` vectors are stored too), so it
@@ -499,6 +501,7 @@ def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = No
     if not layers and isinstance(model, AdaptedLinear):
         layers = {"": model}  # memory_report(sl.apply(nn.Linear(...), ...)) on a single adapted layer
     scope: dict[int, str] = {}
+    bookkeeping = {id(getattr(layer, name)) for layer in layers.values() for name in layer.state_buffers}
     for layer in layers.values():
         bias = getattr(layer, "bias", None)
         for t in list(layer.parameters()) + list(layer.buffers()):
@@ -527,7 +530,8 @@ def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = No
         u = bucket(b)
         buffers += _nbytes(b)
         u.buffers += _nbytes(b)
-        u.buffer_elements += b.numel()
+        if id(b) not in bookkeeping:  # clocks and generator states: measured, not compared
+            u.buffer_elements += b.numel()
 
     state_bytes = step_bytes = 0
     if optimizer is not None:

@@ -85,6 +85,7 @@ def optimizer(model: nn.Module, lr: float = 1e-3, optimizer: str | type[torch.op
     if aliases:
         _sum_alias_gradients(opt, list(aliases.values()))
 
+    _install(opt)  # before any method hook: checks and LR scaling must come first
     for spec, layers in by_spec.values():
         spec.attach_optimizer(opt, layers)
     return opt
@@ -139,28 +140,53 @@ def _sum_alias_gradients(opt: torch.optim.Optimizer, pairs: list[tuple[nn.Parame
 # registers a multiplier (a side-effect-free callable returning a float for the *next* step); during
 # ``opt.step()`` every group's lr is multiplied by the product of all registered multipliers, and
 # restored afterwards, so a user's LR scheduler (which writes ``group["lr"]``) composes with it.
+#
+# -- checks before anything changes ----------------------------------------------------------------
+#
+# A method whose step does more than the optimizer's arithmetic (an SVD, a merge) validates its
+# input first, through ``add_step_check``: every check runs at the very start of ``opt.step()``,
+# before the LR scaling and before any method hook or the optimizer touch a parameter, so a
+# ``ValueError`` leaves parameters, buffers and optimizer state exactly as they were — a loop can
+# catch it, ``zero_grad()`` and go on with the next batch.
+
+def _install(opt: torch.optim.Optimizer) -> None:
+    """The first pre-hook (checks, then LR scaling) and the first post-hook (LR restore), once."""
+    if hasattr(opt, "_spectrallab_lr_multipliers"):
+        return
+    opt._spectrallab_lr_multipliers = []
+    opt._spectrallab_checks = []
+    saved: list[float] = []
+
+    def check_and_scale(optimizer, args, kwargs):
+        for check in optimizer._spectrallab_checks:
+            check(optimizer)
+        factor = lr_multiplier(optimizer)
+        saved[:] = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * factor
+
+    def restore(optimizer, args, kwargs):
+        for group, lr in zip(optimizer.param_groups, saved):
+            group["lr"] = lr
+
+    # Registered first, so they wrap every other method hook (hooks run in order).
+    opt.register_step_pre_hook(check_and_scale)
+    opt.register_step_post_hook(restore)
+
 
 def add_lr_multiplier(opt: torch.optim.Optimizer, multiplier: Callable[[], float]) -> None:
     """Scale every param group's lr by ``multiplier()`` for the duration of each ``opt.step()``."""
-    multipliers = getattr(opt, "_spectrallab_lr_multipliers", None)
-    if multipliers is None:
-        multipliers = opt._spectrallab_lr_multipliers = []
-        saved: list[float] = []
+    _install(opt)
+    opt._spectrallab_lr_multipliers.append(multiplier)
 
-        def scale(optimizer, args, kwargs):
-            factor = lr_multiplier(optimizer)
-            saved[:] = [group["lr"] for group in optimizer.param_groups]
-            for group in optimizer.param_groups:
-                group["lr"] = group["lr"] * factor
 
-        def restore(optimizer, args, kwargs):
-            for group, lr in zip(optimizer.param_groups, saved):
-                group["lr"] = lr
+def add_step_check(opt: torch.optim.Optimizer, check: Callable[[torch.optim.Optimizer], None]) -> None:
+    """Run ``check(opt)`` at the start of every ``opt.step()``, before anything is changed.
 
-        # Registered first, so the scaling wraps every other method hook (hooks run in order).
-        opt.register_step_pre_hook(scale)
-        opt.register_step_post_hook(restore)
-    multipliers.append(multiplier)
+    ``check`` raises (``ValueError`` naming the layer and the step) to refuse the step.
+    """
+    _install(opt)
+    opt._spectrallab_checks.append(check)
 
 
 def lr_multiplier(opt: torch.optim.Optimizer) -> float:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import atomic_write_text
+
 
 def home() -> Path:
     """Where Spectral Lab keeps runs and cached pretrained bases."""
@@ -73,9 +75,9 @@ class Run:
         directory = Path(directory) if directory is not None else runs_dir()
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{self.id}-{_slug(self.name)}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), default=_jsonable))
-        tmp.replace(path)  # atomic: a reader never sees half a record
+        # Atomic (temporary file in the same folder, fsync, os.replace): a reader, or a kill at any
+        # moment, never leaves half a record — only the previous one or the new one.
+        atomic_write_text(path, json.dumps(self.to_dict(), default=_jsonable))
         self.path = path
         return path
 

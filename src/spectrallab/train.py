@@ -5,7 +5,9 @@
 ``spectra_every`` steps — validation metrics and the singular values of chosen layers). A widget
 can stop consuming it at any step; the run record is saved even then. :func:`fit` runs it to the
 end and returns the :class:`~spectrallab.runs.Run`. :func:`pretrained` trains a base model once
-and caches it on disk.
+and caches it on disk. With ``checkpoint="run.pt"`` both write a checkpoint every
+``checkpoint_every`` steps (atomically) and resume from it when it exists, to the same final weights
+as an uninterrupted run (see :func:`train` and :mod:`spectrallab.checkpoint`).
 
 Nothing here is method-specific: the optimizer comes from :func:`spectrallab.optimizer`, which
 carries each method's own behaviour.
@@ -16,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import checkpoint as ckpt
 from .apply import adapted_layers, trainable_parameters
 from .linalg import spectrum
 from .optim import effective_lr, optimizer as make_optimizer
@@ -63,7 +68,8 @@ def train(model: nn.Module, task: Task, steps: int, *, optimizer: torch.optim.Op
           clip: float | None = None, eval_every: int | None = None, spectra_every: int | None = None,
           spectra_of: Sequence[str] = (), seed: int = 0, name: str | None = None,
           config: dict[str, Any] | None = None, record: bool = True, device: torch.device | str | None = None,
-          run: Run | None = None) -> Iterator[Event]:
+          run: Run | None = None, checkpoint: str | os.PathLike | None = None,
+          checkpoint_every: int | None = None) -> Iterator[Event]:
     """Train ``model`` on ``task`` for ``steps`` optimizer steps, yielding an :class:`Event` per step.
 
     * ``optimizer``: defaults to ``spectrallab.optimizer(model, lr)`` (AdamW with method hooks);
@@ -75,6 +81,28 @@ def train(model: nn.Module, task: Task, steps: int, *, optimizer: torch.optim.Op
     * ``config``: extra fields for the run record (``{"method": "lora", "rank": 4}``).
     * ``record``: save the run under ``$SPECTRALLAB_HOME/runs`` when it ends or is stopped early.
     * ``run``: a :class:`Run` to fill (``fit`` passes one and returns it).
+    * ``checkpoint`` / ``checkpoint_every``: a file to checkpoint to every k steps (default: 10
+      checkpoints per run) and at the last step, and to **resume from** when it exists.
+
+    **Resume.** With ``checkpoint="run.pt"``, a run that dies — a killed process, a restarted
+    kernel, even mid-write — is continued by running the same code again: the model, the optimizer
+    (and every method's state, which the model holds), the LR schedule, the step, the loss history
+    and the random state of the data order (and torch's global generator: dropout) come back from
+    the last complete checkpoint, and the run ends with the same weights, bit for bit, as one that
+    was never interrupted. Build the model, apply the method and pass the same arguments as the
+    first time::
+
+        model = task.make_model(seed=0)
+        sl.apply(model, "sst", rank=8)
+        run = sl.fit(model, task, 2000, checkpoint="sst.pt", checkpoint_every=100)   # re-run: resumes
+
+    A resumed generator yields one event for the step it resumed at (no loss, no evaluation), then
+    one per remaining step; a finished checkpoint yields that event only. Writes are atomic (a
+    temporary file in the same folder, fsync, ``os.replace``), so a kill leaves the previous
+    checkpoint intact. A checkpoint written by a run with other settings (task, seed, batch size,
+    lr, clip, method options) is refused with a ``ValueError``; ``steps`` may grow. The file is
+    plain ``torch.save`` of a dict (``torch.load(path, weights_only=True)``; see
+    :mod:`spectrallab.checkpoint`).
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps={steps!r} is outside the allowed range [1, inf)")
@@ -91,6 +119,12 @@ def train(model: nn.Module, task: Task, steps: int, *, optimizer: torch.optim.Op
     opt = optimizer if optimizer is not None else make_optimizer(model, lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule) if schedule is not None else None
     eval_every = eval_every or max(1, steps // 10)
+    if checkpoint is None and checkpoint_every is not None:
+        raise ValueError("checkpoint_every is set but checkpoint (the file to write) is not")
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
+                                         or checkpoint_every < 1):
+        raise ValueError(f"checkpoint_every={checkpoint_every!r} is outside the allowed range [1, inf) (an int)")
+    checkpoint_every = checkpoint_every or max(1, steps // 10)
     params = [p for p in model.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(seed)
 
@@ -115,12 +149,36 @@ def train(model: nn.Module, task: Task, steps: int, *, optimizer: torch.optim.Op
         run.evals.append({"step": step, **metrics})
         return metrics
 
-    start = time.perf_counter()
+    # What a checkpoint must match to be resumed by this call (steps may grow; cadences may change).
+    run_identity = ckpt.identity(task=task.name, task_config=task.config(), seed=seed, lr=lr, batch_size=batch_size,
+                                 clip=clip, optimizer=type(opt).__name__, methods=_method_config(model))
+    first = 0
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        ckpt.remove_stale_temporaries(checkpoint)
+        if checkpoint.exists():
+            saved = ckpt.load_training_state(checkpoint)
+            if saved["step"] > steps:
+                raise ValueError(f"checkpoint {str(checkpoint)!r} is at step {saved['step']}, past steps={steps}")
+            first = ckpt.restore_training_state(saved, checkpoint, model=model, optimizer=opt, scheduler=scheduler,
+                                                generator=generator, run=run, run_identity=run_identity)
+            del saved
+
+    def save_checkpoint(step: int) -> None:
+        ckpt.atomic_save(ckpt.training_state(step=step, model=model, optimizer=opt, scheduler=scheduler,
+                                             generator=generator, run=run, run_identity=run_identity), checkpoint)
+        if record:
+            run.save()  # the record so far, so a killed run still leaves one (atomic too)
+
+    start = time.perf_counter() - (run.seconds[-1] if first and run.seconds else 0.0)
     try:
-        yield Event(0, None, effective_lr(opt), None, metrics=evaluate(0),
-                    spectra=measure_spectra(0) if spectra_of else None)
+        if first:
+            yield Event(first, None, effective_lr(opt), None, seconds=time.perf_counter() - start)
+        else:
+            yield Event(0, None, effective_lr(opt), None, metrics=evaluate(0),
+                        spectra=measure_spectra(0) if spectra_of else None)
         model.train()
-        for step in range(1, steps + 1):
+        for step in range(first + 1, steps + 1):
             loss = task.loss(model, task.batch("train", batch_size, generator))
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
@@ -139,6 +197,8 @@ def train(model: nn.Module, task: Task, steps: int, *, optimizer: torch.optim.Op
             metrics = evaluate(step) if step % eval_every == 0 or step == steps else None
             spectra = measure_spectra(step) if spectra_of and spectra_every and (
                 step % spectra_every == 0 or step == steps) else None
+            if checkpoint is not None and (step % checkpoint_every == 0 or step == steps):
+                save_checkpoint(step)
             yield Event(step, loss_value, current_lr, grad_norm, metrics, spectra, now)
     finally:
         if record:
@@ -162,7 +222,19 @@ def fit(model: nn.Module, task: Task, steps: int, *, on_event: Callable[[Event],
     """Run :func:`train` to the end and return its :class:`Run` (saved to disk unless ``record=False``).
 
     ``progress``: ``"bar"``, ``"lines"`` or ``"off"`` (default: chosen by :mod:`spectrallab.progress` —
-    a bar in a live notebook, a line every 15 s of a long run in a built page).
+    a bar in a live notebook, a line every 15 s of a long run in a built page). Every other keyword
+    goes to :func:`train`.
+
+    **Resume recipe** — checkpoint every k steps, and run the same cell or script again after a
+    crash, a kill or a kernel restart::
+
+        task = sl.task("chargpt")
+        model = sl.apply(task.make_model(seed=0), "sst", rank=16)
+        run = sl.fit(model, task, 5000, checkpoint="sst.pt", checkpoint_every=250)
+
+    The second time, ``fit`` loads ``sst.pt`` (model, optimizer, method clocks, LR schedule, step,
+    loss history, data order) and continues; the final weights equal an uninterrupted run's bit for
+    bit, and the run record keeps its id. A finished checkpoint makes the call return at once.
     """
     run = Run(name or "run")
     label = name or " ".join(str(v) for v in (task.name, _method_config(model).get("method")) if v)
@@ -196,8 +268,5 @@ def pretrained(task: Task, steps: int, *, lr: float | None = None, seed: int = 0
     fit(model, task, steps, lr=lr, seed=seed, batch_size=batch_size, schedule=schedule, record=False,
         name=f"pretrain-{task.name}", config={"method": "full", "purpose": "pretrained base"})
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-        tmp.replace(path)
+        ckpt.atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
     return model

@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 import warnings
 import zlib
-from typing import Any, ClassVar
+from contextlib import contextmanager
+from typing import Any, ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -129,6 +130,10 @@ class AdaptedLinear(nn.Module):
     # The class of the layer this one replaced, when it is not nn.Linear (transformers' Conv1D);
     # `apply` sets it, `to_plain` rebuilds it.
     origin: type[nn.Module] | None = None
+    # Buffers that hold the method's bookkeeping — clocks, random-generator states — rather than
+    # storage its paper counts (the memory report keeps them out of the formula comparison, as it
+    # does Adam's step counters). They are persistent, so a checkpoint carries them.
+    state_buffers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__()
@@ -221,7 +226,15 @@ class Method:
         raise NotImplementedError
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer, layers: dict[str, AdaptedLinear]) -> None:
-        """Install the method's optimizer behaviour (hooks on ``optimizer``). Default: none."""
+        """Install the method's optimizer behaviour (hooks on ``optimizer``). Default: none.
+
+        Whatever the hooks must remember between steps (a step counter, a period index, a random
+        generator) belongs in the layers' persistent buffers (:func:`counter`, :func:`drawing`; list
+        them in ``state_buffers``), never in the hooks' closures: then ``model.state_dict()`` +
+        ``optimizer.state_dict()`` resume the run exactly, and an optimizer built again mid-run
+        continues the schedule. Input checks that must run before anything changes go through
+        :func:`spectrallab.optim.add_step_check`.
+        """
 
     @classmethod
     def period_options(cls, period: int) -> dict[str, Any] | None:
@@ -324,6 +337,37 @@ def layer_generator(seed: int, layer_name: str) -> torch.Generator:
     runs are reproducible and layers draw independently."""
     mixed = (seed * 1_000_003 + zlib.crc32(layer_name.encode())) % (1 << 63)
     return torch.Generator().manual_seed(mixed)
+
+
+# -- method state that must survive a checkpoint -------------------------------------------------
+#
+# Resume is the torch way: ``model.state_dict()`` + ``optimizer.state_dict()``. So a method keeps
+# its clock (steps taken, periods done) and its random stream as *persistent buffers* of its
+# layers — never in a Python attribute or a hook's closure, which neither state dict sees and
+# which a rebuilt optimizer would start again from zero. The buffer is the only copy: every draw
+# reads the generator state from it and writes the advanced state back.
+
+def counter(value: int = 0, device: torch.device | str | None = None) -> torch.Tensor:
+    """A 0-d int64 tensor: a step or event counter stored as a buffer (unaffected by ``.half()``)."""
+    return torch.tensor(int(value), dtype=torch.int64, device=device)
+
+
+def generator_state(generator: torch.Generator) -> torch.Tensor:
+    """``generator``'s state as a uint8 tensor (``torch.Generator.get_state``), for a buffer."""
+    return generator.get_state().clone()
+
+
+@contextmanager
+def drawing(buffer: torch.Tensor) -> Iterator[torch.Generator]:
+    """A CPU generator in the state stored in ``buffer``; on exit its advanced state is written back.
+
+    ``with drawing(layer.rng_state) as g: torch.randperm(n, generator=g)`` — the stream lives in the
+    state dict, so a loaded checkpoint continues it exactly.
+    """
+    generator = torch.Generator()
+    generator.set_state(buffer.detach().to("cpu", torch.uint8))
+    yield generator
+    buffer.copy_(generator.get_state())
 
 
 def frozen(tensor: torch.Tensor) -> nn.Parameter:

@@ -76,6 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..linalg import all_finite
 from .base import AdaptedLinear, Method, check_choice, check_positive, check_rank, register, reset_linear_
 
 PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")
@@ -163,9 +164,38 @@ class GaLoreAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self.check_gradients()  # before any group is stepped: a refused step changes nothing
         for group in self.param_groups:
             self._step_group(group)
         return loss
+
+    @torch.no_grad()
+    def check_gradients(self) -> None:
+        """Every gradient this step will factorize (a new projection) must be finite.
+
+        Otherwise ``torch.linalg.svd`` fails deep inside LAPACK with no layer in its message — and,
+        since the groups are stepped in order, after the plain group (biases, norms) was already
+        updated. Checked for all groups first, so a ``ValueError`` here leaves every parameter and
+        every state tensor as it was. ``param_names`` (``{id(param): name}``, set by
+        ``spectrallab.optimizer``) names the layer.
+        """
+        names = getattr(self, "param_names", {})
+        for g, group in enumerate(self.param_groups):
+            if "rank" not in group:
+                continue
+            for i, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                state = self.state.get(p, {})  # .get: state is a defaultdict; reading must not add entries
+                step = int(state["step"]) if "step" in state else 0
+                if step % group["update_proj_gap"] and _has_projection(state):
+                    continue  # no SVD this step
+                if not all_finite(p.grad):
+                    bad = int((~torch.isfinite(p.grad)).sum())
+                    where = f"layer {names[id(p)]!r}" if id(p) in names else f"param {i} of param group {g}"
+                    raise ValueError(f"{where}: the gradient has {bad} non-finite value(s) (NaN or inf) at step "
+                                     f"{step + 1}, where GaLore recomputes its projection from the gradient's SVD "
+                                     "(which needs finite values); nothing was updated")
 
     def _step_group(self, group: dict[str, Any]) -> None:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
@@ -344,3 +374,21 @@ class GaLore(Method):
         c = self.config
         weights = [layer.weight for layer in layers.values()]
         return optimizer_class, [{"params": weights, **{k: c[k] for k in GROUP_KEYS}}]
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer, layers: dict[str, GaLoreLinear]) -> None:
+        """Name the layers for error messages, and check the gradients to be factorized first.
+
+        The check also runs inside :meth:`GaLoreAdamW.step`; registered here it runs before any other
+        method's hook (an LR multiplier) touches the optimizer. GaLore's clock is the per-parameter
+        ``step`` in ``optimizer.state`` (as in ``galore-torch``), so ``optimizer.state_dict()``
+        carries it; an optimizer built again starts afresh (new moments, a new projection at its
+        first step), like any new torch optimizer.
+        """
+        from ..optim import add_step_check  # optim imports apply, which imports this package
+
+        if not isinstance(optimizer, GaLoreAdamW):
+            return
+        names = getattr(optimizer, "param_names", {})
+        names.update({id(layer.weight): name for name, layer in layers.items()})
+        optimizer.param_names = names
+        add_step_check(optimizer, lambda opt: opt.check_gradients())

@@ -69,6 +69,13 @@ Choices, where the paper or the authors' code leave room:
   the layer name, independent of the global generator. The stream supplies ``A`` at ``apply``, the
   re-drawn ``A`` at every reset and the random pruning masks.
 
+**State lives with the model**: the random stream and the restart clock are persistent buffers of
+each layer (``rng_state``, ``steps_taken``, ``last_reset``, ``restarts_done``), so
+``model.state_dict()`` + ``optimizer.state_dict()`` resume a run bit for bit and an optimizer built
+again mid-run keeps the restarts at the same steps. A step that ends with a merge first checks
+``A``, ``B`` and their gradients: a non-finite value raises ``ValueError`` naming the layer and the
+step before anything (``W``, the factors, the optimizer state) is updated.
+
 Trainable parameters per layer: ``r(m + n)`` (+ ``m`` with a bias). Optimizer state per layer:
 ``2r(m + n)`` with Adam, instead of ``2mn`` for full-rank training.
 """
@@ -82,9 +89,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..optim import add_lr_multiplier
-from .base import (AdaptedLinear, Method, check_choice, check_positive, check_rank, check_seed, frozen,
-                   layer_generator, register, reset_linear_, resolve_seed)
+from ..linalg import all_finite
+from ..optim import add_lr_multiplier, add_step_check
+from .base import (AdaptedLinear, Method, check_choice, check_positive, check_rank, check_seed, counter, drawing,
+                   frozen, generator_state, layer_generator, register, reset_linear_, resolve_seed)
 
 PRUNE_MODES = ("random", "magnitude", "reset")
 
@@ -105,20 +113,45 @@ def kaiming_factor(rows: int, cols: int, generator: torch.Generator, like: torch
 
 
 class ReLoRALinear(AdaptedLinear):
-    """``y = x Wᵀ + b + s·(x Aᵀ) Bᵀ``; ``W`` frozen (merges write into it), ``A``, ``B``, ``b`` trainable."""
+    """``y = x Wᵀ + b + s·(x Aᵀ) Bᵀ``; ``W`` frozen (merges write into it), ``A``, ``B``, ``b`` trainable.
+
+    The method's state is in persistent buffers, so ``model.state_dict()`` carries it: ``rng_state``
+    (the stream of re-drawn ``A``s and pruning masks), ``steps_taken`` (optimizer steps through this
+    layer: the restart clock), ``last_reset`` (the step of the last merge, −1 before the first) and
+    ``restarts_done``.
+    """
 
     method = "relora"
+    state_buffers = ("rng_state", "steps_taken", "last_reset", "restarts_done")
 
-    def __init__(self, linear: nn.Linear, rank: int, alpha: float, generator: torch.Generator):
+    def __init__(self, linear: nn.Linear, rank: int, alpha: float, generator: torch.Generator,
+                 reset_every: int = 2000, restart_warmup: int = 100):
         super().__init__(linear.in_features, linear.out_features)
         self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
+        self.reset_every, self.restart_warmup = reset_every, restart_warmup
         W = linear.weight.detach()
         self.weight = frozen(W.clone())          # a copy: merges write into it
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
-        self.generator = generator
+        # The stream's start, kept (not saved) so that `reset_parameters` can replay it on a model
+        # built on the meta device, whose buffers `to_empty` leaves uninitialized.
+        self._initial_rng_state = generator_state(generator)
         self.lora_A = nn.Parameter(kaiming_factor(rank, self.in_features, generator, W))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=W.dtype, device=W.device))
-        self.restarts = 0                       # merge-and-reinit events so far
+        self.register_buffer("rng_state", generator_state(generator))
+        self.register_buffer("steps_taken", counter(0, W.device))
+        self.register_buffer("last_reset", counter(-1, W.device))
+        self.register_buffer("restarts_done", counter(0, W.device))
+
+    @property
+    def restarts(self) -> int:
+        """Merge-and-reinit events so far."""
+        return int(self.restarts_done)
+
+    @property
+    def schedule(self) -> "RestartSchedule":
+        """The restart clock, read from the buffers (a snapshot: change the buffers, not this)."""
+        last = int(self.last_reset)
+        return RestartSchedule(self.reset_every, self.restart_warmup, int(self.steps_taken), None if last < 0 else last)
 
     def delta_weight(self) -> torch.Tensor:
         """``ΔW = s · B A`` (out × in): the update since the last merge."""
@@ -136,8 +169,13 @@ class ReLoRALinear(AdaptedLinear):
         """``W``, ``b`` as ``nn.Linear`` does, ``A`` Kaiming-uniform from the layer's stream, ``B = 0``
         (for a meta-device model after ``model.to_empty(device=...)``)."""
         reset_linear_(self.weight, self.bias)
-        self.lora_A.copy_(kaiming_factor(self.rank, self.in_features, self.generator, self.lora_A))
+        self.rng_state.copy_(self._initial_rng_state)
+        with drawing(self.rng_state) as generator:
+            self.lora_A.copy_(kaiming_factor(self.rank, self.in_features, generator, self.lora_A))
         self.lora_B.zero_()
+        self.steps_taken.fill_(0)
+        self.last_reset.fill_(-1)
+        self.restarts_done.fill_(0)
 
     @torch.no_grad()
     def merge_and_reinit(self) -> None:
@@ -145,9 +183,25 @@ class ReLoRALinear(AdaptedLinear):
         wide = torch.promote_types(self.weight.dtype, torch.float32)
         merged = torch.addmm(self.weight.to(wide), self.lora_B.to(wide), self.lora_A.to(wide), alpha=self.scale)
         self.weight.copy_(merged)
-        self.lora_A.copy_(kaiming_factor(self.rank, self.in_features, self.generator, self.lora_A))
+        with drawing(self.rng_state) as generator:
+            self.lora_A.copy_(kaiming_factor(self.rank, self.in_features, generator, self.lora_A))
         self.lora_B.zero_()
-        self.restarts += 1
+        self.restarts_done.add_(1)
+
+    @torch.no_grad()
+    def check_finite(self, layer_name: str, step: int) -> None:
+        """Before a step that merges: ``A``, ``B`` and their gradients must be finite.
+
+        The merge writes ``s·BA`` into the frozen ``W``; a NaN there would poison ``W`` for good.
+        Raised before the step, so nothing has changed when the error arrives.
+        """
+        for name in ("lora_A", "lora_B"):
+            param = getattr(self, name)
+            for what, tensor in (("gradient", param.grad), ("value", param)):
+                if tensor is not None and not all_finite(tensor):
+                    bad = int((~torch.isfinite(tensor)).sum())
+                    raise ValueError(f"layer {layer_name!r}: the {what} of {name} has {bad} non-finite value(s) "
+                                     f"(NaN or inf) at step {step}, which merges B·A into W; nothing was updated")
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, "
@@ -190,7 +244,10 @@ def prune_state(optimizer: torch.optim.Optimizer, param: nn.Parameter, mode: str
 
 @dataclass
 class RestartSchedule:
-    """The method's clock: optimizer steps taken, and the step of the last merge-and-reinit."""
+    """The method's clock: optimizer steps taken, and the step of the last merge-and-reinit.
+
+    The layers keep it in buffers (``steps_taken``, ``last_reset``); this is a readable snapshot.
+    """
 
     reset_every: int
     restart_warmup: int
@@ -260,30 +317,48 @@ class ReLoRA(Method):
         if not hasattr(self, "_seed"):  # one draw per apply, so torch.manual_seed before apply fixes all
             self._seed = resolve_seed(c["seed"])
         alpha = float(c["rank"] if c["alpha"] is None else c["alpha"])
-        return ReLoRALinear(linear, c["rank"], alpha, layer_generator(self._seed, layer_name))
+        return ReLoRALinear(linear, c["rank"], alpha, layer_generator(self._seed, layer_name),
+                            c["reset_every"], c["restart_warmup"])
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer, layers: dict[str, ReLoRALinear]) -> None:
+        """Hooks on ``optimizer``; the clock they read is each layer's buffers (``steps_taken``,
+        ``last_reset``), so a checkpoint carries it and an optimizer built again mid-run continues
+        the restart schedule (with fresh moments, as any new torch optimizer)."""
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        mine = [layer for layer in layers.values()
-                if id(layer.lora_A) in in_optimizer or id(layer.lora_B) in in_optimizer]
+        mine = {name: layer for name, layer in layers.items()
+                if id(layer.lora_A) in in_optimizer or id(layer.lora_B) in in_optimizer}
         if not mine:
             return
         c = self.config
-        schedule = RestartSchedule(c["reset_every"], c["restart_warmup"])
-        add_lr_multiplier(optimizer, schedule.multiplier)
+        T, warmup = c["reset_every"], c["restart_warmup"]
         mode, ratio = c["prune"], float(c["prune_ratio"])
+        first = next(iter(mine.values()))
+
+        def clocks() -> list[int]:
+            """Steps taken by each layer (one device read for all of them)."""
+            return torch.stack([layer.steps_taken for layer in mine.values()]).tolist()
+
+        def multiplier() -> float:  # the first layer's clock: the layers of one method step together
+            taken, last = torch.stack([first.steps_taken, first.last_reset]).tolist()
+            return RestartSchedule(T, warmup, taken, None if last < 0 else last).multiplier()
+
+        def check(opt):
+            for (name, layer), taken in zip(mine.items(), clocks()):
+                if (taken + 1) % T == 0:
+                    layer.check_finite(name, taken + 1)
 
         def merge_and_restart(opt, args, kwargs):
-            schedule.step += 1
-            if schedule.step % schedule.reset_every:
-                return
-            for layer in mine:
+            for layer, taken in zip(mine.values(), clocks()):
+                layer.steps_taken.add_(1)
+                if (taken + 1) % T:
+                    continue
                 layer.merge_and_reinit()
-                for param in (layer.lora_A, layer.lora_B):
-                    prune_state(opt, param, mode, ratio, layer.generator)
-            schedule.last_reset = schedule.step
+                with drawing(layer.rng_state) as generator:
+                    for param in (layer.lora_A, layer.lora_B):
+                        prune_state(opt, param, mode, ratio, generator)
+                layer.last_reset.fill_(taken + 1)
 
+        add_lr_multiplier(optimizer, multiplier)
+        add_step_check(optimizer, check)
         # Registered after add_lr_multiplier's restore hook: the merge sees the step already taken.
         optimizer.register_step_post_hook(merge_and_restart)
-        for layer in mine:
-            layer.schedule = schedule  # the clock, readable from the layer (step, last_reset)

@@ -182,8 +182,10 @@ class SORSA(Method):
         gamma = float(self.config["gamma"])
         if gamma == 0 or not layers:
             return
-        group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
-        attach_lr = {id(group): group["lr"] for group in optimizer.param_groups}
+        # Groups by position, read from the optimizer at each step: ``load_state_dict`` replaces the
+        # group dicts (a resumed run must see the loaded ``initial_lr``), but never their order.
+        group_of = {id(p): i for i, group in enumerate(optimizer.param_groups) for p in group["params"]}
+        attach_lr = [group["lr"] for group in optimizer.param_groups]
         # Only layers whose factors this optimizer actually updates.
         mine = [layer for layer in layers.values()
                 if id(layer.sorsa_A) in group_of or id(layer.sorsa_B) in group_of]
@@ -192,11 +194,11 @@ class SORSA(Method):
         divisor = 2 * len(mine) if self.config["reduction"] == "mean" else 1
         peak_lr = self.config["peak_lr"]
 
-        def peak(param: nn.Parameter) -> float:
+        def peak(opt: torch.optim.Optimizer, param: nn.Parameter) -> float:
             if peak_lr is not None:
                 return float(peak_lr)
-            group = group_of[id(param)]
-            return float(group.get("initial_lr", attach_lr[id(group)]))
+            i = group_of[id(param)]
+            return float(opt.param_groups[i].get("initial_lr", attach_lr[i]))
 
         def add_regularizer_gradient(opt, args, kwargs):
             for layer in mine:
@@ -204,7 +206,7 @@ class SORSA(Method):
                 for param, grad in zip((layer.sorsa_A, layer.sorsa_B), grads):
                     if id(param) not in group_of or not param.requires_grad:
                         continue
-                    step = (grad * (gamma / (peak(param) * divisor))).to(param.dtype)
+                    step = (grad * (gamma / (peak(opt, param) * divisor))).to(param.dtype)
                     if param.grad is None:
                         param.grad = step
                     else:

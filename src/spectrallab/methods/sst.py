@@ -98,6 +98,15 @@ The SVD runs in float32 (bf16/fp16 weights are upcast) and the factors are store
 dtype. The sampling generator is seeded from ``seed`` and the layer's name: runs are reproducible
 and layers sample independently. ``layer.history`` records, per period, the first step, the active
 indices, Σ at that moment, and whether the period began with a re-SVD.
+
+**State lives with the model.** The generator's state and the clock are persistent buffers of each
+layer (``rng_state``, ``steps_taken``, ``periods_done``, ``draws_done``, ``resvds_done``), not
+Python attributes of the optimizer's hooks: ``model.state_dict()`` + ``optimizer.state_dict()``
+resume a run bit for bit, and an optimizer built again mid-run continues the schedule (periods end
+at the same steps). ``history`` is a log for plots, not state: after ``load_state_dict`` it starts
+again with one entry for the loaded state. A step that ends a period first checks the gradients
+and factors it will resample and re-factorize: a non-finite value raises ``ValueError`` naming the
+layer and the step before anything is updated.
 """
 
 from __future__ import annotations
@@ -110,8 +119,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import linalg
-from .base import (AdaptedLinear, Method, check_choice, check_finite_weight, check_rank, check_seed, frozen,
-                   layer_generator, register)
+from .base import (AdaptedLinear, Method, check_choice, check_finite_weight, check_rank, check_seed, counter,
+                   drawing, frozen, generator_state, layer_generator, register)
 
 SAMPLINGS = ("multinomial", "uniform", "sequential", "top")
 GRADIENTS = ("enhanced", "default")
@@ -162,6 +171,7 @@ class SSTLayer(AdaptedLinear):
     """``y = x (U diag(Σ) Vh)ᵀ + b`` with r active singular vectors, Σ and b trainable."""
 
     method = "sst"
+    state_buffers = ("rng_state", "steps_taken", "periods_done", "draws_done", "resvds_done")
 
     def __init__(self, layer_name: str, linear: nn.Linear, rank: int, sampling: str = "multinomial",
                  uniform_mix: float = 0.5, periods_per_round: int | None = None, seed: int = 0):
@@ -172,11 +182,19 @@ class SSTLayer(AdaptedLinear):
         U, S, Vh = linalg.svd(W, name=f"layer {layer_name!r}")          # all k triplets, float32
         self.k = k = S.numel()
         self.periods_per_round = periods_per_round or math.ceil(k / rank)
-        self.generator = layer_generator(seed, layer_name)
-        self.period = 0          # completed periods since apply
-        self.draws = 0           # index sets drawn so far (drives "sequential")
-        self.resvds = 0          # re-SVDs done
+        # The method's state, as persistent buffers so that model.state_dict() carries it (see
+        # base.drawing): the sampling stream, the optimizer steps taken through this layer (the
+        # period clock: warm-up and resampling read it), periods completed, index sets drawn
+        # ("sequential" reads it) and re-SVDs done.
+        self.register_buffer("rng_state", generator_state(layer_generator(seed, layer_name)))
+        self.register_buffer("steps_taken", counter(0, W.device))
+        self.register_buffer("periods_done", counter(0, W.device))
+        self.register_buffer("draws_done", counter(0, W.device))
+        self.register_buffer("resvds_done", counter(0, W.device))
+        # A log for plots (widgets), not state: after a checkpoint is loaded it restarts with one
+        # entry describing the loaded state.
         self.history: list[dict[str, Any]] = []
+        self.register_load_state_dict_post_hook(_restart_history)
 
         active = self._draw(S)
         inactive = self._complement(active)
@@ -191,6 +209,21 @@ class SSTLayer(AdaptedLinear):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(),
                                                                   requires_grad=linear.bias.requires_grad)
         self._record(step=0, resvd=False)
+
+    @property
+    def period(self) -> int:
+        """Periods completed since apply."""
+        return int(self.periods_done)
+
+    @property
+    def draws(self) -> int:
+        """Index sets drawn so far."""
+        return int(self.draws_done)
+
+    @property
+    def resvds(self) -> int:
+        """Re-SVDs done."""
+        return int(self.resvds_done)
 
     # -- the function ------------------------------------------------------------------------------
 
@@ -238,7 +271,7 @@ class SSTLayer(AdaptedLinear):
         Returns ``(resvd, slots)``: whether a re-SVD happened, and the active slots that now hold a
         different vector than before (all of them after a re-SVD) — their optimizer state is stale.
         """
-        self.period += 1
+        self.periods_done.add_(1)
         if self.period % self.periods_per_round == 0:
             self.resvd(step)
             return True, torch.arange(self.rank)
@@ -284,21 +317,39 @@ class SSTLayer(AdaptedLinear):
         self.Vh_frozen.copy_(Vh[inactive].to(dtype))
         self.active_index.copy_(active)
         self.frozen_index.copy_(inactive)
-        self.resvds += 1
+        self.resvds_done.add_(1)
         self._record(step, resvd=True)
 
     # -- helpers -----------------------------------------------------------------------------------
 
     def _draw(self, S: torch.Tensor) -> torch.Tensor:
-        chosen = draw_indices(S, self.rank, self.sampling, uniform_mix=self.uniform_mix,
-                              generator=self.generator, draw=self.draws)
-        self.draws += 1
+        with drawing(self.rng_state) as generator:
+            chosen = draw_indices(S, self.rank, self.sampling, uniform_mix=self.uniform_mix,
+                                  generator=generator, draw=self.draws)
+        self.draws_done.add_(1)
         return chosen
 
     def _complement(self, active: torch.Tensor) -> torch.Tensor:
         mask = torch.ones(self.k, dtype=torch.bool)
         mask[active.cpu()] = False
         return torch.arange(self.k)[mask]
+
+    @torch.no_grad()
+    def check_finite(self, step: int) -> None:
+        """Before a step that ends a period: the gradients and the factors must be finite.
+
+        The period's end swaps vectors, may re-SVD and draws from Σ; a NaN there would fail inside
+        LAPACK (or ``multinomial``) *after* the optimizer moved every parameter. Raised before the
+        step instead, so nothing has changed when the error arrives.
+        """
+        for name in ("U_active", "Vh_active", "S"):
+            param = getattr(self, name)
+            for what, tensor in (("gradient", param.grad), ("value", param)):
+                if tensor is not None and not linalg.all_finite(tensor):
+                    bad = int((~torch.isfinite(tensor)).sum())
+                    raise ValueError(f"layer {self.layer_name!r}: the {what} of {name} has {bad} non-finite "
+                                     f"value(s) (NaN or inf) at step {step}, which ends a period (resampling "
+                                     "and re-SVD need finite values); nothing was updated")
 
     def _record(self, step: int | None, resvd: bool) -> None:
         self.history.append({"period": self.period, "step": step, "active": sorted(self.active_index.tolist()),
@@ -307,6 +358,13 @@ class SSTLayer(AdaptedLinear):
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, k={self.k}, rank={self.rank}, sampling={self.sampling!r}, "
                 f"periods_per_round={self.periods_per_round}")
+
+
+def _restart_history(layer: SSTLayer, incompatible_keys) -> None:
+    """After ``load_state_dict``: the log starts again from the loaded state (steps are the loaded clock)."""
+    layer.history = []
+    layer._record(step=int(layer.steps_taken), resvd=False)
+    layer.history[-1]["resumed"] = True
 
 
 def reset_optimizer_state(optimizer: torch.optim.Optimizer, param: nn.Parameter, slots: torch.Tensor | None = None,
@@ -385,7 +443,13 @@ class SST(Method):
                         c["periods_per_round"], c["seed"])
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer, layers: dict[str, SSTLayer]) -> None:
-        from ..optim import add_lr_multiplier  # optim imports apply, which imports this package
+        """Hooks on ``optimizer``; the clock they read is each layer's ``steps_taken`` buffer.
+
+        So the schedule lives with the model: a checkpoint (``model.state_dict()``) carries it, and an
+        optimizer built again mid-run (a re-run notebook cell) continues it — periods end at the same
+        steps. (The new optimizer starts with empty moments, as any new torch optimizer does.)
+        """
+        from ..optim import add_lr_multiplier, add_step_check  # optim imports apply, which imports this package
 
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
         mine = [layer for layer in layers.values()
@@ -394,10 +458,19 @@ class SST(Method):
             return
         period, warmup = self.config["resample_every"], self.config["warmup"]
         enhanced = self.config["gradient"] == "enhanced"
-        clock = {"steps": 0}  # optimizer steps taken through this optimizer
+
+        def clocks() -> list[int]:
+            """Steps taken by each layer (one device read for all of them)."""
+            return torch.stack([layer.steps_taken for layer in mine]).tolist()
 
         if warmup:
-            add_lr_multiplier(optimizer, lambda: warmup_multiplier(clock["steps"] % period, warmup))
+            # The first layer's clock: every layer of one method steps together.
+            add_lr_multiplier(optimizer, lambda: warmup_multiplier(int(mine[0].steps_taken) % period, warmup))
+
+        def check(opt):
+            for layer, taken in zip(mine, clocks()):
+                if (taken + 1) % period == 0:
+                    layer.check_finite(taken + 1)
 
         def before_step(opt, args, kwargs):
             if enhanced:
@@ -405,13 +478,13 @@ class SST(Method):
                     layer.enhance_gradients()
 
         def after_step(opt, args, kwargs):
-            clock["steps"] += 1
-            for layer in mine:
+            for layer, taken in zip(mine, clocks()):
+                layer.steps_taken.add_(1)
                 layer.project()
-            if clock["steps"] % period:
-                return
-            for layer in mine:
-                resvd, slots = layer.next_period(clock["steps"])
+                step = taken + 1
+                if step % period:
+                    continue
+                resvd, slots = layer.next_period(step)
                 if resvd:
                     for param in (layer.U_active, layer.Vh_active, layer.S):
                         reset_optimizer_state(opt, param)
@@ -419,6 +492,7 @@ class SST(Method):
                     reset_optimizer_state(opt, layer.U_active, slots, dim=1)
                     reset_optimizer_state(opt, layer.Vh_active, slots, dim=0)
 
+        add_step_check(optimizer, check)
         optimizer.register_step_pre_hook(before_step)
         optimizer.register_step_post_hook(after_step)
 

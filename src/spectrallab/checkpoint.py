@@ -1,0 +1,162 @@
+"""Files that are never half-written, and the training loop's checkpoints.
+
+**Atomic writes.** :func:`atomic_write` writes to a temporary file in the destination's folder,
+flushes and ``fsync``\\s it, and ``os.replace``\\s it over the destination (then syncs the folder):
+a reader — or a run resumed after a crash — sees the old file or the new one, never a mixture. A
+process killed mid-write (``SIGKILL``, a dead kernel, a power cut) leaves at most a hidden
+temporary ``.<name>.<random>.tmp`` next to it, which the next :func:`remove_stale_temporaries` of
+that destination deletes. Run records (:mod:`spectrallab.runs`) and checkpoints use it.
+
+**Checkpoints, the torch way.** A checkpoint of :func:`spectrallab.train` is one ``torch.save``\\d
+dict of tensors and plain Python values (``torch.load(path, weights_only=True)`` reads it): the
+model's and the optimizer's ``state_dict()`` (every method keeps its clocks and random streams in
+the model, see :class:`~spectrallab.methods.base.AdaptedLinear`), the LR scheduler's, the step, the
+data generator's and torch's global random states (so a resumed run draws the same batches and
+dropout masks), the run's metric history, and an ``identity`` — the settings that define the run,
+as JSON — that must match the run that resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable
+
+import torch
+from torch import nn
+
+FORMAT = "spectrallab.train checkpoint"
+VERSION = 1
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def atomic_write(path: Path | str, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write ``path`` atomically: ``write(file)`` fills a temporary file in the same folder, which is
+    flushed, fsynced and ``os.replace``\\d over ``path``. On an exception the temporary is removed
+    and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _sync_folder(path.parent)
+    return path
+
+
+def atomic_write_text(path: Path | str, text: str) -> Path:
+    return atomic_write(path, lambda file: file.write(text.encode()))
+
+
+def atomic_save(obj: Any, path: Path | str) -> Path:
+    """``torch.save(obj, path)``, atomically."""
+    return atomic_write(path, lambda file: _save(obj, file))
+
+
+def _save(obj: Any, file: IO[bytes]) -> None:
+    """The one place a checkpoint's bytes are written (a test replaces it to die mid-write)."""
+    torch.save(obj, file)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(path: Path | str) -> list[Path]:
+    """Delete the temporaries a killed :func:`atomic_write` of ``path`` left behind."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    stale = sorted(path.parent.glob(f"{_temporary_prefix(path)}*.tmp"))
+    for tmp in stale:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+    return stale
+
+
+# -- the training loop's checkpoint -----------------------------------------------------------------
+
+RUN_FIELDS = ("id", "name", "steps", "loss", "lr", "grad_norm", "seconds", "evals", "spectra")
+
+
+def identity(**settings: Any) -> str:
+    """The settings that define a run, as canonical JSON (compared when a run resumes)."""
+    return json.dumps(settings, sort_keys=True, default=repr)
+
+
+def training_state(*, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   scheduler: Any | None, generator: torch.Generator, run: Any, run_identity: str) -> dict:
+    """Everything a resumed :func:`spectrallab.train` needs, as a ``weights_only``-loadable dict."""
+    cuda = None
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = torch.cuda.get_rng_state_all()
+    return {
+        "format": FORMAT, "version": VERSION, "step": int(step), "identity": run_identity,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": None if scheduler is None else scheduler.state_dict(),
+        "data_rng": generator.get_state(), "torch_rng": torch.get_rng_state(), "cuda_rng": cuda,
+        "run": {k: getattr(run, k) for k in RUN_FIELDS},
+    }
+
+
+def load_training_state(path: Path | str) -> dict:
+    """Read a checkpoint written by :func:`spectrallab.train` (``weights_only=True``)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {str(path)!r} is not a spectrallab.train checkpoint "
+                         f"(format {state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
+    if state.get("version") != VERSION:
+        raise ValueError(f"checkpoint {str(path)!r} has version {state.get('version')!r}; this spectrallab "
+                         f"reads version {VERSION}")
+    return state
+
+
+def restore_training_state(state: dict, path: Path | str, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                           scheduler: Any | None, generator: torch.Generator, run: Any, run_identity: str) -> int:
+    """Load ``state`` (from :func:`load_training_state`) into the run's objects; returns the step."""
+    if state["identity"] != run_identity:
+        saved, now = json.loads(state["identity"]), json.loads(run_identity)
+        differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+        details = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, this run {now.get(k)!r}" for k in differ)
+        raise ValueError(f"checkpoint {str(path)!r} was written by a different run ({details}); "
+                         "delete it or choose another checkpoint path")
+    if (scheduler is None) != (state["scheduler"] is None):
+        raise ValueError(f"checkpoint {str(path)!r} was written {'with' if state['scheduler'] is not None else 'without'}"
+                         f" an LR schedule; this run has {'one' if scheduler is not None else 'none'}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["data_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    for key, value in state["run"].items():
+        setattr(run, key, value)
+    return int(state["step"])
