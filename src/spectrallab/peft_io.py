@@ -391,8 +391,9 @@ def load_peft(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     ``PeftModel.from_pretrained(model, directory)`` computes. Returns the model (in place).
 
     Bad input — a missing file, another ``peft_type``, a module the model does not have, a tensor
-    whose shape does not fit its layer, a tied layer (see above), an option spectrallab's LoRA has no equivalent for — raises
-    ``FileNotFoundError``/``ValueError`` naming the file and the layer, and leaves the model as it was.
+    whose shape does not fit its layer, a tied layer (see above), an option spectrallab's LoRA has no
+    equivalent for — raises ``FileNotFoundError``/``ValueError`` naming the file and the layer, and
+    leaves the model as it was.
     """
     path = Path(directory)
     config_file = path / ADAPTER_CONFIG
