@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 
 import pytest
 import torch
@@ -387,62 +388,244 @@ def test_load_peft_refuses_an_already_adapted_model(tmp_path):
         sl.load_peft(model, tmp_path)
 
 
-# -- transformers' Conv1D (GPT-2): PEFT uses fan_in_fan_out=True ---------------------------------
+# -- transformers' Conv1D (GPT-2): PEFT's fan_in_fan_out=True ---------------------------------
+#
+# GPT-2's projections are Conv1D layers (weight stored in × out); its lm_head is tied to the token
+# embedding. PEFT stores lora_A (r × in) and lora_B (out × r) as for nn.Linear and transposes B·A
+# when it adds it to the Conv1D weight; DoRA's magnitude has one entry per output feature.
 
-def tiny_gpt2():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2,
-                                     bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    return transformers.GPT2LMHeadModel(config).eval()
-
-
-def conv1d_supported() -> bool:
-    try:
-        sl.apply(tiny_gpt2(), "lora", targets=["c_attn"], rank=2)
-    except (TypeError, ValueError):
-        return False
-    return True
+GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]
 
 
-CONV1D = pytest.mark.skipif("not conv1d_supported()",
-                            reason="waits for Conv1D support in sl.apply (branch issue10-hf); "
-                                   "becomes active when it merges")
+def gpt2(seed: int = 0):
+    pytest.importorskip("transformers")
+    from hf_models import tiny_gpt2
+
+    torch.manual_seed(seed)
+    return tiny_gpt2().eval()
 
 
-@CONV1D
-@pytest.mark.parametrize("method", ["lora", "dora", "pissa"])
-def test_gpt2_conv1d_round_trip(method, tmp_path):
-    base = tiny_gpt2()
-    ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
-    model = sl.apply(copy.deepcopy(base), method, targets=["c_attn", "c_fc", "c_proj"], rank=2)
-    opt = sl.optimizer(model, lr=2e-2)
-    for _ in range(3):
-        model(ids, labels=ids).loss.backward()
+def gpt2_ids(seed: int = 0) -> torch.Tensor:
+    from hf_models import batch
+
+    return batch(seed)["input_ids"]
+
+
+@torch.no_grad()
+def logits(model, seed: int = 7) -> torch.Tensor:
+    return model.eval()(input_ids=gpt2_ids(seed)).logits
+
+
+def conv1d_names(model) -> dict[str, nn.Module]:
+    from hf_models import Conv1D
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, Conv1D)}
+
+
+def train_gpt2(model, steps: int = 3, lr: float = 2e-2):
+    from hf_models import batch
+
+    model.train()
+    opt = sl.optimizer(model, lr=lr)
+    for step in range(steps):
+        model(**batch(step)).loss.backward()
         opt.step()
         opt.zero_grad()
-    model.eval()
-    sl.save_peft(model, tmp_path)
-    with torch.no_grad():
-        ours, start = model(ids).logits, base(ids).logits
-        assert (ours - start).abs().max() > 1e-3
-        theirs = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()(ids).logits
-        assert (theirs - ours).abs().max() <= TOL
-        back = sl.load_peft(copy.deepcopy(base), tmp_path).eval()(ids).logits
-        assert (back - ours).abs().max() <= TOL
+    return model.eval()
 
 
-@CONV1D
-def test_gpt2_conv1d_load_peft(tmp_path):
-    base = tiny_gpt2()
-    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_fc"],
-                                                                 fan_in_fan_out=True))
+def peft_warnings(record) -> list[str]:
+    """What PEFT warned about while loading (transformers' own deprecation notices are not ours)."""
+    return [str(w.message) for w in record if "/peft/" in w.filename.replace("\\", "/")]
+
+
+def from_pretrained_quietly(base, directory):
+    """PeftModel.from_pretrained, asserting PEFT had nothing to warn about (fan_in_fan_out is right)."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        peft_model = PeftModel.from_pretrained(base, directory)
+    assert not peft_warnings(record), peft_warnings(record)
+    return peft_model.eval()
+
+
+@pytest.mark.parametrize("method", sorted(registered()))
+def test_gpt2_every_method_round_trips_through_peft_or_refuses(method, tmp_path):
+    base = gpt2()
+    model = train_gpt2(sl.apply(copy.deepcopy(base), method, targets=GPT2_TARGETS, **OPTIONS.get(method, {})))
+    ours = logits(model)
+    assert (ours - logits(base)).abs().max() > 1e-3, "training changed nothing: the check below would be vacuous"
+    try:
+        export = sl.save_peft(model, tmp_path / "adapter")
+    except sl.PeftExportError as err:
+        assert "no exact PEFT form" in str(err) and method in str(err)
+        assert method in NO_FORM or method not in OPTIONS, f"{method} should be exportable"
+        assert not (tmp_path / "adapter").exists(), "a refused export must write nothing"
+        return
+    assert method not in NO_FORM, f"{method} has no exact PEFT form but was exported"
+    assert export.config["fan_in_fan_out"] is True
+
+    peft_model = from_pretrained_quietly(copy.deepcopy(base), tmp_path / "adapter")
+    theirs = logits(peft_model)
+    assert (theirs - ours).abs().max() <= TOL, f"{method}: max diff {(theirs - ours).abs().max():.3g}"
+    assert peft_ranks(peft_model) == export.ranks
+    convs = conv1d_names(base)
+    assert set(export.ranks) == set(convs)              # the 8 Conv1D layers: c_attn, both c_proj, c_fc
+    # PEFT wrapped each Conv1D as fan_in_fan_out, with factors shaped on the Conv1D's (in, out)
+    for name, conv in convs.items():
+        lora = peft_model.base_model.model.get_submodule(name)
+        n_in, n_out = conv.weight.shape
+        r = export.ranks[name]
+        assert lora.fan_in_fan_out and type(lora.base_layer) is type(conv)
+        assert lora.lora_A["default"].weight.shape == (r, n_in)
+        assert lora.lora_B["default"].weight.shape == (n_out, r)
+        if method == "dora":
+            assert lora.lora_magnitude_vector["default"].weight.shape == (n_out,)
+
+
+@pytest.mark.parametrize("config", [
+    {"r": 4, "lora_alpha": 8},
+    {"r": 4, "lora_alpha": 8, "use_rslora": True},
+    {"r": 3, "lora_alpha": 5, "use_dora": True},
+], ids=["lora", "rslora", "dora"])
+def test_gpt2_load_peft_reproduces_peft_and_merges_to_conv1d(config, tmp_path):
+    base = gpt2()
+    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(target_modules=GPT2_TARGETS, fan_in_fan_out=True,
+                                                                **config))
+    torch.manual_seed(3)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.3)
+            elif "lora_magnitude_vector" in name:
+                p.mul_(1 + 0.2 * torch.rand_like(p))
     peft_model.save_pretrained(tmp_path)
-    ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
-    model = sl.load_peft(copy.deepcopy(base), tmp_path).eval()
+    theirs = logits(peft_model)
+    assert (theirs - logits(base)).abs().max() > 1e-2            # the adapter does something
+
+    model = sl.load_peft(copy.deepcopy(base), tmp_path)
+    assert (logits(model) - theirs).abs().max() <= TOL
+    layers = sl.adapted_layers(model)
+    convs = conv1d_names(base)
+    assert set(layers) == set(convs) and all(layer.origin is type(convs[n]) for n, layer in layers.items())
+    assert {layer.method for layer in layers.values()} == {"dora" if config.get("use_dora") else "lora"}
+
+    sl.merge(model)
+    assert {n: type(m) for n, m in conv1d_names(model).items()} == {n: type(m) for n, m in convs.items()}
+    assert (logits(model) - theirs).abs().max() <= TOL
+    # the merged Conv1D weights (in × out) are PEFT's own merged weights
+    merged = peft_model.merge_and_unload()
+    for name in convs:
+        torch.testing.assert_close(model.get_submodule(name).weight, merged.get_submodule(name).weight,
+                                   atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "pissa", "vera"])
+def test_gpt2_round_trip_sl_peft_sl(method, tmp_path):
+    """sl → save_peft → PEFT (from_pretrained, then its own save_pretrained) → load_peft: the same logits."""
+    base = gpt2()
+    model = train_gpt2(sl.apply(copy.deepcopy(base), method, targets=GPT2_TARGETS, **OPTIONS[method]))
+    ours = logits(model)
+    sl.save_peft(model, tmp_path / "sl")
+    peft_model = from_pretrained_quietly(copy.deepcopy(base), tmp_path / "sl")
+    peft_model.save_pretrained(tmp_path / "peft")
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["fan_in_fan_out"] is True
+    direct = sl.load_peft(copy.deepcopy(base), tmp_path / "sl")
+    back = sl.load_peft(copy.deepcopy(base), tmp_path / "peft")
+    for again in (direct, back):
+        assert (logits(again) - ours).abs().max() <= TOL
+    sl.merge(back)
+    assert set(conv1d_names(back)) == set(conv1d_names(base))
+    assert (logits(back) - ours).abs().max() <= TOL
+
+
+def test_gpt2_tied_lm_head_is_left_out_of_apply_and_of_the_adapter(tmp_path):
+    base = gpt2()
+    model = copy.deepcopy(base)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        sl.apply(model, "lora", rank=4, alpha=8)                 # default targets: every Linear / Conv1D
+    tie = [str(w.message) for w in record if "tied" in str(w.message)]
+    assert len(tie) == 1 and "lm_head.weight is tied to transformer.wte.weight" in tie[0], tie
+    assert set(sl.adapted_layers(model)) == set(conv1d_names(base))     # lm_head is not among them
+    train_gpt2(model)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        export = sl.save_peft(model, tmp_path)
+    assert not record, [str(w.message) for w in record]          # lm_head, wte frozen: nothing outside to name
+    targets = export.config["target_modules"]
+    assert not _matches(targets, "lm_head") and "lm_head" not in json.dumps(export.config)
+    peft_model = from_pretrained_quietly(copy.deepcopy(base), tmp_path)
+    assert "lm_head" not in peft_ranks(peft_model) and set(peft_ranks(peft_model)) == set(conv1d_names(base))
+    inner = peft_model.base_model.model
+    assert inner.lm_head.weight is inner.transformer.wte.weight  # PEFT's model keeps the tie
+    assert (logits(peft_model) - logits(model)).abs().max() <= TOL
+
+
+def _matches(targets, name: str) -> bool:
+    """PEFT's rule: a list entry equal to the name or a dotted suffix of it; a string by re.fullmatch."""
+    import re
+
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def perturbed_peft_gpt2(base, directory, **config):
+    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(**config))
+    torch.manual_seed(3)
     with torch.no_grad():
-        assert (model(ids).logits - peft_model.eval()(ids).logits).abs().max() <= TOL
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*save_embedding_layers.*")
+        peft_model.save_pretrained(directory)
+    return peft_model.eval()
+
+
+def test_gpt2_load_peft_refuses_an_adapter_on_the_tied_lm_head(tmp_path):
+    """PEFT can put a LoRA on the tied lm_head (B·A added to its output, the shared weight untouched,
+    and a copy of that weight saved: save_embedding_layers); spectrallab's methods do not adapt tied
+    layers, so load_peft says so, naming the layer, and changes nothing. The advice it gives (give
+    lm_head its own copy) then loads PEFT's outputs."""
+    base = gpt2()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(tie_word_embeddings|fan_in_fan_out).*")
+        peft_model = perturbed_peft_gpt2(base, tmp_path, r=2, lora_alpha=4, target_modules=["c_attn", "lm_head"])
+    model = copy.deepcopy(base)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"layer 'lm_head'.*tied to transformer\.wte\.weight.*own copy"):
+        sl.load_peft(model, tmp_path)
+    assert_unchanged(model, before)
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+    model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())
+    sl.load_peft(model, tmp_path)
+    assert set(sl.adapted_layers(model)) == {"lm_head"} | {n for n in conv1d_names(base) if n.endswith("c_attn")}
+    assert (logits(model) - logits(peft_model)).abs().max() <= TOL
+
+
+def test_gpt2_load_peft_reads_an_untied_lm_head_with_its_saved_base_weight(tmp_path):
+    """An untied lm_head in target_modules: PEFT also saves lm_head.base_layer.weight. Equal to the
+    model's weight it is loaded as PEFT loads it (a no-op); different, load_peft refuses, naming it."""
+    pytest.importorskip("transformers")
+    from hf_models import tiny_gpt2
+
+    torch.manual_seed(0)
+    base = tiny_gpt2(tie_word_embeddings=False).eval()
+    assert base.lm_head.weight is not base.transformer.wte.weight
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+        peft_model = perturbed_peft_gpt2(base, tmp_path, r=2, lora_alpha=4, target_modules=["c_fc", "lm_head"])
+    from safetensors.torch import load_file
+    assert "base_model.model.lm_head.base_layer.weight" in load_file(str(tmp_path / "adapter_model.safetensors"))
+    model = sl.load_peft(copy.deepcopy(base), tmp_path)
+    assert (logits(model) - logits(peft_model)).abs().max() <= TOL
+
+    other = copy.deepcopy(base)
+    with torch.no_grad():
+        other.lm_head.weight.add_(0.01)
+    before = snapshot(other)
+    with pytest.raises(ValueError, match=r"layer 'lm_head'.*base weight.*differs"):
+        sl.load_peft(other, tmp_path)
+    assert_unchanged(other, before)

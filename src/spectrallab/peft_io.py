@@ -52,6 +52,20 @@ be larger than the merged weight. A method added later is exportable as soon as 
 ``as_lora()`` returning :class:`spectrallab.methods.lora.LoRAExport` (or, for a DoRA-type layer,
 :class:`spectrallab.methods.dora.DoRAExport`, which adds the magnitude).
 
+**transformers' Conv1D** (GPT-2): an adapted Conv1D works on the transposed weight (out × in), so
+its factors are already PEFT's (``lora_A`` r × in, ``lora_B`` out × r, DoRA's magnitude one per
+output); PEFT transposes ``B·A`` itself for a Conv1D target. The config says
+``fan_in_fan_out=True`` when every target is a Conv1D, so PEFT loads it without a warning (PEFT
+decides per module anyway). ``load_peft`` gives Conv1D layers adapted the same way; ``merge`` gives
+back Conv1D layers.
+
+**Tied layers** (GPT-2's ``lm_head``, tied to ``transformer.wte``): ``apply`` leaves them out, so
+``save_peft`` never targets them. PEFT can adapt one (it adds ``B·A`` to the layer's output and
+saves a copy of the shared weight, ``<module>.base_layer.weight``); ``load_peft`` refuses such an
+adapter, naming the tie — give the layer its own copy of the weight first, which changes no
+output. Such a saved base-weight copy is accepted only when it equals the model's weight (PEFT
+would overwrite the model's weight with it).
+
 Parameters outside the adapted layers are not part of the adapter: if some are trainable
 (``apply(..., freeze_others=False)``) ``save_peft`` warns, naming them.
 
@@ -75,8 +89,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .apply import _FROZEN_BY_APPLY, _set_submodule, adapted_layers, apply
-from .methods.base import AdaptedLinear
+from .apply import _FROZEN_BY_APPLY, _module_names, _set_submodule, _ties, adapted_layers, apply
+from .methods.base import AdaptedLinear, is_conv1d
 from .methods.lora import LoRAExport, lora_scale
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -174,7 +188,12 @@ def save_peft(model: nn.Module, directory: str | os.PathLike, *, task_type: str 
             alpha = float(exports[name].scale) * ranks[name]
         alphas[name] = _tidy(alpha)
 
-    fan_in_fan_out = {name: _is_conv1d(layer) for name, layer in layers.items()}
+    # PEFT stores lora_A (r × in) and lora_B (out × r) the same way for nn.Linear and Conv1D; for a
+    # Conv1D it transposes B·A before adding it to the in × out weight. It decides that per module
+    # (its dispatcher sets fan_in_fan_out for each target's class, warning when the config said
+    # otherwise), so the flag only has to be right to load silently: True when every target is a
+    # Conv1D (GPT-2). A model mixing both gets PEFT's warning for one kind, and the same outputs.
+    conv1d = [_is_conv1d(layer) for layer in layers.values()]
     r_default = Counter(ranks.values()).most_common(1)[0][0]
     alpha_default = Counter(alphas.values()).most_common(1)[0][0]
     names = list(layers)
@@ -192,7 +211,7 @@ def save_peft(model: nn.Module, directory: str | os.PathLike, *, task_type: str 
         "target_modules": _target_modules(model, names),
         "rank_pattern": rank_pattern,
         "alpha_pattern": alpha_pattern,
-        "fan_in_fan_out": all(fan_in_fan_out.values()),
+        "fan_in_fan_out": all(conv1d),
         "bias": "none",
         "lora_dropout": dropouts.pop() if len(dropouts) == 1 else 0.0,
         "init_lora_weights": True,
@@ -255,11 +274,9 @@ def _dropout(layer: nn.Module) -> float:
 
 
 def _is_conv1d(layer: AdaptedLinear) -> bool:
-    """Whether the layer stands for a transformers ``Conv1D`` (PEFT's ``fan_in_fan_out=True``)."""
-    for attr in ("fan_in_fan_out", "conv1d", "transposed"):
-        if getattr(layer, attr, False) is True:
-            return True
-    return False
+    """Whether the layer replaced a transformers ``Conv1D`` (``apply`` records it as ``layer.origin``)."""
+    return layer.origin is not None and any(cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers.")
+                                            for cls in layer.origin.__mro__)
 
 
 def _name_or_path(model: nn.Module) -> str | None:
@@ -358,7 +375,10 @@ _UNSUPPORTED_FIELDS = ("modules_to_save", "layer_replication", "target_parameter
                        "lora_bias", "use_qalora", "alora_invocation_tokens", "use_bdlora", "arrow_config",
                        "monteclora_config")
 _SUFFIXES = {".lora_A.weight": "A", ".lora_B.weight": "B", ".lora_magnitude_vector": "magnitude",
-             ".lora_magnitude_vector.weight": "magnitude"}
+             ".lora_magnitude_vector.weight": "magnitude",
+             # a full copy of the base weight: PEFT's save_embedding_layers, on by default when
+             # target_modules names lm_head / embed_tokens (for resized vocabularies)
+             ".base_layer.weight": "base"}
 
 
 def load_peft(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
@@ -371,8 +391,9 @@ def load_peft(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     ``PeftModel.from_pretrained(model, directory)`` computes. Returns the model (in place).
 
     Bad input — a missing file, another ``peft_type``, a module the model does not have, a tensor
-    whose shape does not fit its layer, an option spectrallab's LoRA has no equivalent for — raises
-    ``FileNotFoundError``/``ValueError`` naming the file and the layer, and leaves the model as it was.
+    whose shape does not fit its layer, a tied layer (see above), an option spectrallab's LoRA has no
+    equivalent for — raises ``FileNotFoundError``/``ValueError`` naming the file and the layer, and
+    leaves the model as it was.
     """
     path = Path(directory)
     config_file = path / ADAPTER_CONFIG
@@ -414,24 +435,38 @@ def load_peft(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
         raise ValueError(f"load_peft: {weights_file} holds no LoRA tensors")
 
     modules = dict(model.named_modules())
+    places = _module_names(model)
     plan = {}  # name -> (rank, alpha)
     for name, parts in per_layer.items():
         where = f"{weights_file}, layer {name!r}"
         module = modules.get(name) if name else None
         if module is None:
-            linear = [n for n, m in modules.items() if isinstance(m, nn.Linear) or _is_hf_conv1d(m)]
+            linear = [n for n, m in modules.items() if isinstance(m, nn.Linear) or is_conv1d(m)]
             raise ValueError(f"load_peft: {where}: the model has no module named {name!r}. Linear layers in this "
                              f"model: {', '.join(linear[:12]) or '(none)'}{' ...' if len(linear) > 12 else ''}")
         if isinstance(module, AdaptedLinear):
             raise ValueError(f"load_peft: {where}: already has method {module.method!r} applied; load the adapter "
                              "onto the plain model (or call spectrallab.merge(model) first)")
-        if not (isinstance(module, nn.Linear) or _is_hf_conv1d(module)):
+        if not (isinstance(module, nn.Linear) or is_conv1d(module)):
             raise ValueError(f"load_peft: {where} is a {type(module).__name__}; spectrallab's LoRA adapts nn.Linear "
                              "(and transformers' Conv1D) layers")
         if not _config_targets(config, name):
             raise ValueError(f"load_peft: {where}: has weights, but {ADAPTER_CONFIG} does not target it "
                              f"(target_modules={config.get('target_modules')!r}, exclude_modules="
                              f"{config.get('exclude_modules')!r}); PEFT would not load them: the two files disagree")
+        tie = _ties(model, {name: module}, places).get(name)
+        if tie:
+            raise ValueError(f"load_peft: {where}: {tie}. PEFT adds B·A to a tied layer's output and leaves the "
+                             "shared weight alone; spectrallab's methods do not adapt tied layers (apply leaves them "
+                             "out). Give the layer its own copy first (layer.weight = nn.Parameter(layer.weight"
+                             ".detach().clone()); the outputs are the same) and load again")
+        base = parts.pop("base", None)
+        if base is not None and not (base.shape == module.weight.shape and
+                                     torch.equal(base.to(module.weight.dtype), module.weight.detach().cpu())):
+            raise ValueError(f"load_peft: {where}: the file holds a copy of the layer's base weight (PEFT's "
+                             "save_embedding_layers) that differs from the model's: PEFT would replace the model's "
+                             f"weight by it. Copy it in first (the tensor '{PREFIX}{name}.base_layer.weight', "
+                             f"shape {tuple(base.shape)}; the model's is {tuple(module.weight.shape)}), then load")
         needed = {"A", "B", "magnitude"} if use_dora else {"A", "B"}
         if set(parts) != needed:
             raise ValueError(f"load_peft: {where}: has {sorted(parts)}, expected {sorted(needed)} "
@@ -483,13 +518,9 @@ def load_peft(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     return model
 
 
-def _is_hf_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight")
-
-
 def _shape(module: nn.Module) -> tuple[int, int]:
     """``(out_features, in_features)``; a transformers Conv1D stores its weight as in × out."""
-    if _is_hf_conv1d(module):
+    if is_conv1d(module):
         return int(module.weight.shape[1]), int(module.weight.shape[0])
     return module.out_features, module.in_features
 
