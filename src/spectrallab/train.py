@@ -171,6 +171,7 @@ def train(model: nn.Module, task: Task, steps: int, *, optimizer: torch.optim.Op
             run.save()  # the record so far, so a killed run still leaves one (atomic too)
 
     start = time.perf_counter() - (run.seconds[-1] if first and run.seconds else 0.0)
+    finished = False  # the record of the finished run is saved
     try:
         if first:
             yield Event(first, None, effective_lr(opt), None, seconds=time.perf_counter() - start)
@@ -199,9 +200,15 @@ def train(model: nn.Module, task: Task, steps: int, *, optimizer: torch.optim.Op
                 step % spectra_every == 0 or step == steps) else None
             if checkpoint is not None and (step % checkpoint_every == 0 or step == steps):
                 save_checkpoint(step)
+            if step == steps and record:
+                # Saved before the last event: a consumer that stops once it has the last step leaves
+                # this generator suspended, and its `finally` would only run at garbage collection
+                # (possibly at interpreter shutdown, when files can no longer be written).
+                run.save()
+                finished = True
             yield Event(step, loss_value, current_lr, grad_norm, metrics, spectra, now)
     finally:
-        if record:
+        if record and not finished:
             run.save()
 
 
