@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
 
 
 @pytest.fixture
@@ -120,3 +124,50 @@ def assert_rejected_and_unchanged(method: str, options: dict, error: type[Except
     with pytest.raises(error, match=message):
         sl.apply(model, method, **options)
     assert same_fingerprint(before, fingerprint(model))
+
+
+# -- the book, built once per session and shared by every module that reads it --------------------
+# (Here and not in a test module: a fixture imported into a second module is a second fixture, and
+# the book would be built twice.)
+
+@pytest.fixture(scope="session")
+def book_cache(tmp_path_factory) -> Path:
+    """One execution cache for the session's book builds: the student build re-uses what the
+    instructor build executed (book/_ext/execution_cache.py)."""
+    return tmp_path_factory.mktemp("book-cache")
+
+
+def build_book(out: Path, cache: Path, audience: str) -> str:
+    """Build the book into ``out`` (-W) for ``audience``; returns the build log."""
+    env = {**os.environ, "SPECTRALLAB_BOOK_CACHE": str(cache), "SPECTRALLAB_AUDIENCE": audience}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "--all", "-W", "-n",
+         "--keep-going", "--path-output", str(out)],
+        capture_output=True, text=True, timeout=1800, env=env)
+    log = result.stdout + result.stderr
+    ARTIFACTS.mkdir(exist_ok=True)
+    name = "book-build.log" if audience == "instructor" else f"book-build-{audience}.log"
+    (ARTIFACTS / name).write_text(log)
+    assert result.returncode == 0, f"{audience} book build failed (log in test-artifacts/{name}):\n{log[-6000:]}"
+    return log
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory, book_cache) -> Path:
+    """Build the book once per session (every chapter executed into a fresh cache, -W): the HTML directory."""
+    out = tmp_path_factory.mktemp("book")
+    build_book(out, book_cache, "instructor")
+    return out / "_build" / "html"
+
+
+@pytest.fixture(scope="session")
+def built_student_book(built_book, tmp_path_factory, book_cache) -> Path:
+    """The student edition (SPECTRALLAB_AUDIENCE=student), built after the instructor edition from its
+    execution cache, so it executes nothing: the HTML directory."""
+    out = tmp_path_factory.mktemp("student-book")
+    log = build_book(out, book_cache, "student")
+    caches = {re.search(r"Using jupyter-cache at: (\S+)", text).group(1)
+              for text in (log, (ARTIFACTS / "book-build.log").read_text()) if "Using jupyter-cache at:" in text}
+    assert len(caches) == 1, f"the two builds used different execution caches (did src/ or widgets/ change?): {caches}"
+    assert "Executing notebook" not in log, "the student build executed a chapter instead of using the cache"
+    return out / "_build" / "html"

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from test_chapters import CHAPTERS, built_book  # noqa: F401  (the session fixture)
+from test_chapters import CHAPTERS
 
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ARTIFACTS, ROOT
 from solutions import MIN_RUN, handouts, html_text, prose_runs, read
 
 CHAPTERS = sorted((ROOT / "book").glob("*.md"))
-ARTIFACTS = ROOT / "test-artifacts"
 
 
 @pytest.mark.chapters
@@ -40,49 +39,6 @@ def test_chapter_executes(chapter: Path, tmp_path):
     times[chapter.stem] = round(elapsed, 1)
     times_file.write_text(json.dumps(times, indent=2, sort_keys=True))
     print(f"{chapter.stem}: {elapsed:.1f} s")
-
-
-@pytest.fixture(scope="session")
-def book_cache(tmp_path_factory) -> Path:
-    """One execution cache for the session's book builds: the student build re-uses what the
-    instructor build executed (book/_ext/execution_cache.py)."""
-    return tmp_path_factory.mktemp("book-cache")
-
-
-def build_book(out: Path, cache: Path, audience: str) -> str:
-    """Build the book into ``out`` (-W) for ``audience``; returns the build log."""
-    env = {**os.environ, "SPECTRALLAB_BOOK_CACHE": str(cache), "SPECTRALLAB_AUDIENCE": audience}
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "--all", "-W", "-n",
-         "--keep-going", "--path-output", str(out)],
-        capture_output=True, text=True, timeout=1800, env=env)
-    log = result.stdout + result.stderr
-    ARTIFACTS.mkdir(exist_ok=True)
-    name = "book-build.log" if audience == "instructor" else f"book-build-{audience}.log"
-    (ARTIFACTS / name).write_text(log)
-    assert result.returncode == 0, f"{audience} book build failed (log in test-artifacts/{name}):\n{log[-6000:]}"
-    return log
-
-
-@pytest.fixture(scope="session")
-def built_book(tmp_path_factory, book_cache) -> Path:
-    """Build the book once per session (every chapter executed into a fresh cache, -W): the HTML directory."""
-    out = tmp_path_factory.mktemp("book")
-    build_book(out, book_cache, "instructor")
-    return out / "_build" / "html"
-
-
-@pytest.fixture(scope="session")
-def built_student_book(built_book, tmp_path_factory, book_cache) -> Path:
-    """The student edition (SPECTRALLAB_AUDIENCE=student), built after the instructor edition from its
-    execution cache, so it executes nothing: the HTML directory."""
-    out = tmp_path_factory.mktemp("student-book")
-    log = build_book(out, book_cache, "student")
-    caches = {re.search(r"Using jupyter-cache at: (\S+)", text).group(1)
-              for text in (log, (ARTIFACTS / "book-build.log").read_text()) if "Using jupyter-cache at:" in text}
-    assert len(caches) == 1, f"the two builds used different execution caches (did src/ or widgets/ change?): {caches}"
-    assert "Executing notebook" not in log, "the student build executed a chapter instead of using the cache"
-    return out / "_build" / "html"
 
 
 @pytest.mark.chapters
