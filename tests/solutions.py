@@ -51,7 +51,12 @@ class Solutions:
 
     def distinctive(self, lines, outside=None) -> list[str]:
         outside = self.outside if outside is None else outside
-        return sorted({line for line in lines if len(line) >= MIN_LINE and line not in outside})
+        # Not even *part* of a line outside the solutions: the student-book check finds a solution line
+        # anywhere in a page's text, so a short one ("for s in SEEDS])") must not also be the tail of
+        # an ordinary line ("    ... for s in SEEDS])"). Lines hold no newline: a hit in the joined
+        # text lies inside one outside line.
+        everything_outside = "\n".join(outside)
+        return sorted({line for line in lines if len(line) >= MIN_LINE and line not in everything_outside})
 
 
 def _closes(line: str, fence: str) -> bool:
