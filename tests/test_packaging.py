@@ -50,9 +50,14 @@ def test_the_cpu_torch_pin_satisfies_the_declared_range():
     assert Version(pin) in torch_req.specifier
 
 
-def test_ci_runs_the_readme_test_command():
-    assert "make test" in (ROOT / "README.md").read_text()
-    assert "make test" in (ROOT / ".ci" / "run").read_text()
+def test_ci_runs_both_readme_commands_the_book_in_the_cpu_profile():
+    readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()
+    assert "make test" in readme and "make book" in readme
+    commands = [line.strip() for line in ci.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert "make test" in commands
+    # The book a newcomer without a GPU builds (CI=true alone would pick the small `ci` profile).
+    assert "SPECTRALLAB_PROFILE=cpu make book" in commands
+    assert commands.index("make test") < commands.index("SPECTRALLAB_PROFILE=cpu make book")
 
 
 def test_every_chapter_is_in_the_table_of_contents_and_vice_versa():
