@@ -18,6 +18,7 @@ from .peft_io import PeftExport, PeftExportError, load_peft, save_peft
 from .profiles import device, pick, profile
 from .runs import Run, load_runs
 from .tasks import task
+from .truncate import TruncatedLinear, truncate
 from .train import Event, fit, pretrained, train, warmup_cosine
 
 __version__ = "0.1.0"
@@ -27,4 +28,4 @@ __all__ = ["methods", "apply", "merge", "trainable_parameters", "optimizer", "sp
            "method_class", "resolve_targets", "linalg", "tasks", "task", "train", "fit", "pretrained", "Event",
            "Run", "load_runs", "warmup_cosine", "pick", "profile", "device", "memory_report",
            "Method", "AdaptedLinear", "register",
-           "save_peft", "load_peft", "PeftExport", "PeftExportError"]
+           "save_peft", "load_peft", "PeftExport", "PeftExportError", "truncate", "TruncatedLinear"]

@@ -264,6 +264,13 @@ def sst_counts(m: int, n: int, rank: int, **_: Any) -> LayerCounts:
     return LayerCounts(k * (m + n) + k, trainable, _adam(trainable), k)
 
 
+@formula("truncated")
+def truncated_counts(m: int, n: int, rank: int, **_: Any) -> LayerCounts:
+    """``sl.truncate``'s inference layer: ``W ≈ B A`` stored as ``B`` (m × r) and ``A`` (r × n),
+    ``r(m+n)`` numbers instead of ``mn``; nothing trains."""
+    return LayerCounts(rank * (m + n), 0, 0, 0)
+
+
 def layer_hyperparameters(layer: nn.Module) -> dict[str, Any]:
     """What the formulas need from an adapted layer: its shape, rank, sparse count, ... .
 

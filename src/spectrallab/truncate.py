@@ -1,0 +1,137 @@
+"""Inference by pruning the spectrum: each weight replaced by its best rank-``r`` approximation.
+
+``truncate(model, rank=r)`` (or ``energy=e``) replaces every targeted layer by a
+:class:`TruncatedLinear` that stores two factors,
+
+    y = x Aᵀ Bᵀ + b,    A = V_rᵀ (r × n),    B = U_r diag(Σ_r) (m × r),
+
+so a layer holds ``r(m + n)`` numbers instead of ``mn`` and a forward pass costs ``r(m + n)``
+multiply-adds per input instead of ``mn`` — a real saving whenever ``r < mn / (m + n)``.
+
+* A dense layer (``nn.Linear``, transformers' ``Conv1D``, or any adapted layer through its
+  ``effective_weight()``) is truncated by SVD: by Eckart–Young the best rank-``r`` approximation in
+  the Frobenius and spectral norms.
+* An SST layer is already in spectral form, ``W = U diag(Σ) Vᵀ``: its ``r`` largest ``Σᵢ`` and their
+  vectors are kept as they are, with no SVD. This is the singular-value pruning of the SST paper
+  (Zhao et al., 2025: "inference" in its title), and it is exact bookkeeping rather than an
+  approximation of an approximation. Between re-SVDs SST's ``U`` and ``V`` drift slightly from
+  orthonormal, so this is then the *spectral-form* truncation, not exactly the Eckart–Young one;
+  the difference is what a re-SVD would remove (choose ``method="svd"`` to force an SVD).
+
+``energy=e`` keeps, per layer, the fewest singular values whose squares sum to at least ``e`` of
+``‖W‖²_F`` (``e`` in (0, 1]). Like ``apply``, ``truncate`` is all-or-nothing: every layer is checked
+and every replacement built before the model changes, and bad input names the layer, the value and
+the allowed range. ``merge`` turns a truncated layer into a plain dense layer again.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import linalg
+from .apply import Targets, _module_names, _set_submodule, resolve_targets
+from .methods.base import AdaptedLinear, as_linear, is_conv1d
+
+
+class TruncatedLinear(AdaptedLinear):
+    """``y = (x Aᵀ) Bᵀ + b``: a rank-``r`` weight ``B A`` stored as its two factors (for inference)."""
+
+    method = "truncated"
+
+    def __init__(self, A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__(A.shape[1], B.shape[0])
+        self.rank = A.shape[0]
+        self.A = nn.Parameter(A.contiguous(), requires_grad=False)   # r × n: V_rᵀ
+        self.B = nn.Parameter(B.contiguous(), requires_grad=False)   # m × r: U_r diag(Σ_r)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    def effective_weight(self) -> torch.Tensor:
+        return self.B @ self.A
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.A), self.B, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank={self.rank}"
+
+
+def spectral_form(layer: nn.Module, name: str, method: str) -> linalg.SVD:
+    """All ``k`` singular triplets of ``layer``'s weight, largest first: SST's own factors when the
+    layer is an SST layer (and ``method="auto"``), else an SVD of its dense weight."""
+    if method == "auto" and getattr(layer, "method", None) == "sst":
+        k = layer.k
+        U = layer.U_active.new_empty(layer.out_features, k)
+        Vh = layer.Vh_active.new_empty(k, layer.in_features)
+        U[:, layer.active_index], U[:, layer.frozen_index] = layer.U_active, layer.U_frozen
+        Vh[layer.active_index], Vh[layer.frozen_index] = layer.Vh_active, layer.Vh_frozen
+        S = layer.S.detach()
+        order = torch.argsort(S.abs(), descending=True)
+        signs = torch.sign(S[order])  # SST's Σ may cross zero while training: keep the function
+        signs[signs == 0] = 1
+        return linalg.SVD(U[:, order] * signs, S[order].abs(), Vh[order])
+    weight = layer.effective_weight() if isinstance(layer, AdaptedLinear) else as_linear(layer).weight
+    return linalg.svd(weight.detach(), name=f"layer {name!r}")
+
+
+def rank_for(name: str, S: torch.Tensor, rank: int | None, energy: float | None) -> int:
+    k = S.numel()
+    if rank is not None:
+        if isinstance(rank, bool) or not isinstance(rank, int):
+            raise TypeError(f"layer {name!r}: rank must be an int in [1, {k}], got {rank!r}")
+        if not 1 <= rank <= k:
+            raise ValueError(f"layer {name!r}: rank={rank} is outside the allowed range [1, {k}] = [1, min(out, in)]")
+        return rank
+    share = torch.cumsum(S.double() ** 2, 0) / (S.double() ** 2).sum().clamp_min(1e-300)
+    return min(k, int((share < energy - 1e-12).sum()) + 1)
+
+
+@torch.no_grad()
+def truncate(model: nn.Module, rank: int | None = None, *, energy: float | None = None,
+             targets: Targets = None, method: Literal["auto", "svd"] = "auto") -> nn.Module:
+    """Replace each targeted layer of ``model`` by its best rank-``rank`` factors (in place).
+
+    Give exactly one of ``rank`` (an int in [1, min(out, in)] for every targeted layer) or
+    ``energy`` (a number in (0, 1]: per layer, the fewest singular values holding that share of
+    ``‖W‖²_F``). ``targets`` as in :func:`spectrallab.apply` (default: every linear layer, adapted
+    or not; tied layers are left out). ``method="auto"`` truncates SST layers in their own spectral
+    form and the others by SVD; ``"svd"`` uses an SVD everywhere. Returns the model (or, when
+    ``model`` is itself one layer, its truncated replacement). The truncated layers are frozen:
+    this is for inference, and ``sl.merge`` makes them dense again.
+    """
+    if (rank is None) == (energy is None):
+        raise TypeError("truncate needs exactly one of rank= (an int) or energy= (a share in (0, 1]); "
+                        f"got rank={rank!r}, energy={energy!r}")
+    if energy is not None and (isinstance(energy, bool) or not isinstance(energy, (int, float))
+                               or not 0 < energy <= 1):
+        raise ValueError(f"energy={energy!r} is outside the allowed range (0, 1]")
+    if method not in ("auto", "svd"):
+        raise ValueError(f"method={method!r} is not one of 'auto', 'svd'")
+    layers = resolve_targets(model, targets)
+    replacements = {}
+    for name, layer in layers.items():  # every layer checked and built before the model changes
+        label = name or "<model>"
+        if isinstance(layer, TruncatedLinear):
+            raise ValueError(f"layer {label!r} is already truncated (rank {layer.rank}); "
+                             f"call spectrallab.merge(model) first to truncate it again")
+        if next(iter(layer.parameters())).is_meta:
+            raise ValueError(f"layer {label!r} is on the meta device: it has no values to truncate")
+        U, S, Vh = spectral_form(layer, label, method)
+        r = rank_for(label, S, rank, energy)
+        bias = layer.effective_bias if isinstance(layer, AdaptedLinear) else as_linear(layer).bias
+        dtype = Vh.dtype
+        new = TruncatedLinear(Vh[:r].to(dtype), (U[:, :r] * S[:r]).to(dtype), bias)
+        origin = getattr(layer, "origin", None) or (type(layer) if is_conv1d(layer) else None)
+        if origin is not None:
+            new.origin = origin  # merge gives a Conv1D back
+        replacements[name] = new
+    if "" in replacements:
+        return replacements[""]
+    places = _module_names(model)
+    for name, new in replacements.items():
+        for place in places[id(layers[name])][1]:
+            _set_submodule(model, place, new)
+    return model
