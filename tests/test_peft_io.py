@@ -235,11 +235,8 @@ def test_a_rank_above_the_layer_size_is_written_at_min_out_in(method, rank, tmp_
 
 # -- load_peft: adapters made by PEFT itself ------------------------------------------------------
 
-def peft_adapter(tmp_path, **config) -> tuple[Net, object]:
-    """A PEFT model on a fresh Net with non-zero lora_B (and perturbed magnitudes), saved to tmp_path."""
-    base = base_model()
-    config.setdefault("target_modules", ["fc1", "blocks.0", "blocks.1", "head"])
-    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(**config))
+def perturb(peft_model) -> None:
+    """Make a fresh PEFT adapter do something: random lora_B, magnitudes moved off their init."""
     torch.manual_seed(3)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -247,6 +244,14 @@ def peft_adapter(tmp_path, **config) -> tuple[Net, object]:
                 p.normal_(0, 0.3)
             elif "lora_magnitude_vector" in name:
                 p.mul_(1 + 0.2 * torch.rand_like(p))
+
+
+def peft_adapter(tmp_path, **config) -> tuple[Net, object]:
+    """A PEFT model on a fresh Net with non-zero lora_B (and perturbed magnitudes), saved to tmp_path."""
+    base = base_model()
+    config.setdefault("target_modules", ["fc1", "blocks.0", "blocks.1", "head"])
+    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(**config))
+    perturb(peft_model)
     peft_model.save_pretrained(tmp_path)
     return base, peft_model.eval()
 
@@ -491,13 +496,7 @@ def test_gpt2_load_peft_reproduces_peft_and_merges_to_conv1d(config, tmp_path):
     base = gpt2()
     peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(target_modules=GPT2_TARGETS, fan_in_fan_out=True,
                                                                 **config))
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.3)
-            elif "lora_magnitude_vector" in name:
-                p.mul_(1 + 0.2 * torch.rand_like(p))
+    perturb(peft_model)
     peft_model.save_pretrained(tmp_path)
     theirs = logits(peft_model)
     assert (theirs - logits(base)).abs().max() > 1e-2            # the adapter does something

@@ -34,7 +34,7 @@ from torch import nn
 
 from . import linalg
 from .apply import Targets, _module_names, _set_submodule, resolve_targets
-from .methods.base import AdaptedLinear, as_linear, is_conv1d
+from .methods.base import AdaptedLinear, as_linear, check_rank, is_conv1d
 
 
 class TruncatedLinear(AdaptedLinear):
@@ -77,14 +77,11 @@ def spectral_form(layer: nn.Module, name: str, method: str) -> linalg.SVD:
     return linalg.svd(weight.detach(), name=f"layer {name!r}")
 
 
-def rank_for(name: str, S: torch.Tensor, rank: int | None, energy: float | None) -> int:
-    k = S.numel()
+def rank_for(name: str, layer: nn.Module, S: torch.Tensor, rank: int | None, energy: float | None) -> int:
+    """``rank`` checked as every method checks it, or the fewest singular values holding ``energy``."""
     if rank is not None:
-        if isinstance(rank, bool) or not isinstance(rank, int):
-            raise TypeError(f"layer {name!r}: rank must be an int in [1, {k}], got {rank!r}")
-        if not 1 <= rank <= k:
-            raise ValueError(f"layer {name!r}: rank={rank} is outside the allowed range [1, {k}] = [1, min(out, in)]")
-        return rank
+        return check_rank(name, as_linear(layer), rank)
+    k = S.numel()
     share = torch.cumsum(S.double() ** 2, 0) / (S.double() ** 2).sum().clamp_min(1e-300)
     return min(k, int((share < energy - 1e-12).sum()) + 1)
 
@@ -120,7 +117,7 @@ def truncate(model: nn.Module, rank: int | None = None, *, energy: float | None 
         if next(iter(layer.parameters())).is_meta:
             raise ValueError(f"layer {label!r} is on the meta device: it has no values to truncate")
         U, S, Vh = spectral_form(layer, label, method)
-        r = rank_for(label, S, rank, energy)
+        r = rank_for(label, layer, S, rank, energy)
         bias = layer.effective_bias if isinstance(layer, AdaptedLinear) else as_linear(layer).bias
         dtype = Vh.dtype
         new = TruncatedLinear(Vh[:r].to(dtype), (U[:, :r] * S[:r]).to(dtype), bias)
