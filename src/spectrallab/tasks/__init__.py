@@ -4,6 +4,14 @@
 ``"digits"`` (scikit-learn's bundled digits, MLP) or ``"chargpt"`` (a tiny character-level GPT on
 Python's own standard library). Each has ``.shifted(...)`` — the different task a pretrained model
 is fine-tuned to.
+
+Graphs for the hyperbolic side (:mod:`spectrallab.tasks.graphs`): a :class:`Graph` holds edges,
+node features and labels. ``disease(num_nodes, seed)`` is HGCN's synthetic Disease set (an SIR
+epidemic on a random tree; label = infected), ``python_classes()`` the inheritance graph of
+Python's own classes (label = defining package). ``gromov_delta(graph)`` measures how tree-like a
+graph is; ``link_split`` / ``node_split`` split as HGCN does (5 % / 10 % of edges; 10 % / 60 % of
+nodes); ``roc_auc``, ``average_precision`` and ``f1`` score the predictions.
+``graph_defaults(name)`` gives each graph's size for the active profile.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ from ..profiles import device, pick
 from .base import Task
 from .chargpt import CharGPT, TinyGPT, decode, encode, load_corpus
 from .digits import MLP, Digits
+from .graphs import (Graph, LinkSplit, average_precision, disease, f1, graph_defaults, gromov_delta, link_split,
+                     node_split, python_classes, roc_auc)
 from .pretrained import load_minilm, minilm_available
 from .teacher import LowRankTeacher, TwoLayerLinear
 
@@ -42,4 +52,6 @@ def task(name: str, **overrides: Any) -> Task:
 
 __all__ = ["Task", "task", "TASKS", "LowRankTeacher", "TwoLayerLinear", "Digits", "MLP", "CharGPT", "TinyGPT",
            "encode", "decode", "load_corpus", "profile_defaults",
-           "load_minilm", "minilm_available"]
+           "load_minilm", "minilm_available",
+           "Graph", "LinkSplit", "disease", "python_classes", "gromov_delta", "link_split", "node_split",
+           "roc_auc", "average_precision", "f1", "graph_defaults"]
