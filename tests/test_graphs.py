@@ -115,7 +115,7 @@ def test_python_classes_is_a_connected_near_tree(classes):
     g = classes
     G = g.to_networkx()
     assert nx.is_connected(G)
-    assert 400 <= g.num_nodes <= 900  # ~560 on CPython 3.11; versions differ by a few dozen
+    assert 500 <= g.num_nodes <= 650  # 555 / 562 / 563 on CPython 3.10 / 3.11 / 3.12
     cycles = g.num_edges - g.num_nodes + 1  # from multiple inheritance
     assert 0 < cycles < 0.15 * g.num_nodes
     assert g.node_names is not None and len(set(g.node_names)) == g.num_nodes

@@ -153,10 +153,10 @@ def disease(num_nodes: int = 1044, seed: int = 0, *, num_features: int = 1000,
             name: str | None = None) -> Graph:
     """HGCN's *Disease* graph: an SIR epidemic on a random tree; label 1 = infected, 0 = not.
 
-    **From the paper** (Chami et al. 2019, §5.1 and Table 1): "we simulate the SIR disease spreading
-    model, where the label of a node is whether the node was infected or not and the node features
-    indicate the susceptibility to the disease"; the graph is a tree (δ = 0) with 1,044 nodes and
-    1,000 features for node classification, two classes. **From HGCN's released data files** (read,
+    **From the paper** (Chami et al. 2019, §5.1 and Table 1): HGCN simulates the SIR disease
+    spreading model; a node's label is whether it was infected, its features indicate its
+    susceptibility to the disease; the graph is a tree (δ = 0) with 1,044 nodes, two classes and
+    1,000 features for node classification. **From HGCN's released data files** (read,
     not copied): the node-classification tree (1,044 nodes, 1,043 edges) is grown breadth first with
     2–6 children per node, the link-prediction tree (2,665 nodes) with 1–11 — ``branching=(1, 11),
     num_nodes=2665`` builds the latter.
@@ -165,11 +165,11 @@ def disease(num_nodes: int = 1044, seed: int = 0, *, num_features: int = 1000,
     about ``traits_per_node`` of them present at the root; a child inherits each of its parent's
     traits except that, with probability ``mutation``, it redraws it -- so relatives share a few
     traits and features alone predict links better than chance (as in HGCN's results, where a
-    feature-only MLP does well above chance on Disease link prediction), but only weakly. A fixed random fifth of
-    the traits matter, each with a normal weight, and
+    feature-only MLP does well above chance on Disease link prediction), but only weakly. A fixed
+    random fifth of the traits matter, each with a normal weight, and
     ``susceptibility = sigmoid(bias + 3 · z)``, ``z`` the weighted sum of a person's traits
-    standardized over the trait distribution (mean susceptibility ≈ 0.7 at ``bias=1.5``). The features so carry
-    susceptibility, through a hidden linear rule; whether a person was infected also depends on
+    standardized over the trait distribution (mean susceptibility ≈ 0.66 at ``bias=1.5``). The
+    features so carry susceptibility, through a hidden linear rule; whether a person was infected also depends on
     whether the infection reached them through their ancestors, which only the graph shows.
     The epidemic starts at the root; per step an infected node infects a susceptible neighbour with
     probability ``beta · susceptibility`` and recovers with probability ``gamma`` (:func:`sir`).
@@ -177,9 +177,14 @@ def disease(num_nodes: int = 1044, seed: int = 0, *, num_features: int = 1000,
     are redrawn, up to 100 times, so that both classes are represented. The infected share varies
     from seed to seed (14–59 % over seeds 0–9 at 1,044 nodes, mean 32 %), as epidemics do.
 
+    Measured at the default size (seed 0): 363 of 1,044 infected (35 %); on HGCN's split (10 % /
+    60 %) a logistic regression on the features alone reaches F1 0.29, with the neighbours' mean
+    features added 0.59 -- the graph carries what the features do not.
+
     On a tree the infected nodes always form a connected subtree containing the root: infection
     only travels along edges, from an infected node. Everything is drawn from one
-    ``numpy.random.default_rng(seed)``: the same seed gives the same graph on every machine.
+    ``numpy.random.default_rng(seed)``: the same seed gives the same graph on every machine (with
+    the same numpy).
     """
     where = f"disease(num_nodes={num_nodes})"
     if num_nodes < 4:
@@ -331,8 +336,11 @@ def python_classes(max_nodes: int | None = None, seed: int = 0, *, num_features:
     ``object``; ``max_nodes=None`` (or a large value) takes all and ``seed`` does not matter.
     Nodes are numbered in order of qualified name; ``node_names`` holds those names.
 
-    Python versions differ in their classes (3.10-3.12: a few dozen of about a thousand), so counts
-    differ slightly between machines; on one Python version the graph is the same everywhere.
+    Python versions differ a little in their classes -- the whole hierarchy has 555 classes and 594
+    edges on CPython 3.10.13, 562 and 602 on 3.11.7, 563 and 603 on 3.12.1 -- so counts differ
+    slightly between machines; on one Python version the graph is the same everywhere. At full
+    size (3.11): δ = 2 (sampled), diameter 12; a logistic regression on the features alone gets
+    0.73 micro-F1 on a 15 % test split, 0.78 with the neighbours' mean features added.
     """
     everything = class_hierarchy()
     key_of = {id(c): q for q, c in everything.items()}
@@ -557,7 +565,8 @@ def node_split(graph: Graph, val: float = 0.1, test: float = 0.6, seed: int = 0,
         parts[1].append(members[:n_val])
         parts[2].append(members[n_val:n_val + n_test])
         parts[0].append(members[n_val + n_test:])
-    return tuple(torch.from_numpy(np.sort(np.concatenate(p)).astype(np.int64)) for p in parts)  # type: ignore[return-value]
+    train, val_idx, test_idx = (torch.from_numpy(np.sort(np.concatenate(p)).astype(np.int64)) for p in parts)
+    return train, val_idx, test_idx
 
 
 # ---------------------------------------------------------------------------------------------------
