@@ -219,6 +219,20 @@ def test_link_split_sizes_disjoint_and_negatives_are_non_edges():
     assert not torch.equal(other.test_pos, s.test_pos)
 
 
+def test_link_split_negatives_on_a_dense_graph():
+    # K_10 less 12 edges: 33 edges, 12 non-edges; most random pairs collide with an edge.
+    K = nx.complete_graph(10)
+    K.remove_edges_from(list(K.edges())[::3][:12])
+    g = Graph.from_networkx("dense", K, torch.zeros(10, 1))
+    for seed in range(5):
+        s = link_split(g, val=0.1, test=0.2, seed=seed)
+        negs = pair_set(s.val_neg) | pair_set(s.test_neg)
+        assert len(negs) == len(s.val_neg) + len(s.test_neg) == 3 + 6
+        assert not negs & pair_set(g.edges)
+    with pytest.raises(ValueError, match="only 12"):
+        link_split(g, val=0.2, test=0.3)
+
+
 def test_link_split_bad_fractions():
     g = disease(50, num_features=5)
     with pytest.raises(ValueError, match="val \\+ test"):
