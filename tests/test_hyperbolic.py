@@ -132,7 +132,8 @@ def test_lorentz_linear_equals_the_papers_formula_by_hand(k):
     with torch.no_grad():
         layer.linear.weight.copy_(torch.tensor(M))
         layer.linear.bias.copy_(torch.tensor(b))
-    y = layer(torch.tensor([x], dtype=torch.float64).float())
+    with torch.no_grad():
+        y = layer(torch.tensor([x]))
     torch.testing.assert_close(y[0], torch.tensor(expected), atol=1e-6, rtol=1e-6)
     assert float(lorentz_constraint_error(y.detach(), k)) < 1e-5
     assert math.isclose(float(torch.linalg.vector_norm(y[0, 1:])), length, rel_tol=1e-6)
@@ -155,6 +156,37 @@ def test_lorentz_centroid_equals_its_formula_by_hand():
     assert float(lorentz_constraint_error(mu, k)) < 1e-5
     # The scale of a row cancels: sums and means of neighbours give the same centroid.
     torch.testing.assert_close(LorentzCentroid(manifold)(torch.tensor(pts), 4 * adjacency), mu)
+
+
+def test_decoders_score_by_squared_distance(small_tree):
+    """Fermi–Dirac logits (r − d²)/t and class logits −d²(x, p_c) + β_c, d² computed here by hand."""
+    k = 2.0
+    encoder = HyboNet(small_tree.features.shape[1], 8, 4, k=k)
+    adjacency = normalized_adjacency(small_tree.edges, small_tree.num_nodes)
+    z = encoder(small_tree.features, adjacency).detach().double()
+    pairs = torch.tensor([[0, 1], [3, 40], [5, 5]])
+
+    def minkowski(a, b):
+        return -a[..., 0] * b[..., 0] + (a[..., 1:] * b[..., 1:]).sum(-1)
+
+    a, b = z[pairs[:, 0]], z[pairs[:, 1]]
+    lorentzian = -2 * k - 2 * minkowski(a, b)
+    geodesic = math.sqrt(k) * torch.acosh((-minkowski(a, b) / k).clamp_min(1))
+    for distance, d2 in [("lorentzian", lorentzian), ("geodesic", geodesic ** 2)]:
+        decoder = LinkPredictor(encoder, r=1.5, t=0.5, distance=distance).double()
+        torch.testing.assert_close(decoder.score(z, pairs), (1.5 - d2) / 0.5, atol=1e-6, rtol=1e-6)
+    assert abs(float(lorentzian[2])) < 1e-5          # a point is at distance 0 from itself (z is float32)
+
+    classifier = NodeClassifier(encoder, classes=3).double()
+    with torch.no_grad():
+        classifier.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    points = classifier.points()
+    assert float(lorentz_constraint_error(points, k)) < 1e-9
+    torch.testing.assert_close(points[:, 1:], classifier.centroids)          # the chart keeps z_c
+    x, A = small_tree.features.double(), adjacency.double()
+    z = encoder(x, A)                                    # the encoder is float64 now
+    expected = -(-2 * k - 2 * minkowski(z[:, None], points[None])) + classifier.bias
+    torch.testing.assert_close(classifier(x, A), expected)
 
 
 def test_normalized_adjacency_is_a_mean_with_self_loops(small_tree):
@@ -328,3 +360,31 @@ def test_state_dicts_resume_a_hybonet_run_bit_for_bit(method, small_tree):
     a, b = straight.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_fit_resumes_a_link_prediction_run_from_its_checkpoint(small_tree, tmp_path):
+    """Through ``sl.fit``: the negatives come from the loop's generator, which the checkpoint carries."""
+    task = small_link_task(small_tree)
+
+    def build(init_seed):
+        return sl.apply(task.make_model(seed=init_seed), "sst", **OPTIONS["sst"])
+
+    straight = build(0)
+    sl.fit(straight, task, 20, record=False, progress="off")
+    sl.fit(build(0), task, 12, record=False, progress="off", checkpoint=tmp_path / "run.pt", checkpoint_every=6)
+    resumed = build(3)
+    run = sl.fit(resumed, task, 20, record=False, progress="off", checkpoint=tmp_path / "run.pt")
+    assert run.steps[-1] == 20
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_truncate_and_spectrum_reach_the_weight_inside_a_lorentz_layer(small_tree):
+    task = small_link_task(small_tree, k=2.0)
+    model = task.make_model(seed=0)
+    inner = model.encoder.layers[0].transform.linear
+    torch.testing.assert_close(sl.spectrum(inner), torch.linalg.svdvals(inner.weight.detach()))
+    sl.truncate(model, rank=3)
+    assert type(model.encoder.layers[0].transform.linear) is not nn.Linear
+    z = model.encode(task.features, task.adjacency).detach()
+    assert float(lorentz_constraint_error(z, 2.0)) <= 1e-4
