@@ -10,8 +10,8 @@ re-implements that network from the paper, on ``geoopt``'s Lorentz manifold.
 *time* coordinate, the rest the *space* coordinates. Every size here counts the ambient
 coordinates: a layer with ``out_features = m + 1`` outputs points of Hⁿ ⊂ R^{m+1}.
 
-**The Lorentz linear layer** (paper, Sec. 3.2: a linear map M = [vᵀ; W] of R^{n+1}, then the
-output put back on the hyperboloid)::
+**The Lorentz linear layer** (the paper's "fully hyperbolic linear layer": a linear map
+M = [vᵀ; W] of R^{n+1}, its output put back on the hyperboloid)::
 
     y = [ √(‖φ(x)‖² + k) ;  φ(x) ],     φ(x) = λ σ(vᵀx + b′) / ‖W h(x) + b‖ · (W h(x) + b)
 
@@ -29,14 +29,14 @@ Choices, stated:
   applied to the whole input, so the time row reads ``h(x)`` where the paper writes ``vᵀx``; with
   ``h = None`` (every layer of :class:`HyboNet` by default) the two agree.
 * λ = exp(log λ) is learned, starts at ``scale`` = 5 and is capped at ``max_scale`` = 10. The cap is
-  a float32 choice: the constraint's round-off grows like x₀², and at ‖φ‖ ≤ 10 (distance ≤ 3 from
+  a float32 choice: the constraint's round-off grows like x₀², and at ‖φ‖ ≤ 10 (for k = 1, distance ≤ 3 from
   the origin) float32 keeps ``|⟨y, y⟩_L + k|`` near 1e-5.
 * The initialization is ``nn.Linear``'s (Kaiming-uniform); the paper prescribes none.
 * The time coordinate is computed by ``geoopt``'s ``projx`` from the space coordinates
   (``x₀ = √(k + ‖x_s‖²)``), which is the paper's formula evaluated on the stored space part.
 
-**Aggregation** (paper, Sec. 3.3 and 4.1: HyboNet's GCN aggregates with the Lorentz centroid of
-Law et al. 2019)::
+**Aggregation** (HyboNet's graph layers aggregate with the Lorentz centroid of Law et al. 2019,
+the point minimizing the weighted squared Lorentzian distances)::
 
     μ = √k · Σⱼ νⱼ xⱼ / | ‖Σⱼ νⱼ xⱼ‖_L |,      ‖a‖_L = √|⟨a, a⟩_L|
 
@@ -48,8 +48,8 @@ any positive scaling of a row gives the same centroid). No attention (HyboNet's 
 ``d²_L(a, b) = −2k − 2⟨a, b⟩_L`` (HyboNet's; ``distance="geodesic"`` uses geoopt's geodesic
 distance squared, as HGCN). Node classification: HyboNet scores a node by its negative squared
 Lorentzian distance to one learned point per class, plus a per-class bias:
-``logit_c = −d²_L(x, p_c) + β_c``. HyboNet keeps the class points as ``geoopt.ManifoldParameter``\\ s
-trained with Riemannian Adam; here a class point is ``p_c = (√(k + ‖z_c‖²), z_c)`` for a plain
+``logit_c = −d²_L(x, p_c) + β_c``. HyboNet's implementation keeps the class points as manifold
+parameters trained with Riemannian Adam; here a class point is ``p_c = (√(k + ‖z_c‖²), z_c)`` for a plain
 parameter ``z_c ∈ Rⁿ`` (the hyperboloid is the graph of that function, so this chart covers it
 smoothly). So **no parameter lives on a manifold, and ``spectrallab.optimizer``'s plain AdamW trains
 everything** — SST's and GaLore's optimizer hooks need no Riemannian counterpart.
@@ -61,7 +61,7 @@ same names (``layers.<i>.transform``), for the Euclidean-vs-hyperbolic compariso
 Inputs are full-batch: node features ``(N, F)`` and a sparse ``(N, N)`` adjacency from
 :func:`normalized_adjacency`. :class:`HyboNet` lifts a feature vector ``x`` onto the hyperboloid as
 ``expmap0((0, x))``, so a feature row of norm ρ lands at distance ρ from the origin: keep feature
-norms of order one (row-normalize them), as HyboNet does.
+norms of order one (row-normalize them).
 """
 
 from __future__ import annotations
@@ -203,8 +203,8 @@ class HyboNet(nn.Module):
     ``x`` (N × in_features) is lifted to ``expmap0((0, x))`` ∈ R^{in_features+1}; then ``layers``
     Lorentz graph convolutions of sizes ``in_features+1 → hidden → … → hidden → out`` (ambient
     sizes: the output points live in R^out, hyperbolic dimension out − 1). ``nonlinearity`` is
-    applied to the input of every layer but the first (the Lorentz layer is nonlinear already;
-    HyboNet's link-prediction runs use none). ``k``: the manifold's ⟨x, x⟩_L = −k.
+    applied to the input of every layer but the first (default none: the Lorentz layer is
+    nonlinear already, through its normalization and sigmoid). ``k``: the manifold's ⟨x, x⟩_L = −k.
     """
 
     hyperbolic = True
