@@ -67,12 +67,17 @@ norms of order one (row-normalize them).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
-import geoopt
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+with warnings.catch_warnings():
+    # geoopt 0.5 compiles a few helpers with torch.jit.script, which recent torch deprecates.
+    warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit.script.*")
+    import geoopt
 
 __all__ = ["LorentzLinear", "LorentzCentroid", "LorentzGraphConv", "HyboNet", "GraphConv", "GCN",
            "LinkPredictor", "NodeClassifier", "normalized_adjacency", "lorentz_constraint_error",

@@ -2,8 +2,10 @@
 
 ``task(name, **overrides)`` builds one: ``"teacher"`` (synthetic low-rank regression),
 ``"digits"`` (scikit-learn's bundled digits, MLP) or ``"chargpt"`` (a tiny character-level GPT on
-Python's own standard library). Each has ``.shifted(...)`` — the different task a pretrained model
-is fine-tuned to.
+Python's own standard library); each has ``.shifted(...)`` — the different task a pretrained model
+is fine-tuned to. The graph tasks of the hyperbolic networks (HyboNet, :mod:`spectrallab.hyperbolic`):
+``"disease_lp"`` / ``"disease_nc"`` (link prediction / node classification on an HGCN-style Disease
+tree) and ``"python_classes_lp"`` / ``"python_classes_nc"`` (on Python's class hierarchy).
 
 Graphs for the hyperbolic side (:mod:`spectrallab.tasks.graphs`): a :class:`Graph` holds edges,
 node features and labels. ``disease(num_nodes, seed)`` is HGCN's synthetic Disease set (an SIR
@@ -24,10 +26,11 @@ from .chargpt import CharGPT, TinyGPT, decode, encode, load_corpus
 from .digits import MLP, Digits
 from .graphs import (Graph, LinkSplit, average_precision, disease, f1, graph_defaults, gromov_delta, link_split,
                      node_split, python_classes, roc_auc)
+from .hyperbolic import GRAPH_TASKS, LinkPrediction, NodeClassification
 from .pretrained import load_minilm, minilm_available
 from .teacher import LowRankTeacher, TwoLayerLinear
 
-TASKS = {"teacher": LowRankTeacher, "digits": Digits, "chargpt": CharGPT}
+TASKS = {"teacher": LowRankTeacher, "digits": Digits, "chargpt": CharGPT, **GRAPH_TASKS}
 
 
 def profile_defaults(name: str) -> dict[str, Any]:
@@ -40,6 +43,8 @@ def profile_defaults(name: str) -> dict[str, Any]:
         return pick(ci=dict(n_chars=200_000, d_model=64, n_layer=2, n_head=4, context=64),
                     cpu=dict(n_chars=1_000_000, d_model=64, n_layer=2, n_head=4, context=64),
                     gpu=dict(n_chars=3_500_000, d_model=384, n_layer=6, n_head=6, context=256))
+    if name in GRAPH_TASKS:
+        return graph_defaults("python_classes" if name.startswith("python_classes") else name)
     return {}
 
 
@@ -54,4 +59,5 @@ __all__ = ["Task", "task", "TASKS", "LowRankTeacher", "TwoLayerLinear", "Digits"
            "encode", "decode", "load_corpus", "profile_defaults",
            "load_minilm", "minilm_available",
            "Graph", "LinkSplit", "disease", "python_classes", "gromov_delta", "link_split", "node_split",
-           "roc_auc", "average_precision", "f1", "graph_defaults"]
+           "roc_auc", "average_precision", "f1", "graph_defaults",
+           "LinkPrediction", "NodeClassification", "GRAPH_TASKS"]

@@ -12,8 +12,9 @@ of it, builds the model (:mod:`spectrallab.hyperbolic`: ``geometry="hyperbolic"`
   cross-entropy on the Fermi–Dirac logits. ``evaluate`` → ``val_loss, val_roc_auc, val_ap`` and the
   same for ``test_``, on the split's fixed positive and negative pairs.
 * :class:`NodeClassification` — message passing over the whole graph; loss: cross-entropy on the
-  training nodes; ``evaluate`` → ``val_loss, val_f1, val_acc`` and ``test_…``. F1 is macro-averaged
-  over classes (accuracy is the micro average).
+  training nodes; ``evaluate`` → ``val_loss, val_f1, val_acc`` and ``test_…``. F1 as HGCN reports it
+  (:func:`spectrallab.tasks.graphs.f1`): binary F1 of the positive class for two classes (Disease),
+  micro-F1 (= accuracy) otherwise.
 
 A split is any object with the attributes named below (tensors); without one, the task calls
 ``tasks.graphs.link_split`` / ``node_split`` (``val``, ``test``, ``seed``).
@@ -30,34 +31,10 @@ from torch import nn
 
 from ..hyperbolic import GCN, HyboNet, LinkPredictor, NodeClassifier, normalized_adjacency
 from .base import Task
+from . import graphs
 from .graphs import Graph
 
 GEOMETRIES = ("hyperbolic", "euclidean")
-
-
-# -- metrics ----------------------------------------------------------------------------------------
-# replaced by tasks.graphs.roc_auc / average_precision / f1 once merged (same meaning: scikit-learn's).
-
-def _roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    from sklearn.metrics import roc_auc_score
-    return float(roc_auc_score(labels.cpu().numpy(), scores.detach().cpu().numpy()))
-
-
-def _average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    from sklearn.metrics import average_precision_score
-    return float(average_precision_score(labels.cpu().numpy(), scores.detach().cpu().numpy()))
-
-
-def _f1(pred: torch.Tensor, labels: torch.Tensor) -> float:
-    from sklearn.metrics import f1_score
-    return float(f1_score(labels.cpu().numpy(), pred.cpu().numpy(), average="macro"))
-
-
-def _metric(name: str):
-    """``tasks.graphs.<name>`` once the graph helpers are merged, else the private equivalent above."""
-    from . import graphs
-    return getattr(graphs, name, None) or {"roc_auc": _roc_auc, "average_precision": _average_precision,
-                                           "f1": _f1}[name]
 
 
 def _digest(graph: Graph) -> str:
@@ -137,10 +114,6 @@ class LinkPrediction(_GraphTask):
         self.r, self.t, self.distance = r, t, distance
         self.val, self.test, self.split_seed = val, test, seed
         if split is None:
-            from . import graphs
-            if not hasattr(graphs, "link_split"):
-                raise ValueError("no split given and tasks.graphs.link_split is not available; pass split= "
-                                 "(an object with train_edges, val_pos, val_neg, test_pos, test_neg)")
             split = graphs.link_split(graph, val, test, seed)
         N = graph.num_nodes
         self.train_edges = _pairs("train_edges", split.train_edges, N)
@@ -197,13 +170,12 @@ class LinkPrediction(_GraphTask):
         model.eval()
         z = model.encode(self.features, self.adjacency)
         metrics = {}
-        roc_auc, ap = _metric("roc_auc"), _metric("average_precision")
         for split in ("val", "test"):
             pairs, labels = self.batch(split, 0, None)
             logits = model.score(z, pairs)
             metrics[f"{split}_loss"] = float(F.binary_cross_entropy_with_logits(logits, labels))
-            metrics[f"{split}_roc_auc"] = float(roc_auc(logits, labels))
-            metrics[f"{split}_ap"] = float(ap(logits, labels))
+            metrics[f"{split}_roc_auc"] = graphs.roc_auc(logits, labels)
+            metrics[f"{split}_ap"] = graphs.average_precision(logits, labels)
         model.train(was_training)
         return metrics
 
@@ -218,8 +190,8 @@ class NodeClassification(_GraphTask):
     name = "node_classification"
 
     def __init__(self, graph: Graph, split: Any = None, *, geometry: str = "hyperbolic", hidden: int = 32,
-                 out: int = 16, layers: int = 2, dropout: float = 0.0, k: float = 1.0, val: float = 0.15,
-                 test: float = 0.3, seed: int = 0):
+                 out: int = 16, layers: int = 2, dropout: float = 0.0, k: float = 1.0, val: float = 0.1,
+                 test: float = 0.6, seed: int = 0):
         if not isinstance(graph, Graph):
             raise TypeError(f"graph must be a spectrallab.tasks.graphs.Graph, got {type(graph).__name__}")
         if graph.labels is None:
@@ -228,10 +200,6 @@ class NodeClassification(_GraphTask):
         self.hidden, self.out, self.layers, self.dropout, self.k = hidden, out, layers, dropout, k
         self.val, self.test, self.split_seed = val, test, seed
         if split is None:
-            from . import graphs
-            if not hasattr(graphs, "node_split"):
-                raise ValueError("no split given and tasks.graphs.node_split is not available; pass split= "
-                                 "(an object with train, val, test node-index tensors)")
             split = graphs.node_split(graph, val, test, seed)
         if isinstance(split, (tuple, list)):
             train, val_idx, test_idx = split
@@ -273,12 +241,40 @@ class NodeClassification(_GraphTask):
         model.eval()
         logits = model(self.features, self.adjacency)
         model.train(was_training)
-        f1 = _metric("f1")
         metrics = {}
         for split in ("val", "test"):
             idx, labels = self.batch(split, 0, None)
             pred = logits[idx].argmax(-1)
             metrics[f"{split}_loss"] = float(F.cross_entropy(logits[idx], labels))
-            metrics[f"{split}_f1"] = float(f1(pred, labels))
+            metrics[f"{split}_f1"] = graphs.f1(pred, labels)
             metrics[f"{split}_acc"] = float((pred == labels).float().mean())
         return metrics
+
+
+# -- the named tasks (``sl.task("disease_lp")`` ...): a generated graph and its task ----------------
+
+def disease_lp(*, num_nodes: int = 2665, num_features: int = 1000, branching: tuple[int, int] = (1, 11),
+               graph_seed: int = 0, **options: Any) -> LinkPrediction:
+    """Link prediction on HGCN's Disease-style tree (:func:`~spectrallab.tasks.graphs.disease`)."""
+    graph = graphs.disease(num_nodes, graph_seed, num_features=num_features, branching=branching)
+    return LinkPrediction(graph, **options)
+
+
+def disease_nc(*, num_nodes: int = 1044, num_features: int = 1000, graph_seed: int = 0,
+               **options: Any) -> NodeClassification:
+    """Node classification (infected or not) on HGCN's Disease-style tree."""
+    return NodeClassification(graphs.disease(num_nodes, graph_seed, num_features=num_features), **options)
+
+
+def python_classes_lp(*, max_nodes: int | None = None, graph_seed: int = 0, **options: Any) -> LinkPrediction:
+    """Link prediction on Python's own class hierarchy (:func:`~spectrallab.tasks.graphs.python_classes`)."""
+    return LinkPrediction(graphs.python_classes(max_nodes, graph_seed), **options)
+
+
+def python_classes_nc(*, max_nodes: int | None = None, graph_seed: int = 0, **options: Any) -> NodeClassification:
+    """Node classification (the package that defines a class) on Python's class hierarchy."""
+    return NodeClassification(graphs.python_classes(max_nodes, graph_seed), **options)
+
+
+GRAPH_TASKS = {"disease_lp": disease_lp, "disease_nc": disease_nc,
+               "python_classes_lp": python_classes_lp, "python_classes_nc": python_classes_nc}
