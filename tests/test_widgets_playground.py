@@ -7,12 +7,17 @@ import math
 import threading
 import time
 
+import numpy as np
 import plotly.graph_objects as go
 import pytest
 
 import spectrallab as sl
 from spectrallab.widgets import Playground
-from spectrallab.widgets.playground import DELTA, GHOST, SPEC_NOW, TRAIN, VAL
+from spectrallab.widgets import SCENARIOS
+from spectrallab.widgets.playground import DELTA, GHOST, GHOST_METRIC, METRIC, SPEC_NOW, TRAIN, VAL
+
+HYPERBOLIC_LINKS = "hyperbolic links (Disease, HyboNet)"
+HYPERBOLIC_NODES = "hyperbolic nodes (Disease, HyboNet)"
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +41,9 @@ def wait_until(condition, timeout=30.0):
 def test_builds_with_defaults_and_draws_the_starting_point():
     w = Playground(live=False, ghost=False)
     assert isinstance(w.figure, go.Figure) and not isinstance(w.figure, go.FigureWidget)
-    assert len(w.figure.data) == 6
+    assert len(w.figure.data) == 8
+    # a scenario without a headline metric: its traces and their axis stay hidden
+    assert not w.figure.data[METRIC].visible and not w.figure.layout.yaxis4.visible
     assert list(w.figure.data[VAL].x) == [0]          # step 0: the starting point was evaluated
     assert len(w.figure.data[SPEC_NOW].y) > 0
     assert max(w.figure.data[DELTA].y) == pytest.approx(0, abs=1e-6)  # nothing has moved yet
@@ -173,3 +180,55 @@ def test_the_period_knob_reaches_methods_with_periodic_work(method, count_period
         assert count_periods(layer) >= 3  # periods starting at steps 0, 4, 8
     lora = Playground(scenario="digits", method="lora", live=False, ghost=False)
     assert lora.controls["period"].layout.display == "none"
+
+
+# -- the hyperbolic scenarios (HyboNet on the Disease tree): a headline metric next to the loss ----------
+
+@pytest.mark.parametrize("scenario, key", [(HYPERBOLIC_LINKS, "val_roc_auc"), (HYPERBOLIC_NODES, "val_f1")])
+def test_hyperbolic_scenarios_adapt_the_lorentz_layers_and_draw_their_metric(scenario, key):
+    w = Playground(scenario=scenario, method="lora", rank=2, live=False, ghost=False)
+    assert SCENARIOS[scenario].metric.key == key
+    # the methods adapt the inner nn.Linear of each Lorentz layer, and those are the layers shown
+    adapted = sorted(sl.adapted_layers(w.session.model))
+    assert adapted == ["encoder.layers.0.transform.linear", "encoder.layers.1.transform.linear"]
+    assert list(w.controls["layer"].options) == adapted and w.state["layer"] == adapted[0]
+    assert w.state["lr"] == pytest.approx(SCENARIOS[scenario].suggested_lr("lora"))
+    metric = w.figure.data[METRIC]
+    assert metric.visible and w.figure.layout.yaxis4.visible and tuple(w.figure.layout.yaxis4.range) == (0, 1)
+    assert list(metric.x) == [0] and 0.0 <= metric.y[0] <= 1.0   # the starting point's metric
+    assert "higher is better" in w.figure.layout.annotations[0].text
+    before = list(w.figure.data[SPEC_NOW].y)
+    for _ in range(3):
+        w.step()
+    assert w.error is None and list(w.figure.data[TRAIN].x) == [1, 2, 3]
+    assert list(w.figure.data[SPEC_NOW].y) != before and max(w.figure.data[DELTA].y) > 0
+
+
+def test_hyperbolic_links_static_play_ends_with_auc_values_and_a_ghost():
+    w = Playground(scenario=HYPERBOLIC_LINKS, method="sst", rank=4, live=False)
+    w.play()
+    steps = w.state["steps"]
+    assert w.session.done and w.session.step_count == steps and w.error is None
+    x, auc = list(w.figure.data[METRIC].x), np.asarray(w.figure.data[METRIC].y)
+    assert x == list(w.figure.data[VAL].x) and x[0] == 0 and x[-1] == steps
+    assert np.all((auc >= 0) & (auc <= 1))
+    # it learns: chance-level (≈ 0.42 on this split) at the start; measured ≈ 0.65 at the end (ci)
+    assert auc.max() > auc[0] + 0.1 and auc[-1] > 0.5, auc
+    ghost = np.asarray(w.figure.data[GHOST_METRIC].y)    # full-rank training's AUC, from the cached run
+    assert len(ghost) == len(w.reference.evals) > 2 and np.all((ghost >= 0) & (ghost <= 1))
+    assert list(w.figure.data[GHOST].y) == w.reference.eval_series("val_loss")[1]
+
+    pinned = Playground.from_state(w.state, live=False, ghost=False)
+    assert pinned.state == w.state and pinned.figure.data[METRIC].visible
+
+
+def test_switching_to_and_from_the_hyperbolic_scenario_rebuilds_layers_and_metric():
+    w = Playground(scenario="digits", live=False, ghost=False)
+    w.controls["scenario"].value = HYPERBOLIC_LINKS       # other layer names than digits' fc1, fc2, fc3
+    assert w.error is None, w.status.value
+    assert w.controls["layer"].value == "encoder.layers.0.transform.linear"
+    assert w.figure.data[METRIC].visible and list(w.figure.data[METRIC].x) == [0]
+    w.controls["scenario"].value = "digits"
+    assert w.error is None and w.controls["layer"].value == "fc1"
+    assert not w.figure.data[METRIC].visible and len(w.figure.data[METRIC].x) == 0
+    assert w.figure.layout.annotations[0].text == "loss"

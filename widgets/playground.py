@@ -1,7 +1,9 @@
 """Playground: pick a task, a method, its rank and init, press Play, and watch the model train.
 
 Three panels side by side, each next to the knob that moves it: the loss (training loss, validation
-loss, and a dashed *ghost* — full-rank training on the same task — for reference), the singular
+loss, and a dashed *ghost* — full-rank training on the same task — for reference; for a scenario
+with a headline metric, such as link prediction's ROC AUC, that metric and its ghost too, on a
+right-hand axis of the same panel), the singular
 spectrum of a chosen layer's effective weight (now vs. at the start), and the spectrum of the update
 ΔW = W − W_start, which is where low-rank methods differ from full training.
 
@@ -14,6 +16,7 @@ saved figure shows the finished run.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import weakref
@@ -35,8 +38,10 @@ REFRESH_SECONDS = 0.1       # redraw at most ~10 times a second while training
 STRUCTURAL = ("scenario", "method", "rank", "sparsity", "init", "period", "steps")
 _PLAYGROUNDS: "weakref.WeakSet[Playground]" = weakref.WeakSet()
 
-# Trace order in the figure.
-TRAIN, VAL, GHOST, SPEC_START, SPEC_NOW, DELTA = range(6)
+# Trace order in the figure. The last two (the scenario's headline metric and its ghost) are hidden,
+# with their axis, for a scenario that has none; they come last so the first six keep their places.
+TRAIN, VAL, GHOST, SPEC_START, SPEC_NOW, DELTA, METRIC, GHOST_METRIC = range(8)
+METRIC_COLOR = "#d62728"
 
 
 class Playground(Widget):
@@ -93,8 +98,9 @@ class Playground(Widget):
         for name in STRUCTURAL:
             c[name].observe(lambda change, n=name: self._rebuild_on_change(n), names="value")
         c["lr"].observe(lambda change: self._guard("changing lr", self._apply_lr), names="value")
-        for name in ("layer", "log_y"):
-            c[name].observe(lambda change: self._guard("redrawing", self.draw), names="value")
+        for name in ("layer", "log_y"):  # (not while reset() refills them: it draws once at its end)
+            c[name].observe(lambda change: None if self._building else self._guard("redrawing", self.draw),
+                            names="value")
         self._finish_controls()
         for other in list(_PLAYGROUNDS):
             other.pause()
@@ -159,7 +165,7 @@ class Playground(Widget):
         options = {k: state[k] for k in ("rank", "sparsity", "init") if k in method_class.options}
         options.update(method_class.period_options(state["period"]) or {})
         with self._data_lock:
-            self.history = {"step": [], "loss": [], "val_step": [], "val_loss": []}
+            self.history = {"step": [], "loss": [], "val_step": [], "val_loss": [], "metric": []}
         self.session = None
         self.session = TrainingSession(spec, state["method"], options, state["lr"], state["steps"], seed=self.seed)
         self.reference = None
@@ -178,6 +184,9 @@ class Playground(Widget):
         S, dS = (s.numpy() for s in self.session.spectra(layer))
         S0 = self.session.start_spectra[layer].numpy()
         ghost = self.reference.eval_series("val_loss") if self.reference is not None else ([], [])
+        metric = self.session.scenario.metric
+        ghost_metric = (self.reference.eval_series(metric.key) if self.reference is not None and metric is not None
+                        else ([], []))
         idx = np.arange(1, len(S) + 1)
         fig = self.figure
         with fig.batch_update():
@@ -187,6 +196,7 @@ class Playground(Widget):
             fig.data[SPEC_START].update(x=idx, y=S0)
             fig.data[SPEC_NOW].update(x=idx, y=S)
             fig.data[DELTA].update(x=idx, y=dS)
+            self._draw_metric(fig, metric, h, ghost_metric)
             scale = "log" if self.controls["log_y"].value else "linear"
             fig.layout.yaxis2.type = scale
             fig.layout.yaxis3.type = scale
@@ -197,8 +207,27 @@ class Playground(Widget):
         self._update_counts()
         self._last_draw = time.monotonic()
 
+    def _draw_metric(self, fig: go.Figure, metric, h: dict, ghost: tuple) -> None:
+        """The headline metric on the loss panel's right-hand axis (hidden for a scenario without one)."""
+        shown = metric is not None
+        fig.data[METRIC].visible = fig.data[GHOST_METRIC].visible = shown
+        fig.layout.yaxis4.visible = shown
+        if not shown:
+            fig.data[METRIC].update(x=[], y=[])
+            fig.data[GHOST_METRIC].update(x=[], y=[])
+            fig.layout.annotations[0].text = "loss"
+            return
+        better = "higher" if metric.higher_is_better else "lower"
+        fig.data[METRIC].update(x=h["val_step"], y=h["metric"], name=f"{metric.label} (right axis)")
+        fig.data[GHOST_METRIC].update(x=np.asarray(ghost[0]), y=np.asarray(ghost[1]),
+                                      name=f"full-rank reference, {metric.label}")
+        fig.layout.yaxis4.range = list(metric.range) if metric.range is not None else None
+        fig.layout.yaxis4.autorange = metric.range is None
+        fig.layout.annotations[0].text = f"loss (left) · {metric.label} (right, {better} is better)"
+
     def _empty_figure(self) -> go.Figure:
-        fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.07,
+        # A little wider apart than the spectra need: the loss panel may carry a right-hand axis.
+        fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.085,
                             subplot_titles=("loss", "spectrum", "spectrum of ΔW"))
         colors = palette(3)
         fig.add_trace(go.Scatter(name="train loss", mode="lines", line=dict(color=colors[0], width=1), opacity=0.35),
@@ -212,6 +241,13 @@ class Playground(Widget):
                                  line=dict(color=colors[2])), 1, 2)
         fig.add_trace(go.Scatter(name="σ(ΔW) now", mode="lines+markers", marker=dict(size=3),
                                  line=dict(color=colors[1])), 1, 3)
+        # The headline metric: its own axis (yaxis4) over the loss panel, on the right, so a loss on a
+        # log scale and an AUC in [0, 1] both stay readable; added as a plain layout axis so the
+        # spectra keep theirs (yaxis2, yaxis3).
+        fig.add_trace(go.Scatter(name="metric", mode="lines+markers", line=dict(color=METRIC_COLOR),
+                                 marker=dict(size=4, symbol="diamond"), xaxis="x", yaxis="y4", visible=False))
+        fig.add_trace(go.Scatter(name="full-rank reference, metric", mode="lines", xaxis="x", yaxis="y4",
+                                 line=dict(color=METRIC_COLOR, dash="dash", width=1), opacity=0.6, visible=False))
         # legend under the panels: above them it would collide with the subplot titles
         layout = {**LAYOUT, "height": 440, "legend": dict(orientation="h", yanchor="top", y=-0.18, x=0)}
         fig.update_layout(**layout)
@@ -219,6 +255,8 @@ class Playground(Widget):
         fig.update_xaxes(title_text="index i", row=1, col=2)
         fig.update_xaxes(title_text="index i", row=1, col=3)
         fig.update_yaxes(type="log", row=1, col=1)
+        fig.update_layout(yaxis4=dict(overlaying="y", anchor="x", side="right", showgrid=False, visible=False,
+                                      tickfont=dict(color=METRIC_COLOR)))
         return fig
 
     # -- internals -------------------------------------------------------------------------------
@@ -230,8 +268,10 @@ class Playground(Widget):
                 self.history["step"].append(event.step)
                 self.history["loss"].append(event.loss)
             if event.metrics is not None:
+                key = self.session.scenario.metric.key if self.session.scenario.metric is not None else None
                 self.history["val_step"].append(event.step)
-                self.history["val_loss"].append(event.metrics["val_loss"])
+                self.history["val_loss"].append(event.metrics.get("val_loss", math.nan))
+                self.history["metric"].append(event.metrics.get(key, math.nan) if key is not None else math.nan)
 
     def _on_event(self, event: sl.Event) -> None:
         """Called from the training thread after every step; redraws at most every REFRESH_SECONDS."""
@@ -284,9 +324,10 @@ class Playground(Widget):
                 init.value = current if current in choices else options["init"]
         layer = self.controls["layer"]
         if list(layer.options) != list(spec.layers):
-            with layer.hold_trait_notifications():
-                layer.options = list(spec.layers)
-                layer.value = spec.layers[0]
+            # Not inside hold_trait_notifications: there the old value is validated against the new
+            # options, and a scenario whose layers have other names (digits → tiny GPT) failed.
+            layer.options = list(spec.layers)
+            layer.value = spec.layers[0]
 
     def _update_counts(self) -> None:
         s = self.session

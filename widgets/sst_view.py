@@ -52,10 +52,27 @@ def demo_layer(steps: int = 60, seed: int = 0) -> SSTLayer:
     return layer
 
 
+def _sst_layer(layer: nn.Module) -> SSTLayer:
+    """The SST layer to show: ``layer`` itself, or the one SST layer inside it — a Lorentz layer of
+    HyboNet (:class:`~spectrallab.hyperbolic.LorentzLinear`) holds its weight as the child ``.linear``,
+    which is what ``sl.apply`` adapts, so ``SSTView(model.encoder.layers[0].transform)`` shows that."""
+    if isinstance(layer, SSTLayer):
+        return layer
+    inside = {name: m for name, m in layer.named_modules() if isinstance(m, SSTLayer)} \
+        if isinstance(layer, nn.Module) else {}
+    if len(inside) == 1:
+        return next(iter(inside.values()))
+    if len(inside) > 1:
+        raise TypeError(f"SSTView needs one SST layer; this {type(layer).__name__} holds {len(inside)} "
+                        f"({', '.join(inside)}): pass one of them")
+    raise TypeError(f"SSTView needs a layer made by sl.apply(..., 'sst'), got {type(layer).__name__}")
+
+
 class SSTView(Widget):
     """Active singular vectors per period (heatmap) and the spectrum at a chosen period.
 
-    ``layer``: an :class:`~spectrallab.methods.sst.SSTLayer` (default: :func:`demo_layer`). Controls:
+    ``layer``: an :class:`~spectrallab.methods.sst.SSTLayer`, or a module holding exactly one (a
+    HyboNet Lorentz layer adapted with SST) (default: :func:`demo_layer`). Controls:
     ``period`` (which period the right panel shows) and ``log_color`` (log₁₀ Σ in the heatmap).
     """
 
@@ -64,8 +81,7 @@ class SSTView(Widget):
         super().__init__(live=live, hide=hide)
         if layer is None:
             layer = demo_layer()
-        if not isinstance(layer, SSTLayer):
-            raise TypeError(f"SSTView needs a layer made by sl.apply(..., 'sst'), got {type(layer).__name__}")
+        layer = _sst_layer(layer)
         self.layer = layer
         self.history = list(layer.history)
         self.sigma = np.array([h["sigma"] for h in self.history], dtype=float)      # periods × k
