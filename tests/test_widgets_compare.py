@@ -213,3 +213,27 @@ def test_bad_arguments_name_the_allowed_values():
         Compare(x_axis="params", live=False)
     with pytest.raises(ValueError, match="group_by='colour' is not one of"):
         Compare(group_by="colour", live=False)
+
+
+def test_runs_on_the_hyperbolic_scenario_compare_by_roc_auc():
+    """Methods trained on HyboNet link prediction line up by their validation ROC AUC and spectra."""
+    from spectrallab.widgets import SCENARIOS
+
+    scenario = SCENARIOS["hyperbolic links (Disease, HyboNet)"]
+    task, layer = scenario.make_task(), scenario.layers[0]
+    for method, rank in [("full", None), ("sst", 2), ("lora", 2)]:
+        model = task.make_model(seed=0)
+        options = {"rank": rank} if rank else {}
+        sl.apply(model, method, targets=list(scenario.targets), **options)
+        sl.fit(model, task, 6, lr=scenario.suggested_lr(method), eval_every=3, spectra_of=[layer], spectra_every=3,
+               name=f"disease-{method}", progress="off", config={"method": method, **options})
+    w = Compare(live=False, metric="val_roc_auc", layer=layer)
+    assert "val_roc_auc" in [value for _, value in w.controls["metric"].options]
+    curves = left(w)
+    assert len(curves) == 3 and all(list(t.x) == [0, 3, 6] for t in curves)
+    assert all(0.0 <= y <= 1.0 for t in curves for y in t.y)
+    assert len(right(w)) == 3 and w.error is None
+    w.controls["x_axis"].value = "trainable_parameters"   # full, sst and lora: one point each, by parameters
+    finals = left(w)
+    assert sorted(t.name for t in finals) == ["full", "lora", "sst"] and w.error is None
+    assert all(0.0 <= t.y[0] <= 1.0 for t in finals)

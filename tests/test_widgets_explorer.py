@@ -184,3 +184,20 @@ def test_bad_arguments_name_the_allowed_values(matrix):
         SpectrumExplorer(matrix, layer="fc9", live=False)
     with pytest.raises(TypeError, match="source must be"):
         SpectrumExplorer("a string", live=False)
+
+
+def test_a_hybonet_model_lists_the_lorentz_layers_inner_linears():
+    """HyboNet's weights are the ``.linear`` children of its Lorentz layers; adapted, they show W + ΔW."""
+    from spectrallab.widgets import SCENARIOS
+
+    model = SCENARIOS["hyperbolic links (Disease, HyboNet)"].make_task().make_model(seed=0)
+    sl.apply(model, "lora", rank=2, targets=["transform.linear"])
+    inner = model.encoder.layers[1].transform.linear
+    with torch.no_grad():
+        inner.lora_B.normal_()
+    w = SpectrumExplorer(model, layer="encoder.layers.1.transform.linear", live=False)
+    names = [value for _, value in w.controls["layer"].options]
+    assert names == ["encoder.layers.0.transform.linear", "encoder.layers.1.transform.linear"]
+    shown = np.concatenate([w.figure.data[KEPT].y, w.figure.data[DROPPED].y])
+    np.testing.assert_allclose(shown, torch.linalg.svdvals(inner.effective_weight().detach()).numpy(), rtol=1e-5)
+    assert w.readout.k == min(inner.out_features, inner.in_features) and w.error is None

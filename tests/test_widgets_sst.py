@@ -84,3 +84,26 @@ def test_bad_input(layer):
     with pytest.raises(ValueError, match=r"period=9 is outside the allowed range \[0, 6\]"):
         SSTView(layer, period=9, live=False)
     assert demo_layer(steps=10).period == 2
+
+
+def test_an_sst_adapted_hybonet_layer_is_shown_through_its_lorentz_layer():
+    """HyboNet's Lorentz layer keeps its weight as the child ``.linear``: SSTView takes the Lorentz
+    layer (and shows that SST layer), and a model with several SST layers is told to pick one."""
+    from spectrallab.widgets import SCENARIOS
+
+    task = SCENARIOS["hyperbolic links (Disease, HyboNet)"].make_task()
+    model = task.make_model(seed=0)
+    sl.apply(model, "sst", rank=2, resample_every=2, warmup=0, targets=["transform.linear"])
+    opt = sl.optimizer(model, lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        task.loss(model, task.batch("train", task.batch_size, g)).backward()
+        opt.step()
+        opt.zero_grad()
+    lorentz = model.encoder.layers[0].transform
+    w = SSTView(lorentz, live=False)
+    assert w.layer is lorentz.linear and len(w.history) == len(lorentz.linear.history) >= 3
+    assert w.sigma.shape[1] == lorentz.linear.k == min(lorentz.linear.out_features, lorentz.linear.in_features)
+    assert len(w.figure.data[ACTIVE].x) == len(w.history) * 2 and w.error is None
+    with pytest.raises(TypeError, match=r"holds 2 \(encoder.layers.0.transform.linear, encoder.layers.1"):
+        SSTView(model, live=False)
