@@ -139,3 +139,20 @@ def test_memory_report_counts_r_times_m_plus_n_stored_and_nothing_trained():
     report = sl.memory_report(model, opt)
     assert all(report.methods["truncated"].matches().values())
     assert sl.trainable_parameters(model) == sum(p.numel() for p in model.fc2.parameters())
+
+
+@pytest.mark.parametrize("method", ["full", "sst"])
+def test_low_precision_layers_keep_their_dtype(method):
+    """The SVD runs in float32 (bf16 has none); the factors are cast back, so the model still runs."""
+    torch.manual_seed(4)
+    model = SmallMLP().to(torch.bfloat16)
+    if method == "sst":
+        sl.apply(model, "sst", rank=2)
+    x = torch.randn(6, 20, dtype=torch.bfloat16)
+    before = model(x)
+    sl.truncate(model, rank=12)  # fc2 at full rank, fc1 at 12 of 20
+    for layer in (model.fc1, model.fc2):
+        assert layer.A.dtype == layer.B.dtype == torch.bfloat16, (layer.A.dtype, layer.B.dtype)
+    after = model(x)
+    assert after.dtype == torch.bfloat16 and torch.isfinite(after).all()
+    assert (after.float() - before.float()).abs().max() < 0.5 * before.float().abs().max()

@@ -63,18 +63,20 @@ def spectral_form(layer: nn.Module, name: str, method: str) -> linalg.SVD:
     """All ``k`` singular triplets of ``layer``'s weight, largest first: SST's own factors when the
     layer is an SST layer (and ``method="auto"``), else an SVD of its dense weight."""
     if method == "auto" and getattr(layer, "method", None) == "sst":
-        k = layer.k
-        U = layer.U_active.new_empty(layer.out_features, k)
-        Vh = layer.Vh_active.new_empty(k, layer.in_features)
-        U[:, layer.active_index], U[:, layer.frozen_index] = layer.U_active, layer.U_frozen
-        Vh[layer.active_index], Vh[layer.frozen_index] = layer.Vh_active, layer.Vh_frozen
-        S = layer.S.detach()
+        U, S, Vh = layer.factors()  # the layer's own U, Σ, Vh, vectors in singular-index order
         order = torch.argsort(S.abs(), descending=True)
         signs = torch.sign(S[order])  # SST's Σ may cross zero while training: keep the function
         signs[signs == 0] = 1
         return linalg.SVD(U[:, order] * signs, S[order].abs(), Vh[order])
     weight = layer.effective_weight() if isinstance(layer, AdaptedLinear) else as_linear(layer).weight
     return linalg.svd(weight.detach(), name=f"layer {name!r}")
+
+
+def weight_dtype(layer: nn.Module) -> torch.dtype:
+    """The dtype the layer computes in: the factors are cast back to it (an SVD runs in float32)."""
+    if isinstance(layer, AdaptedLinear):
+        return layer.effective_weight().dtype
+    return as_linear(layer).weight.dtype
 
 
 def rank_for(name: str, layer: nn.Module, S: torch.Tensor, rank: int | None, energy: float | None) -> int:
@@ -119,7 +121,7 @@ def truncate(model: nn.Module, rank: int | None = None, *, energy: float | None 
         U, S, Vh = spectral_form(layer, label, method)
         r = rank_for(label, layer, S, rank, energy)
         bias = layer.effective_bias if isinstance(layer, AdaptedLinear) else as_linear(layer).bias
-        dtype = Vh.dtype
+        dtype = weight_dtype(layer)  # bf16/fp16 weights were upcast for the SVD: cast back
         new = TruncatedLinear(Vh[:r].to(dtype), (U[:, :r] * S[:r]).to(dtype), bias)
         origin = getattr(layer, "origin", None) or (type(layer) if is_conv1d(layer) else None)
         if origin is not None:
