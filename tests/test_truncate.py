@@ -61,7 +61,7 @@ def test_energy_keeps_the_fewest_singular_values_holding_that_share():
         assert sl.truncate(copy.deepcopy(layer), energy=energy).rank == expected, energy
 
 
-def test_sst_layers_are_truncated_in_their_own_spectral_form():
+def test_sst_layers_can_be_truncated_in_their_own_spectral_form():
     torch.manual_seed(3)
     model = SmallMLP()
     sl.apply(model, "sst", rank=4, resample_every=3, warmup=1)
@@ -78,11 +78,42 @@ def test_sst_layers_are_truncated_in_their_own_spectral_form():
     Vh[layer.active_index], Vh[layer.frozen_index] = layer.Vh_active.detach(), layer.Vh_frozen
     expected = (U[:, keep] * S[keep]) @ Vh[keep]
     x = torch.randn(3, 20)
-    sl.truncate(model, rank=5)
+    sl.truncate(model, rank=5, method="spectral")
     assert torch.allclose(model.fc1.effective_weight(), expected, atol=1e-5)
     assert model.fc2.rank == 5
     truncated = model(x)
     assert torch.allclose(sl.merge(model)(x), truncated, atol=1e-5)
+
+
+def test_auto_gives_drifted_sst_layers_the_eckart_young_cut():
+    """Trained SST vectors drift from orthonormal between re-SVDs: Σ is then not the spectrum, and
+    "auto" cuts through an SVD; right after a re-SVD the spectral form is the same cut, without one."""
+    torch.manual_seed(5)
+    model = SmallMLP()
+    sl.apply(model, "sst", rank=4, resample_every=3, warmup=1)
+    opt = sl.optimizer(model, lr=5e-2)
+    for _ in range(12):
+        model(torch.randn(8, 20)).pow(2).mean().backward()
+        opt.step(); opt.zero_grad()
+    layer = model.fc1
+    W = layer.effective_weight().detach()
+    U, _, _ = layer.factors()
+    gram = U.T.double() @ U.double()
+    assert (gram - torch.eye(layer.k, dtype=gram.dtype)).abs().max() > 1e-3          # drifted
+    auto = sl.truncate(copy.deepcopy(layer), rank=5).effective_weight().double()
+    spectral = sl.truncate(copy.deepcopy(layer), rank=5, method="spectral").effective_weight().double()
+    best = best_rank_r(W, 5)
+    assert torch.allclose(auto, best, atol=1e-5)
+    assert (spectral - W.double()).norm() > (best - W.double()).norm() * 1.001       # a worse cut
+    layer.resvd()                                                                     # orthonormal again
+    again = sl.truncate(copy.deepcopy(layer), rank=5).effective_weight().double()
+    torch.testing.assert_close(again, best_rank_r(layer.effective_weight().detach(), 5), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, sl.truncate(copy.deepcopy(layer), rank=5, method="spectral")
+                               .effective_weight().double(), atol=1e-6, rtol=1e-6)
+    for method in ("auto", "spectral", "svd"):                                      # full k: exact either way
+        x = torch.randn(3, 20)
+        full = sl.truncate(copy.deepcopy(layer), rank=layer.k, method=method)
+        assert torch.allclose(full(x), layer(x), atol=1e-5), method
 
 
 def test_gpt2_conv1d_truncates_and_merges_back_to_conv1d():
@@ -139,3 +170,20 @@ def test_memory_report_counts_r_times_m_plus_n_stored_and_nothing_trained():
     report = sl.memory_report(model, opt)
     assert all(report.methods["truncated"].matches().values())
     assert sl.trainable_parameters(model) == sum(p.numel() for p in model.fc2.parameters())
+
+
+@pytest.mark.parametrize("method", ["full", "sst"])
+def test_low_precision_layers_keep_their_dtype(method):
+    """The SVD runs in float32 (bf16 has none); the factors are cast back, so the model still runs."""
+    torch.manual_seed(4)
+    model = SmallMLP().to(torch.bfloat16)
+    if method == "sst":
+        sl.apply(model, "sst", rank=2)
+    x = torch.randn(6, 20, dtype=torch.bfloat16)
+    before = model(x)
+    sl.truncate(model, rank=12)  # fc2 at full rank, fc1 at 12 of 20
+    for layer in (model.fc1, model.fc2):
+        assert layer.A.dtype == layer.B.dtype == torch.bfloat16, (layer.A.dtype, layer.B.dtype)
+    after = model(x)
+    assert after.dtype == torch.bfloat16 and torch.isfinite(after).all()
+    assert (after.float() - before.float()).abs().max() < 0.5 * before.float().abs().max()
