@@ -246,30 +246,33 @@ class SpectralLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, U_active, Vh_active, S, U_frozen, Vh_frozen, bias, active_index, frozen_index, enhanced):
         W = dense_weight(U_active, Vh_active, S, U_frozen, Vh_frozen, active_index, frozen_index)
-        ctx.save_for_backward(x, U_active, Vh_active, S, U_frozen, Vh_frozen, active_index, frozen_index)
-        ctx.enhanced = enhanced
+        # Tokens as rows of one matrix, folded once here: a non-contiguous x (attention heads merged
+        # by a transpose) is copied once, and that copy is what backward reads.
+        tokens = x.reshape(-1, x.shape[-1])
+        ctx.save_for_backward(tokens, U_active, Vh_active, S, U_frozen, Vh_frozen, active_index, frozen_index)
+        ctx.enhanced, ctx.x_shape, ctx.x_dtype = enhanced, x.shape, x.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
-        return F.linear(x, W, bias)
+        return F.linear(tokens, W, bias).view(*x.shape[:-1], W.shape[0])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        x, U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index = ctx.saved_tensors
+        tokens, U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index = ctx.saved_tensors
         need_x, need_u, need_vh, need_s = ctx.needs_input_grad[:4]
         need_b = ctx.needs_input_grad[6]
         grad_x = grad_u = grad_vh = grad_s = grad_b = None
         dtype = grad_y.dtype
-        m, n = U_a.shape[0], Vh_a.shape[1]
+        g = grad_y.reshape(-1, U_a.shape[0])                        # tokens × m, folded once
         if need_x:  # W again, for as long as this one product needs it
             W = dense_weight(U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index)
-            grad_x = (grad_y @ W.to(dtype)).to(x.dtype)
-        g = grad_y.reshape(-1, m)
+            grad_x = (g @ W.to(dtype)).to(ctx.x_dtype).view(ctx.x_shape)
+            del W
         if need_b:
             grad_b = g.sum(0).to(ctx.bias_dtype)
         if need_u or need_vh or need_s:
-            G = g.T @ x.reshape(-1, n).to(dtype)                    # ∂L/∂W, m × n, once
+            G = g.T @ tokens.to(dtype)                              # ∂L/∂W, m × n, once
             GV = G @ Vh_a.T.to(dtype)                               # ∂L/∂W V_active, m × r
-            sigma = S[active_index].to(dtype)
+            sigma = None if ctx.enhanced else S[active_index].to(dtype)
             if need_u:
                 grad_u = (GV if ctx.enhanced else GV * sigma).to(U_a.dtype)
             if need_vh:
