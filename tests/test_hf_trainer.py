@@ -58,8 +58,9 @@ def test_sst_resamples_re_svds_and_warms_up_each_period_under_trainer(tmp_path):
         assert [h["step"] for h in layer.history] == [0, 4, 8, 12]
         assert [h["resvd"] for h in layer.history] == [False, False, True, False]
     assert any(layer.history[1]["active"] != layer.history[0]["active"] for layer in layers)
-    # Warm-up over the first 2 steps of every period, on top of the Trainer's decay.
-    assert multipliers == pytest.approx([0.5, 1, 1, 1] * 3)
+    # Warm-up over the first 2 steps of every period after the first (the first is the Trainer's
+    # schedule to warm up), on top of the Trainer's decay.
+    assert multipliers == pytest.approx([1, 1, 1, 1] + [0.5, 1, 1, 1] * 2)
 
 
 def test_relora_merges_at_each_restart_under_trainer(tmp_path):

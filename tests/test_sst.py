@@ -2,14 +2,17 @@
 
 The parametrization is W's own SVD (unchanged function at apply); one step moves only the active
 singular vectors and every singular value; the enhanced gradient is the paper's ∂L/∂W·V_{·i}
-(computed here independently from a dense reference) = the default gradient / Σ_i; Σ ≥ 0 and unit
-vectors after every step; resampling exactly every T3 steps with the swapped-in slots' optimizer
-state reset; the warm-up multipliers; the four sampling modes; re-SVD; determinism; counts; merge;
-bad input.
+(computed here independently from a dense reference), formed directly by the layer's backward (so
+it is what .grad holds, what clipping bounds, and continuous at Σ_i = 0); that backward passes
+gradcheck and saves no dense weight; Σ ≥ 0 and unit vectors after every step; resampling exactly
+every T3 steps with the swapped-in slots' optimizer state reset; the warm-up multipliers (none in
+the first period); Σ in float32 under bf16 weights; the four sampling modes; re-SVD; determinism;
+counts; merge; bad input.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -19,7 +22,8 @@ from torch import nn
 
 import spectrallab as sl
 from spectrallab.linalg import orthogonality_error
-from spectrallab.methods.sst import SSTLayer, draw_indices, sampling_probabilities, warmup_multiplier
+from spectrallab.methods.sst import (SpectralLinear, SSTLayer, draw_indices, period_warmup, sampling_probabilities,
+                                    warmup_multiplier)
 from spectrallab.optim import lr_multiplier
 
 from conftest import SmallMLP, fingerprint, same_fingerprint, assert_rejected_and_unchanged
@@ -113,6 +117,8 @@ def dense_gradient(layer: SSTLayer, x: torch.Tensor, target: torch.Tensor) -> to
 def test_enhanced_gradient_is_the_papers_formula_and_default_is_sigma_times_it(gradient):
     torch.manual_seed(0)
     layer = sl.apply(nn.Linear(20, 12), "sst", rank=5, gradient=gradient)
+    with torch.no_grad():
+        layer.S[layer.active_index[0]] = 0.0  # a clamped singular value: its direction still learns
     x, target = torch.randn(16, 20), torch.randn(16, 12)
     G = dense_gradient(layer, x, target)
     sigma = layer.S.detach()[layer.active_index]
@@ -122,15 +128,153 @@ def test_enhanced_gradient_is_the_papers_formula_and_default_is_sigma_times_it(g
     opt.register_step_pre_hook(lambda o, a, k: seen.update(u=layer.U_active.grad.clone(),
                                                            vh=layer.Vh_active.grad.clone()))
     F.mse_loss(layer(x), target).backward()
-    # what autograd leaves in .grad is always the true (default) gradient: Σ_i times the enhanced one
-    torch.testing.assert_close(layer.U_active.grad, enhanced_u * sigma, rtol=1e-4, atol=1e-7)
-    torch.testing.assert_close(layer.Vh_active.grad, enhanced_vh * sigma[:, None], rtol=1e-4, atol=1e-7)
-    opt.step()  # the method's pre-step hook runs before the one registered above
-    scale = 1.0 if gradient == "enhanced" else sigma
-    torch.testing.assert_close(seen["u"], enhanced_u * scale, rtol=1e-4, atol=1e-7)
-    torch.testing.assert_close(seen["vh"], enhanced_vh * (scale if gradient == "enhanced" else sigma[:, None]),
-                               rtol=1e-4, atol=1e-7)
-    assert sigma.max() / sigma.min() > 2  # the two modes differ measurably on this spectrum
+    scale_u, scale_vh = (1.0, 1.0) if gradient == "enhanced" else (sigma, sigma[:, None])
+    # .grad already holds the method's gradient (what clipping and any gradient tool see) ...
+    torch.testing.assert_close(layer.U_active.grad, enhanced_u * scale_u, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(layer.Vh_active.grad, enhanced_vh * scale_vh, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(layer.S.grad, ((layer.factors()[0].T @ G) * layer.factors()[2]).sum(1),
+                               rtol=1e-5, atol=1e-7)  # ∂L/∂Σ_i = u_iᵀ G v_i, all k
+    opt.step()  # ... and it is what the optimizer uses: no hook rescales it
+    torch.testing.assert_close(seen["u"], enhanced_u * scale_u, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(seen["vh"], enhanced_vh * scale_vh, rtol=1e-5, atol=1e-7)
+    zero_slot_norm = float(seen["u"][:, 0].norm())
+    # enhanced: the Σ_i = 0 vector gets G v_i (dividing a Σ-scaled gradient by Σ_i could only give 0)
+    assert (zero_slot_norm > 1e-3) if gradient == "enhanced" else (zero_slot_norm == 0)
+    assert sigma[1:].max() / sigma[1:].min() > 2  # the two modes differ measurably on this spectrum
+
+
+def test_enhanced_gradient_is_continuous_at_sigma_zero():
+    """The enhanced gradient G v_i does not depend on Σ_i: Σ_i = 0 and Σ_i = 1e-30 give the same
+    update (a Σ-scaled gradient divided by Σ_i jumps from G v_i to 0 there, so two runs that round
+    a clamped Σ_i differently would move that direction differently)."""
+    grads = []
+    for tiny in (0.0, 1e-30):
+        torch.manual_seed(0)
+        layer = sl.apply(nn.Linear(20, 12), "sst", rank=5)
+        with torch.no_grad():
+            layer.S[layer.active_index[0]] = tiny
+        F.mse_loss(layer(torch.randn(16, 20)), torch.randn(16, 12)).backward()
+        grads.append(layer.U_active.grad[:, 0].clone())
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    assert grads[0].norm() > 1e-3
+
+
+def _through_the_function_and_plain_autograd(x, layer, enhanced):
+    """(our backward's gradients, plain autograd's gradients) of one fixed random loss, for every input."""
+    params = [layer.U_active, layer.Vh_active, layer.S] + ([layer.bias] if layer.bias is not None else [])
+    weights = torch.randn(*x.shape[:-1], layer.out_features, dtype=x.dtype,
+                          generator=torch.Generator().manual_seed(5))
+    ours = torch.autograd.grad((SpectralLinear.apply(x, layer.U_active, layer.Vh_active, layer.S, layer.U_frozen,
+                                                     layer.Vh_frozen, layer.bias, layer.active_index,
+                                                     layer.frozen_index, enhanced) * weights).sum(), [x] + params)
+    plain = torch.autograd.grad((F.linear(x, layer.effective_weight(), layer.bias) * weights).sum(), [x] + params)
+    return ours, plain
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_spectral_linear_backward_passes_gradcheck_and_equals_plain_autograd(bias):
+    torch.manual_seed(0)
+    layer = sl.apply(nn.Linear(7, 5, bias=bias).double(), "sst", rank=2)
+    assert layer.S.dtype == torch.float64  # Σ is at least float32: float64 stays float64
+    x = torch.randn(3, 4, 7, dtype=torch.float64, requires_grad=True)       # leading batch dims
+    inputs = (x, layer.U_active, layer.Vh_active, layer.S, layer.U_frozen, layer.Vh_frozen, layer.bias,
+              layer.active_index, layer.frozen_index, False)                   # default: the true gradient
+    assert torch.autograd.gradcheck(SpectralLinear.apply, inputs)
+    ours, plain = _through_the_function_and_plain_autograd(x, layer, enhanced=False)
+    for a, b in zip(ours, plain):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # enhanced: the vector gradients are the plain ones without the factor Σ_i, the rest identical
+    enhanced, _ = _through_the_function_and_plain_autograd(x, layer, enhanced=True)
+    sigma = layer.S.detach()[layer.active_index]
+    torch.testing.assert_close(enhanced[1] * sigma, plain[1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(enhanced[2] * sigma[:, None], plain[2], rtol=1e-12, atol=1e-12)
+    for a, b in zip(enhanced[:1] + enhanced[3:], plain[:1] + plain[3:]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_frozen_factors_get_no_gradient_and_double_backward_is_refused():
+    torch.manual_seed(0)
+    layer = sl.apply(nn.Linear(12, 8), "sst", rank=3)
+    layer.U_active.requires_grad_(False)
+    layer.S.requires_grad_(False)
+    x = torch.randn(5, 12, requires_grad=True)
+    layer(x).square().sum().backward()
+    assert layer.U_active.grad is None and layer.S.grad is None
+    assert layer.Vh_active.grad is not None and layer.bias.grad is not None and x.grad is not None
+    y = layer(x).square().sum()
+    (gx,) = torch.autograd.grad(y, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
+        gx.sum().backward()
+
+
+def test_the_graph_saves_no_dense_weight():
+    """Between forward and backward only the input and the factors are kept: no out × in tensor
+    (the dense W is rebuilt in backward), and none anywhere in a two-layer model."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(40, 24), nn.Tanh(), nn.Linear(24, 40))
+    sl.apply(model, "sst", rank=3, targets=["0", "2"])
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        loss = model(torch.randn(6, 40)).square().mean()
+    assert saved and (24, 40) not in saved and (40, 24) not in saved, saved
+    loss.backward()
+    # the old formulation (F.linear on effective_weight()) does save it: the check can fail
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        F.linear(torch.randn(6, 40, requires_grad=True), model[0].effective_weight()).sum()
+    assert (24, 40) in saved or (40, 24) in saved
+
+
+def _accumulation_vs_one_batch(gradient: str, steps: int = 20) -> float:
+    """Two runs that differ only in summation order (4 accumulated quarters vs one batch), through two
+    re-SVDs: the largest difference of the final weights."""
+    weights = []
+    for accumulate in (False, True):
+        torch.manual_seed(0)
+        U, _ = torch.linalg.qr(torch.randn(16, 16))
+        V, _ = torch.linalg.qr(torch.randn(24, 16))
+        base = nn.Linear(24, 16, bias=False)
+        with torch.no_grad():
+            base.weight.copy_(U * torch.logspace(0, -2, 16) @ V.T)             # Σ from 1 down to 0.01
+        teacher = base.weight.detach() + torch.randn(16, 24) / 50
+        layer = sl.apply(base, "sst", rank=8, resample_every=5, warmup=0, periods_per_round=2, gradient=gradient)
+        opt = sl.optimizer(layer, lr=0.05, optimizer="sgd")
+        g = torch.Generator().manual_seed(1)
+        for _ in range(steps):
+            x = torch.randn(64, 24, generator=g)
+            opt.zero_grad()
+            for part in (x.split(16) if accumulate else [x]):
+                F.mse_loss(layer(part), part @ teacher.T, reduction="sum").div(64 * 16).backward()
+            opt.step()
+        assert layer.resvds == 2
+        weights.append(layer.effective_weight().detach())
+    return float((weights[0] - weights[1]).abs().max())
+
+
+def test_gradient_accumulation_matches_one_batch_through_resvds():
+    for gradient in ("enhanced", "default"):
+        assert _accumulation_vs_one_batch(gradient) < 1e-5, gradient   # measured: ~2e-7 for both
+
+
+def test_clipping_bounds_the_gradient_the_optimizer_uses():
+    """The loop clips .grad before opt.step(); .grad is the enhanced gradient, so the clip norm bounds
+    the update direction itself (a Σ-scaled .grad enhanced after clipping exceeds it by up to 1/Σ_i)."""
+    torch.manual_seed(0)
+    U, _ = torch.linalg.qr(torch.randn(16, 16))
+    V, _ = torch.linalg.qr(torch.randn(24, 16))
+    base = nn.Linear(24, 16, bias=False)
+    with torch.no_grad():
+        base.weight.copy_(U * torch.logspace(0, -2, 16) @ V.T)
+    layer = sl.apply(base, "sst", rank=16, warmup=0)     # every vector active, Σ down to 0.01
+    opt = sl.optimizer(layer, lr=1e-3, optimizer="sgd")
+    used = []
+    opt.register_step_pre_hook(lambda o, a, k: used.append(
+        torch.linalg.vector_norm(torch.stack([p.grad.norm() for g in o.param_groups for p in g["params"]]))))
+    F.mse_loss(layer(torch.randn(32, 24)), torch.randn(32, 16)).backward()
+    unclipped = float(torch.nn.utils.clip_grad_norm_(layer.parameters(), 1e-3))
+    assert unclipped > 10 * 1e-3  # the clip is active
+    opt.step()
+    assert float(used[0]) <= 1e-3 * (1 + 1e-5)
 
 
 def test_after_a_step_vectors_are_unit_and_sigma_is_clamped_at_zero():
@@ -191,7 +335,9 @@ def test_a_swap_keeps_the_function_and_the_vectors():
     assert slots.numel() == 3 - len({0, 5, 9} & set(layer.history[0]["active"]))
 
 
-def test_lr_warmup_restarts_at_every_period():
+def test_lr_warmup_restarts_at_every_period_after_the_first():
+    """The first period is the training loop's to warm up (SST adds nothing there: no double ramp);
+    every later period starts with swapped-in vectors and reset moments, and SST warms it up."""
     model = sst_mlp(rank=4, resample_every=5, warmup=3)
     opt = sl.optimizer(model, lr=0.1, optimizer="sgd")
     planned, used = [], []
@@ -201,11 +347,16 @@ def test_lr_warmup_restarts_at_every_period():
         F.mse_loss(model(x), y).backward()
         opt.step()
         opt.zero_grad()
-    expected = [1 / 3, 2 / 3, 1, 1, 1] * 2 + [1 / 3, 2 / 3]
+    expected = [1, 1, 1, 1, 1] + [1 / 3, 2 / 3, 1, 1, 1] + [1 / 3, 2 / 3]
     assert planned == pytest.approx(expected)
     assert used == pytest.approx([0.1 * m for m in expected])
     assert opt.param_groups[0]["lr"] == 0.1  # restored after every step
     assert [warmup_multiplier(s, 0) for s in range(3)] == [1, 1, 1]
+    assert [period_warmup(t, 5, 3) for t in (0, 4, 5, 6, 7, 10)] == pytest.approx([1, 1, 1 / 3, 2 / 3, 1, 1 / 3])
+    # with the loop's own warm-up (sl.fit's schedule), step 0 gets the loop's ramp alone
+    model = sst_mlp(rank=4, resample_every=5, warmup=3)
+    opt = sl.optimizer(model, lr=0.1)
+    assert lr_multiplier(opt) == 1.0
 
 
 def test_top_sampling_picks_the_largest_singular_values():
@@ -334,11 +485,37 @@ def test_full_rank_zero_singular_values_and_low_precision_work():
     assert sorted(draw_indices(S, 3, "multinomial", uniform_mix=0.0,
                                generator=torch.Generator().manual_seed(0)).tolist())[:2] == [0, 1]
     half = sl.apply(nn.Linear(16, 8).to(torch.bfloat16), "sst", rank=2)
-    assert half.U_active.dtype == half.S.dtype == half.U_frozen.dtype == torch.bfloat16
+    assert half.U_active.dtype == half.U_frozen.dtype == half.effective_weight().dtype == torch.bfloat16
     opt = sl.optimizer(half, lr=1e-2)
     half(torch.randn(4, 16, dtype=torch.bfloat16)).float().square().mean().backward()
     opt.step()
     assert torch.isfinite(half.effective_weight().float()).all()
+
+
+def test_bf16_weights_keep_sigma_in_float32_and_small_updates_are_not_lost():
+    torch.manual_seed(0)
+    base = nn.Linear(16, 8).to(torch.bfloat16)
+    layer = sl.apply(copy.deepcopy(base), "sst", rank=2, warmup=0)
+    assert layer.S.dtype == torch.float32 and layer.U_active.dtype == torch.bfloat16
+    x = torch.randn(4, 16, dtype=torch.bfloat16)
+    assert layer(x).dtype == torch.bfloat16                 # the forward computes in the input's dtype
+    assert layer.S.grad is None
+    before = layer.S.detach().clone()
+    opt = sl.optimizer(layer, lr=1e-5, optimizer="sgd")    # a step far below bf16's resolution of Σ ≈ 1
+    for _ in range(3):
+        layer(x).float().square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    assert layer.S.grad is None or layer.S.grad.dtype == torch.float32
+    moved = (layer.S.detach() - before).abs()
+    assert bool((moved > 0).all())                           # every Σ_i moved ...
+    assert float(moved.max()) < float(before.max()) * 2 ** -9  # ... by less than one bf16 ulp of Σ_max
+    # a checkpoint written when Σ was stored in bf16 still loads: load_state_dict copies into the param
+    state = layer.state_dict()
+    state["S"] = state["S"].to(torch.bfloat16)
+    fresh = sl.apply(copy.deepcopy(base), "sst", rank=2, warmup=0)
+    fresh.load_state_dict(state)
+    assert fresh.S.dtype == torch.float32 and torch.equal(fresh.S, state["S"].float())
 
 
 BAD = [

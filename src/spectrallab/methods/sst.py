@@ -17,22 +17,27 @@ and trained in the spectral domain:
   After each step the trained vectors are renormalized to unit length, so a vector is only a
   direction and its magnitude lives in Σ_i.
 * **Sampling balances exploitation and exploration.** S is drawn by multinomial sampling *without
-  replacement* (r distinct indices) weighted by the singular values, mixed with a uniform term::
+  replacement* (r distinct indices) weighted by the singular values (the abstract: "a multinomial
+  sampling method weighted by the magnitude of the singular values"), here mixed with a uniform term::
 
       p_i = (1 − μ) · Σ_i / Σ_j Σ_j + μ / k          μ = ``uniform_mix`` = ½ by default
 
   so large directions are revisited often (exploitation) and every direction has a chance
-  (exploration). ``sampling="uniform" | "sequential" | "top"`` are the paper's ablation baselines
-  (equal chances; the indices in turn, r at a time, so all k are visited in ⌈k/r⌉ periods; always
-  the r largest — a LoRA-like pure exploitation).
+  (exploration). The ½ mix is taken from a summary of the paper, not from its text (see the choices
+  below); ``uniform_mix=0`` is the plain Σ-weighted law of the abstract.
+  ``sampling="uniform" | "sequential" | "top"`` are alternatives for an ablation (equal chances; the
+  indices in turn, r at a time, so all k are visited in ⌈k/r⌉ periods; always the r largest — a
+  LoRA-like pure exploitation); which ones the paper's ablation (its Appendix I) compares, and how
+  they rank there, is also from that summary.
 * **Enhanced gradient.** The gradient of a sampled vector is ``∂L/∂U_{·i} = (∂L/∂W) V_{·i} Σ_i``
   (and ``∂L/∂V_{·i} = (∂L/∂W)ᵀ U_{·i} Σ_i``): a direction belonging to a small singular value
   barely moves. SST drops the factor Σ_i::
 
       ∇̃U_{·i} = (∂L/∂W) V_{·i},        ∇̃V_{·i} = (∂L/∂W)ᵀ U_{·i}
 
-  decoupling how fast a direction turns from how large it is. ``gradient="default"`` keeps the
-  plain gradient, for comparison.
+  decoupling how fast a direction turns from how large it is. The layer's backward pass computes
+  it directly from ``G = ∂L/∂W`` (:class:`SpectralLinear`), so it is what ``.grad`` holds.
+  ``gradient="default"`` returns the plain chain-rule gradient instead, for comparison.
 * **Re-SVD after each round.** Renormalized vectors drift away from orthogonality; after a round of
   ``periods_per_round`` periods (the paper's T2 iterations per round; default ⌈k/r⌉, one sweep's
   worth of periods) the layer re-factorizes its own current weight, ``U, Σ, Vh ← SVD(U diag(Σ) Vh)``
@@ -48,28 +53,47 @@ slot holds. A new sample *swaps* vectors between the blocks (data copied into th
 tensors, so the optimizer stays valid); a vector that stays active keeps its slot. Trainable per
 layer: ``r(m + n) + k`` (+ the bias), optimizer state O(r(m + n) + k).
 
-**Forward**: the dense ``W = U_active diag(Σ_active) Vh_active + U_frozen diag(Σ_frozen) Vh_frozen``
-is built once per forward (m·k·n multiply-adds, independent of the batch) and applied with one
-``F.linear`` (tokens·m·n); per-token factor products ``((x Vhᵀ) ⊙ Σ) Uᵀ`` cost tokens·k·(m + n),
-which is more as soon as a batch has more than max(m, n) tokens, as pre-training batches do (on the
-tiny GPT, d = 128, 4096 tokens per batch: an SST step takes 0.93× the time of a full-rank step on a
-CPU; ``benchmarks/pretrain_steps.py``).
+**Forward and backward** (:class:`SpectralLinear`, a ``torch.autograd.Function``): the dense
+``W = U_active diag(Σ_active) Vh_active + U_frozen diag(Σ_frozen) Vh_frozen`` is built once per
+forward (m·k·n multiply-adds, independent of the batch) and applied with one ``F.linear``
+(tokens·m·n); per-token factor products ``((x Vhᵀ) ⊙ Σ) Uᵀ`` cost tokens·k·(m + n), which is more
+as soon as a batch has more than max(m, n) tokens, as pre-training batches do. W is *not* kept for
+backward: the graph holds only the input and the factors the layer stores anyway, and backward
+rebuilds W for ``∂L/∂x`` (another m·k·n, small next to the tokens·m·n products when tokens ≫ k),
+forms ``G = grad_yᵀ x`` once and reads every factor gradient off it. Plain autograd through
+``F.linear(x, U diag(Σ) Vh)`` would keep one dense m × n weight per layer from forward to
+backward — as much as the full-rank model's weights again. Measured (``benchmarks/sst_memory.py``,
+tiny GPT at d_model 1024, 4096 tokens per batch, r = 64, CPU): the memory a training step adds is
+0.86× full rank's, against 0.95× through plain autograd; the step time on the tiny GPT at d_model
+128 with 4096 tokens is the same as through autograd within the noise (±1 %). The rebuild costs
+about k/tokens of one tokens·m·n product, which shows at large k and short batches (d = k = 1024,
+4096 tokens: ~7 % more multiply-adds in the adapted layers).
 
 Everything that changes *optimization* is installed by :func:`spectrallab.optimizer` (step hooks,
 see :meth:`SST.attach_optimizer`), so a hand-written loop calling ``opt.step()`` runs the whole
-algorithm: enhanced gradient (pre-step), clamp and renormalize (post-step), and every T3 steps the
-swap, the optimizer-state reset and the re-SVD, plus an LR warm-up at the start of each period.
+algorithm: clamp and renormalize (post-step), and every T3 steps the swap, the optimizer-state
+reset and the re-SVD, plus an LR warm-up at the start of each period after the first. (The enhanced
+gradient needs no hook: backward produced it.)
 
-Choices where the paper leaves room. They were fixed from the paper's method description
-(abstract, method section and Algorithm 1) as reported by a detailed summary of the ICML 2025
-version, which gives the sampling law ``p(i) = ½(1/k + Σ_i/Σ_j Σ_j)`` (item 1), the re-SVD after
-each round (item 4), the momentum reset at each new sample followed by a warm-up (items 5, 6), and
-SVD's 0.5–0.8 % share of training time. Neither Appendix A's full text nor the authors' repository
-(github.com/biomedical-cybernetics/sparse-spectral-training) could be read where this was written,
-so the exact extent of the state reset (item 5) deserves a check against them:
+**What was checked against the paper, and what rests on a summary.** Read here: the arXiv abstract
+(2405.15481: all singular values updated; singular vectors selected "through a multinomial
+sampling method weighted by the magnitude of the singular values"; SVD to initialize and
+periodically reinitialize; LLaMA-1.3B's 97.4 % at 18.7 % trainable), and, from the paper's
+republication in parts (HackerNoon, 2025), its table of contents (sections 4.1–4.6 — 4.2 "Gradient
+Update of U, Vᵀ with Σ", 4.4 "SST Balances Exploitation and Exploration", 4.5 "Memory-Efficient
+Implementation"; appendices A "Algorithm of Sparse Spectral Training", D "Advantage of Enhanced
+Gradient over Default Gradient", I "Ablation Study") and the setup of its experiments (OPT on
+OpenWebText with r = 64). *Not* read here: the text of sections 4.2–4.5, Algorithm 1, Appendices D
+and I, and the result tables. The details below that depend on those parts were fixed from a detailed
+summary of the ICML 2025 version — the sampling law ``p(i) = ½(1/k + Σ_i/Σ_j Σ_j)`` (item 1), the
+re-SVD after each round (item 4), the momentum reset at each new sample followed by a warm-up
+(items 5, 6), the ablation's ranking of the sampling modes (multinomial ahead of uniform,
+sequential and top-r), and SVD's 0.5–0.8 % share of training time — and have not been verified
+against the paper's text or the authors' repository
+(github.com/biomedical-cybernetics/sparse-spectral-training), which could not be read either:
 
-1. *Uniform term*: p_i mixes ½ uniform and ½ Σ-proportional (the form reported for the ICML version);
-   ``uniform_mix=0`` gives the plain Σ-proportional multinomial of the first preprint.
+1. *Uniform term* (from the summary): p_i mixes ½ uniform and ½ Σ-proportional; ``uniform_mix=0``
+   gives the plain Σ-proportional multinomial that the abstract describes.
 2. *Replacement*: without — the active block holds r distinct vectors.
 3. *Shared indices*: U and Vh use the same index set (a singular *triplet* is trained or not).
 4. *Re-SVD*: once per round of ``periods_per_round`` periods (Algorithm 1: T1 rounds × T2
@@ -81,22 +105,41 @@ so the exact extent of the state reset (item 5) deserves a check against them:
    code does when it resets its factors' state — which is why the first steps after a reset are
    large and a warm-up follows. After a re-SVD every vector and Σ's indexing change, so the state of ``U_active``,
    ``Vh_active`` and ``S`` is zeroed entirely.
-6. *Warm-up*: a linear LR warm-up over the first ``warmup`` steps of *every* period (the first one
-   included: its vectors are fresh too), multiplier ``(s + 1)/warmup`` at the s-th step of a period,
-   applied to **all** parameter groups (the paper schedules one global learning rate), through
-   :func:`spectrallab.optim.add_lr_multiplier` so it composes with the user's scheduler.
-7. *Enhanced gradient*: the pre-step hook divides the true gradient of each active column / row by
-   its Σ_i (exact: autograd computed ``(∂L/∂W V_{·i})·Σ_i``), no eps. Where Σ_i = 0 (clamped) the
-   true gradient is exactly 0 and stays 0 — the paper's ``∂L/∂W V_{·i}`` would be nonzero there,
-   but that direction then has no effect on the output. Gradient clipping done by the loop before
-   ``opt.step()`` acts on the true gradient.
+6. *Warm-up*: a linear LR warm-up over the first ``warmup`` steps of every period **from the
+   second on** — the periods that start with swapped-in vectors whose moments were just zeroed
+   while Adam's step counter (and so its bias correction) was kept, which makes their first steps
+   large — multiplier ``(s + 1)/warmup`` at the s-th step of such a period
+   (:func:`period_warmup`). The first period gets none from SST: its optimizer state is fresh
+   everywhere, Adam's bias correction handles that, and its warm-up is the training loop's own
+   schedule (``sl.fit(schedule=sl.warmup_cosine(...))``, a Trainer's warm-up); SST ramping it too
+   would multiply two ramps. Applied to **all** parameter groups (the paper schedules one global
+   learning rate), through :func:`spectrallab.optim.add_lr_multiplier` so it composes with the
+   user's scheduler.
+7. *Enhanced gradient*: formed directly, ``∇̃U_active = G V_active`` and ``∇̃Vh_active = U_activeᵀ G``
+   with ``G = ∂L/∂W``, by the backward pass, and stored in ``.grad``. So ``.grad`` *is* the
+   gradient the optimizer uses: clipping by the loop before ``opt.step()`` (``sl.fit(clip=...)``,
+   ``clip_grad_norm_``), gradient-norm logging and accumulation all act on the enhanced gradient,
+   and the clip norm bounds the update direction of the vectors. The paper replaces the gradient of
+   a sampled vector by the enhanced one; clipping the Σ-scaled gradient and dividing afterwards
+   would let the used gradient exceed the clip norm by 1/Σ_i. It needs no division by Σ_i, so it is
+   continuous at Σ_i = 0: a clamped Σ_i's direction keeps learning (G v_i), although it has no
+   effect on the output until Σ_i grows again. (Dividing the Σ-scaled gradient by Σ_i jumps to 0
+   there, so runs that round a clamped Σ_i differently — gradient accumulation vs one batch — moved
+   that direction differently.)
 8. *Weight decay*: none special. The optimizer's decoupled decay on Σ is exactly decoupled decay of
    ``W = U diag(Σ) Vh`` (when U, Vh are orthonormal); on the active vectors it is undone by the
    renormalization (up to a 1/(1 − lr·λ) rescaling of that step).
 
-The SVD runs in float32 (bf16/fp16 weights are upcast) and the factors are stored in the weight's
-dtype. The sampling generator is seeded from ``seed`` and the layer's name: runs are reproducible
-and layers sample independently. ``layer.history`` records, per period, the first step, the active
+The SVD runs in float32 (bf16/fp16 weights are upcast; float64 stays float64). The factors U, Vh are
+stored in the weight's dtype and the forward computes in it, but Σ is a float32 Parameter (float64
+for a float64 weight): it receives a small update every step, which bf16's 8 significant bits would
+round away, and the re-SVD multiplies the factors out in Σ's precision. (``model.to(torch.bfloat16)``
+*after* ``sl.apply`` casts Σ too, as it casts every floating Parameter; apply SST to the bf16 model
+instead.) A checkpoint written when Σ had the weight's dtype loads as usual: ``load_state_dict``
+copies into the float32 Parameter.
+
+The sampling generator is seeded from ``seed`` and the layer's name: runs are reproducible and
+layers sample independently. ``layer.history`` records, per period, the first step, the active
 indices, Σ at that moment, and whether the period began with a re-SVD.
 
 **State lives with the model.** The generator's state and the clock are persistent buffers of each
@@ -117,6 +160,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .. import linalg
 from .base import (AdaptedLinear, Method, check_choice, check_finite_weight, check_rank, check_seed, counter,
@@ -166,6 +210,86 @@ def warmup_multiplier(step_in_period: int, warmup: int) -> float:
     return 1.0 if step_in_period >= warmup else (step_in_period + 1) / warmup
 
 
+def period_warmup(steps_taken: int, period: int, warmup: int) -> float:
+    """SST's LR multiplier for the next step, after ``steps_taken`` steps: 1 throughout the first period
+    (its warm-up is the training loop's own schedule), then :func:`warmup_multiplier` at the start of
+    every later period — the periods that begin with swapped-in vectors and reset optimizer state."""
+    return 1.0 if steps_taken < period else warmup_multiplier(steps_taken % period, warmup)
+
+
+def dense_weight(U_active: torch.Tensor, Vh_active: torch.Tensor, S: torch.Tensor, U_frozen: torch.Tensor,
+                 Vh_frozen: torch.Tensor, active_index: torch.Tensor, frozen_index: torch.Tensor) -> torch.Tensor:
+    """``U diag(Σ) Vh`` from the two blocks, in the factors' dtype (Σ, kept in float32, is cast to it).
+
+    The one place the dense weight is formed: the forward pass, the backward pass's rebuild and
+    :meth:`SSTLayer.effective_weight` all call it, so ``sl.merge`` writes exactly the weight the forward used.
+    """
+    dtype = U_active.dtype
+    inactive = (U_frozen * S[frozen_index].to(dtype)) @ Vh_frozen
+    return torch.addmm(inactive, U_active * S[active_index].to(dtype), Vh_active)
+
+
+class SpectralLinear(torch.autograd.Function):
+    """``y = x Wᵀ + b`` with ``W = U diag(Σ) Vh``, whose backward returns SST's gradients directly.
+
+    Forward builds W without recording it and saves only what the layer already stores (the input
+    and the factors), so no dense weight waits in the graph between forward and backward. Backward
+    rebuilds W for ``∂L/∂x``, forms ``G = ∂L/∂W = grad_yᵀ x`` once (over all leading batch dims) and
+    reads every factor gradient off it::
+
+        ∂L/∂Σ_i = u_iᵀ G v_i   (all k, active and frozen)      ∇̃U_active = G V_active
+        ∂L/∂b  = Σ_tokens grad_y                                ∇̃Vh_active = U_activeᵀ G
+
+    with the plain chain-rule factor Σ_i on the two vector gradients for ``gradient="default"``.
+    Only the gradients asked for are computed (``needs_input_grad``: a frozen U, Vh or Σ costs
+    nothing); under autocast the backward works in the dtype of ``grad_y`` and casts each gradient
+    back to its input's dtype. Not twice differentiable (``once_differentiable``): SST needs none,
+    and double backward raises instead of returning a wrong answer.
+    """
+
+    @staticmethod
+    def forward(ctx, x, U_active, Vh_active, S, U_frozen, Vh_frozen, bias, active_index, frozen_index, enhanced):
+        W = dense_weight(U_active, Vh_active, S, U_frozen, Vh_frozen, active_index, frozen_index)
+        # Tokens as rows of one matrix, folded once here: a non-contiguous x (attention heads merged
+        # by a transpose) is copied once, and that copy is what backward reads.
+        tokens = x.reshape(-1, x.shape[-1])
+        ctx.save_for_backward(tokens, U_active, Vh_active, S, U_frozen, Vh_frozen, active_index, frozen_index)
+        ctx.enhanced, ctx.x_shape, ctx.x_dtype = enhanced, x.shape, x.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return F.linear(tokens, W, bias).view(*x.shape[:-1], W.shape[0])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        tokens, U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index = ctx.saved_tensors
+        need_x, need_u, need_vh, need_s = ctx.needs_input_grad[:4]
+        need_b = ctx.needs_input_grad[6]
+        grad_x = grad_u = grad_vh = grad_s = grad_b = None
+        dtype = grad_y.dtype
+        g = grad_y.reshape(-1, U_a.shape[0])                        # tokens × m, folded once
+        if need_x:  # W again, for as long as this one product needs it
+            W = dense_weight(U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index)
+            grad_x = (g @ W.to(dtype)).to(ctx.x_dtype).view(ctx.x_shape)
+            del W
+        if need_b:
+            grad_b = g.sum(0).to(ctx.bias_dtype)
+        if need_u or need_vh or need_s:
+            G = g.T @ tokens.to(dtype)                              # ∂L/∂W, m × n, once
+            GV = G @ Vh_a.T.to(dtype)                               # ∂L/∂W V_active, m × r
+            sigma = None if ctx.enhanced else S[active_index].to(dtype)
+            if need_u:
+                grad_u = (GV if ctx.enhanced else GV * sigma).to(U_a.dtype)
+            if need_vh:
+                UG = U_a.T.to(dtype) @ G                            # U_activeᵀ ∂L/∂W, r × n
+                grad_vh = (UG if ctx.enhanced else UG * sigma[:, None]).to(Vh_a.dtype)
+            if need_s:  # u_iᵀ G v_i, summed in Σ's (float32) precision
+                grad_s = torch.empty_like(S)
+                grad_s[active_index] = (U_a.to(S.dtype) * GV.to(S.dtype)).sum(0)
+                GV_frozen = G @ Vh_f.T.to(dtype)
+                grad_s[frozen_index] = (U_f.to(S.dtype) * GV_frozen.to(S.dtype)).sum(0)
+        return grad_x, grad_u, grad_vh, grad_s, None, None, grad_b, None, None, None
+
+
 
 class SSTLayer(AdaptedLinear):
     """``y = x (U diag(Σ) Vh)ᵀ + b`` with r active singular vectors, Σ and b trainable."""
@@ -174,11 +298,13 @@ class SSTLayer(AdaptedLinear):
     state_buffers = ("rng_state", "steps_taken", "periods_done", "draws_done", "resvds_done")
 
     def __init__(self, layer_name: str, linear: nn.Linear, rank: int, sampling: str = "multinomial",
-                 uniform_mix: float = 0.5, periods_per_round: int | None = None, seed: int = 0):
+                 uniform_mix: float = 0.5, periods_per_round: int | None = None, seed: int = 0,
+                 gradient: str = "enhanced"):
         super().__init__(linear.in_features, linear.out_features)
         W = linear.weight.detach()
         check_finite_weight(layer_name, W)
         self.layer_name, self.rank, self.sampling, self.uniform_mix = layer_name, rank, sampling, uniform_mix
+        self.gradient = gradient  # "enhanced" | "default": what SpectralLinear's backward returns
         U, S, Vh = linalg.svd(W, name=f"layer {layer_name!r}")          # all k triplets, float32
         self.k = k = S.numel()
         self.periods_per_round = periods_per_round or math.ceil(k / rank)
@@ -201,7 +327,9 @@ class SSTLayer(AdaptedLinear):
         dtype = W.dtype
         self.U_active = nn.Parameter(U[:, active].to(dtype).contiguous())        # m × r
         self.Vh_active = nn.Parameter(Vh[active].to(dtype).contiguous())         # r × n
-        self.S = nn.Parameter(S.to(dtype))                                       # k: Σ, indexed by singular index
+        # Σ at least in float32 whatever the weight's dtype: it accumulates every step's small update,
+        # which a bf16 Σ (8 significant bits) would round away. Forward casts it to the factors' dtype.
+        self.S = nn.Parameter(S.to(torch.promote_types(dtype, torch.float32)))   # k: Σ, indexed by singular index
         self.U_frozen = frozen(U[:, inactive].to(dtype).contiguous())            # m × (k − r)
         self.Vh_frozen = frozen(Vh[inactive].to(dtype).contiguous())             # (k − r) × n
         self.register_buffer("active_index", active.to(W.device))                # slot → singular index
@@ -228,33 +356,26 @@ class SSTLayer(AdaptedLinear):
     # -- the function ------------------------------------------------------------------------------
 
     def effective_weight(self) -> torch.Tensor:
-        """``U diag(Σ) Vh`` as one dense out × in matrix (differentiable in the active block and Σ)."""
-        inactive = (self.U_frozen * self.S[self.frozen_index]) @ self.Vh_frozen
-        return torch.addmm(inactive, self.U_active * self.S[self.active_index], self.Vh_active)
+        """``U diag(Σ) Vh`` as one dense out × in matrix in the factors' dtype (differentiable, through
+        plain autograd, in the active block and Σ; the forward pass uses the same arithmetic)."""
+        return dense_weight(self.U_active, self.Vh_active, self.S, self.U_frozen, self.Vh_frozen,
+                            self.active_index, self.frozen_index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.effective_weight(), self.bias)
+        return SpectralLinear.apply(x, self.U_active, self.Vh_active, self.S, self.U_frozen, self.Vh_frozen,
+                                    self.bias, self.active_index, self.frozen_index, self.gradient == "enhanced")
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(U, Σ, Vh)`` with the vectors in singular-index order (detached copies, m × k, k, k × n)."""
-        U = torch.empty(self.out_features, self.k, dtype=self.S.dtype, device=self.S.device)
-        Vh = torch.empty(self.k, self.in_features, dtype=self.S.dtype, device=self.S.device)
+        """``(U, Σ, Vh)`` with the vectors in singular-index order (detached copies, m × k, k, k × n;
+        U and Vh in the factors' dtype, Σ in its own float32)."""
+        dtype, device = self.U_active.dtype, self.U_active.device
+        U = torch.empty(self.out_features, self.k, dtype=dtype, device=device)
+        Vh = torch.empty(self.k, self.in_features, dtype=dtype, device=device)
         U[:, self.active_index], U[:, self.frozen_index] = self.U_active.detach(), self.U_frozen.detach()
         Vh[self.active_index], Vh[self.frozen_index] = self.Vh_active.detach(), self.Vh_frozen.detach()
         return U, self.S.detach().clone(), Vh
 
     # -- what the optimizer hooks call -------------------------------------------------------------
-
-    @torch.no_grad()
-    def enhance_gradients(self) -> None:
-        """Divide the gradient of each active column of U / row of Vh by its Σ_i (0 stays 0)."""
-        sigma = self.S[self.active_index]
-        safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
-        keep = sigma > 0
-        if self.U_active.grad is not None:
-            self.U_active.grad.div_(safe).mul_(keep)
-        if self.Vh_active.grad is not None:
-            self.Vh_active.grad.div_(safe[:, None]).mul_(keep[:, None])
 
     @torch.no_grad()
     def project(self) -> None:
@@ -306,11 +427,14 @@ class SSTLayer(AdaptedLinear):
     @torch.no_grad()
     def resvd(self, step: int | None = None) -> None:
         """``U, Σ, Vh ← SVD(U diag(Σ) Vh)``, then a fresh draw laid out in the blocks (same function)."""
-        U, S, Vh = linalg.svd(self.effective_weight(), name=f"layer {self.layer_name!r}")
+        wide = self.S.dtype  # the product in Σ's precision: a bf16 W would round Σ to 8 bits here
+        W = dense_weight(self.U_active.to(wide), self.Vh_active.to(wide), self.S, self.U_frozen.to(wide),
+                         self.Vh_frozen.to(wide), self.active_index, self.frozen_index)
+        U, S, Vh = linalg.svd(W, name=f"layer {self.layer_name!r}")
         active = self._draw(S)
         inactive = self._complement(active)
-        dtype = self.S.dtype
-        self.S.copy_(S.to(dtype))
+        dtype = self.U_active.dtype
+        self.S.copy_(S)
         self.U_active.copy_(U[:, active].to(dtype))
         self.Vh_active.copy_(Vh[active].to(dtype))
         self.U_frozen.copy_(U[:, inactive].to(dtype))
@@ -357,7 +481,7 @@ class SSTLayer(AdaptedLinear):
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, k={self.k}, rank={self.rank}, sampling={self.sampling!r}, "
-                f"periods_per_round={self.periods_per_round}")
+                f"periods_per_round={self.periods_per_round}, gradient={self.gradient!r}")
 
 
 def _restart_history(layer: SSTLayer, incompatible_keys) -> None:
@@ -394,11 +518,13 @@ class SST(Method):
 
     * ``rank`` (8) — r, vectors trained per period.
     * ``resample_every`` (200) — T3, steps per period (the paper's "iteration").
-    * ``warmup`` (20) — LR warm-up steps at the start of every period (0: none; ≤ ``resample_every``).
+    * ``warmup`` (20) — LR warm-up steps at the start of every period after the first (0: none;
+      ≤ ``resample_every``); the first period's warm-up is the training loop's schedule.
     * ``periods_per_round`` (None → ⌈k/r⌉ per layer) — T2, periods between re-SVDs.
     * ``sampling`` ("multinomial" | "uniform" | "sequential" | "top").
     * ``uniform_mix`` (0.5) — μ, the uniform share of the multinomial probabilities.
-    * ``gradient`` ("enhanced": ∂L/∂W·V_{·i} | "default": the plain gradient, Σ_i times that).
+    * ``gradient`` ("enhanced": ∂L/∂W·V_{·i} | "default": the plain gradient, Σ_i times that) — what
+      the layer's backward writes into ``.grad``.
     * ``seed`` (0) — seeds every layer's sampling generator (with the layer's name).
 
     Trainable per layer: ``r(m + n) + k`` (+ bias). Everything else is trainable too
@@ -440,7 +566,7 @@ class SST(Method):
     def adapt(self, layer_name: str, linear: nn.Linear) -> SSTLayer:
         c = self.config
         return SSTLayer(layer_name, linear, c["rank"], c["sampling"], float(c["uniform_mix"]),
-                        c["periods_per_round"], c["seed"])
+                        c["periods_per_round"], c["seed"], c["gradient"])
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer, layers: dict[str, SSTLayer]) -> None:
         """Hooks on ``optimizer``; the clock they read is each layer's ``steps_taken`` buffer.
@@ -457,25 +583,21 @@ class SST(Method):
         if not mine:
             return
         period, warmup = self.config["resample_every"], self.config["warmup"]
-        enhanced = self.config["gradient"] == "enhanced"
 
         def clocks() -> list[int]:
             """Steps taken by each layer (one device read for all of them)."""
             return torch.stack([layer.steps_taken for layer in mine]).tolist()
 
         if warmup:
-            # The first layer's clock: every layer of one method steps together.
-            add_lr_multiplier(optimizer, lambda: warmup_multiplier(int(mine[0].steps_taken) % period, warmup))
+            # The first layer's clock: every layer of one method steps together. The first period is
+            # left to the loop's schedule (period_warmup is 1 there): warming it up here too would
+            # multiply the two ramps.
+            add_lr_multiplier(optimizer, lambda: period_warmup(int(mine[0].steps_taken), period, warmup))
 
         def check(opt):
             for layer, taken in zip(mine, clocks()):
                 if (taken + 1) % period == 0:
                     layer.check_finite(taken + 1)
-
-        def before_step(opt, args, kwargs):
-            if enhanced:
-                for layer in mine:
-                    layer.enhance_gradients()
 
         def after_step(opt, args, kwargs):
             for layer, taken in zip(mine, clocks()):
@@ -492,8 +614,8 @@ class SST(Method):
                     reset_optimizer_state(opt, layer.U_active, slots, dim=1)
                     reset_optimizer_state(opt, layer.Vh_active, slots, dim=0)
 
+        # (No pre-step hook: the enhanced gradient is already what backward wrote into .grad.)
         add_step_check(optimizer, check)
-        optimizer.register_step_pre_hook(before_step)
         optimizer.register_step_post_hook(after_step)
 
 
