@@ -15,14 +15,16 @@ Neural Networks", arXiv:2405.15481, ICML 2025; HyboNet: Chen et al. 2022):
 Sizes are pinned to the chapter's ``ci`` settings (Disease for link prediction: 400 nodes, 200
 features, branching 1–11, features row-normalized; hidden 32, out 16; rank 2; 300 steps; SST
 resampling every 30 steps with a 3-step warm-up, ReLoRA* restarts every 75 with 99 % pruning; learning
-rates LoRA 3e-3, SST 3e-2, full 1e-2, ReLoRA* 1e-2, the chapter's), so nothing depends on the
-profile. Measured on the reference machine (test ROC AUC at best validation): LoRA 0.554 and 0.496,
-SST 0.705 and 0.591 for seeds 0 and 1 (SST − LoRA = +0.151, +0.095; mean +0.12); full 0.721,
-ReLoRA* 0.546 (seed 0). Average distortion of the 121-node balanced tree (branching 3, depth 4) after
-300 steps from the polar layout: Euclidean 0.235, hyperbolic 0.079. δ: Disease 0, Python's hierarchy
-(300 classes) 2. The margins (SST − LoRA above 0.03 on each seed and 0.06 on average) are a third to a
-half of what was measured; SST's numbers move with its implementation details (warm-up, sampling),
-so whoever changes those should rerun and record them here.
+rates full 3e-3, LoRA, ReLoRA* and SST 1e-2, the chapter's), so nothing depends on the profile.
+Measured on the reference machine (test ROC AUC at best validation; the Disease generator's default
+``mutation=0.5``): LoRA 0.836 and 0.888, SST 0.893 and 0.924 for seeds 0 and 1 (SST − LoRA = +0.057,
++0.036; mean +0.047); full 0.920 and 0.943, ReLoRA* 0.884 and 0.848. (With the generator's earlier
+``mutation=0.9`` — features barely inherited — every method stayed near chance at 2,665 nodes.)
+Average distortion of the 121-node balanced tree (branching 3, depth 4) after 300 steps from the
+polar layout: Euclidean 0.235, hyperbolic 0.079. δ: Disease 0, Python's hierarchy (300 classes) 2.
+The margins (SST − LoRA above 0.02 on each seed and 0.03 on average) are about half of what was
+measured; SST's numbers move with its implementation details (warm-up, sampling), so whoever
+changes those should rerun and record them here.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ with warnings.catch_warnings():
     import geoopt
 
 STEPS, RANK = 300, 2
-LR = {"full": 1e-2, "lora": 3e-3, "relora": 1e-2, "sst": 3e-2}
+LR = {"full": 3e-3, "lora": 1e-2, "relora": 1e-2, "sst": 1e-2}   # the chapter's LR["lp"] (checked below)
 OPTIONS = {"full": {}, "lora": dict(rank=RANK),
            "relora": dict(rank=RANK, reset_every=STEPS // 4, restart_warmup=STEPS // 40, prune_ratio=0.99),
            "sst": dict(rank=RANK, resample_every=STEPS // 10, warmup=STEPS // 100)}
@@ -112,8 +114,8 @@ def test_sst_beats_lora_at_equal_rank_on_link_prediction(trained):
     lora = [trained["lora", s][2] for s in (0, 1)]
     sst = [trained["sst", s][2] for s in (0, 1)]
     for seed, (a, b) in enumerate(zip(lora, sst)):
-        assert b > a + 0.03, f"seed {seed}: SST {b:.3f} vs LoRA {a:.3f}"
-    assert (sum(sst) - sum(lora)) / 2 > 0.06, (sst, lora)
+        assert b > a + 0.02, f"seed {seed}: SST {b:.3f} vs LoRA {a:.3f}"
+    assert (sum(sst) - sum(lora)) / 2 > 0.03, (sst, lora)
     assert sum(sst) / 2 > 0.6, sst                       # well above chance (0.5)
     assert trained["full", 0][2] > 0.6                   # full rank learns the task too
 
@@ -188,3 +190,14 @@ def test_gromov_delta_of_the_graphs():
     assert graphs.gromov_delta(graphs.disease(300, 0, num_features=200)) == 0
     delta = graphs.gromov_delta(graphs.python_classes(300, 0))
     assert 0 < delta <= 3, delta
+
+
+def test_the_rates_are_the_chapters():
+    """One source of truth: the rates pinned here are the chapter's link-prediction rates."""
+    import ast
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "book" / "sst_hyperbolic.md").read_text()
+    found = re.search(r'^LR = \{"lp": (\{[^}]*\})', text, re.MULTILINE)
+    assert found, "LR = {\"lp\": {...}, ...} not found in book/sst_hyperbolic.md"
+    assert ast.literal_eval(found.group(1)) == LR
