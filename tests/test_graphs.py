@@ -8,6 +8,7 @@ import torch
 
 from spectrallab.tasks import (Graph, average_precision, disease, f1, graph_defaults, gromov_delta, link_split,
                                node_split, python_classes, roc_auc)
+from spectrallab.tasks import graphs
 from spectrallab.tasks.graphs import CLASS_FAMILIES
 
 
@@ -299,3 +300,12 @@ def test_graph_defaults_ci_profile():
     assert python_classes(**graph_defaults("python_classes")).num_nodes == 300
     with pytest.raises(ValueError, match="unknown graph"):
         graph_defaults("cora")
+
+
+def test_row_normalized_scales_every_feature_row_to_unit_length_and_keeps_zero_rows():
+    features = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0]])
+    graph = graphs.Graph("rows", torch.tensor([[0, 1], [1, 2]]), features, torch.tensor([0, 1, 0]))
+    out = graphs.row_normalized(graph)
+    assert torch.allclose(out.features, torch.tensor([[0.6, 0.8], [0.0, 0.0], [1.0, 0.0]]))
+    assert torch.equal(out.edges, graph.edges) and torch.equal(out.labels, graph.labels)
+    assert torch.equal(graph.features, features)      # the original graph is left as it was

@@ -29,10 +29,12 @@ changes those should rerun and record them here.
 
 from __future__ import annotations
 
-import dataclasses
+import ast
 import math
 import warnings
+from pathlib import Path
 
+import jupytext
 import networkx as nx
 import pytest
 import torch
@@ -53,17 +55,26 @@ OPTIONS = {"full": {}, "lora": dict(rank=RANK),
            "sst": dict(rank=RANK, resample_every=STEPS // 10, warmup=STEPS // 100)}
 
 
-def lorentz_linear(x, M, bias, lam, k=1.0):
-    """The chapter's from-scratch layer: y = [√(‖φ‖² + k); φ], φ = λσ(vᵀx + b′)(Wx + b)/‖Wx + b‖."""
-    z = x @ M.T + bias
-    phi = lam * torch.sigmoid(z[:, :1]) * z[:, 1:] / z[:, 1:].norm(dim=1, keepdim=True)
-    return torch.cat([torch.sqrt((phi ** 2).sum(1, keepdim=True) + k), phi], dim=1)
+CHAPTER = Path(__file__).resolve().parents[1] / "book" / "sst_hyperbolic.md"
+
+
+def chapter_function(name: str):
+    """A function defined in the chapter's code, executed on its own (it needs torch only): the
+    test checks the chapter's from-scratch code, not a copy of it."""
+    for cell in jupytext.read(CHAPTER).cells:
+        if cell.cell_type != "code" or f"def {name}(" not in cell.source:
+            continue
+        node = next(n for n in ast.parse(cell.source).body if isinstance(n, ast.FunctionDef) and n.name == name)
+        namespace = {"torch": torch}
+        exec(compile(ast.Module(body=[node], type_ignores=[]), str(CHAPTER), "exec"), namespace)
+        return namespace[name]
+    raise AssertionError(f"no code cell of {CHAPTER.name} defines {name}()")
 
 
 @pytest.fixture(scope="module")
 def lp_graph():
     g = graphs.disease(400, 0, num_features=200, branching=(1, 11))
-    return dataclasses.replace(g, features=g.features / g.features.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    return graphs.row_normalized(g)
 
 
 def train(graph, method, seed):
@@ -92,7 +103,7 @@ def test_from_scratch_lorentz_layer_equals_the_library(k):
     layer = LorentzLinear(9, 5, manifold=lorentz_manifold(k))
     x = layer.manifold.expmap0(torch.nn.functional.pad(torch.randn(64, 8) / 3, (1, 0)))
     with torch.no_grad():
-        ours = lorentz_linear(x, layer.linear.weight, layer.linear.bias, layer.scale, k)
+        ours = chapter_function("lorentz_linear")(x, layer.linear.weight, layer.linear.bias, layer.scale, k)
         torch.testing.assert_close(layer(x), ours, rtol=1e-5, atol=1e-5)
         assert float(lorentz_constraint_error(ours, k)) < 1e-5
         # A wrong time coordinate (k dropped) is caught: the check can fail.
@@ -194,10 +205,8 @@ def test_gromov_delta_of_the_graphs():
 
 def test_the_rates_are_the_chapters():
     """One source of truth: the rates pinned here are the chapter's link-prediction rates."""
-    import ast
     import re
-    from pathlib import Path
-    text = (Path(__file__).resolve().parents[1] / "book" / "sst_hyperbolic.md").read_text()
+    text = CHAPTER.read_text()
     found = re.search(r'^LR = \{"lp": (\{[^}]*\})', text, re.MULTILINE)
     assert found, "LR = {\"lp\": {...}, ...} not found in book/sst_hyperbolic.md"
     assert ast.literal_eval(found.group(1)) == LR

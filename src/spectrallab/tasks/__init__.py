@@ -25,7 +25,7 @@ from .base import Task
 from .chargpt import CharGPT, TinyGPT, decode, encode, load_corpus
 from .digits import MLP, Digits
 from .graphs import (Graph, LinkSplit, average_precision, disease, f1, graph_defaults, gromov_delta, link_split,
-                     node_split, python_classes, roc_auc)
+                     node_split, python_classes, roc_auc, row_normalized)
 from .hyperbolic import GRAPH_TASKS, LinkPrediction, NodeClassification
 from .pretrained import load_minilm, minilm_available
 from .teacher import LowRankTeacher, TwoLayerLinear
@@ -59,5 +59,5 @@ __all__ = ["Task", "task", "TASKS", "LowRankTeacher", "TwoLayerLinear", "Digits"
            "encode", "decode", "load_corpus", "profile_defaults",
            "load_minilm", "minilm_available",
            "Graph", "LinkSplit", "disease", "python_classes", "gromov_delta", "link_split", "node_split",
-           "roc_auc", "average_precision", "f1", "graph_defaults",
+           "roc_auc", "average_precision", "f1", "graph_defaults", "row_normalized",
            "LinkPrediction", "NodeClassification", "GRAPH_TASKS"]

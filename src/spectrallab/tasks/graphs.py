@@ -23,6 +23,7 @@ import importlib
 import math
 import re
 import zlib
+import dataclasses
 from dataclasses import dataclass
 
 import networkx as nx
@@ -537,6 +538,16 @@ def link_split(graph: Graph, val: float = 0.05, test: float = 0.1, seed: int = 0
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).reshape(-1, 2)  # noqa: E731
     return LinkSplit(train_edges=as_t(pos[n_val + n_test:]), val_pos=as_t(pos[:n_val]), val_neg=as_t(neg[:n_val]),
                      test_pos=as_t(pos[n_val:n_val + n_test]), test_neg=as_t(neg[n_val:]))
+
+
+def row_normalized(graph: Graph) -> Graph:
+    """The same graph with every feature row scaled to unit length (HGCN's feature normalization).
+
+    HyboNet lifts a feature vector f to the point at distance ‖f‖ from the origin, so unnormalized
+    counts (a node with many traits) would start far out on the hyperboloid; all-zero rows stay zero."""
+    norms = graph.features.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return dataclasses.replace(graph, features=graph.features / norms)
+
 
 
 def node_split(graph: Graph, val: float = 0.1, test: float = 0.6, seed: int = 0, *,
