@@ -148,16 +148,16 @@ def apply(model: nn.Module, method: str, *, targets: Targets = None, freeze_othe
             raise ValueError(f"layer {name or '<model>'!r} is on the meta device (a shape without values) and "
                              f"method {spec.name!r} cannot be initialized there: {reason}. Load the weights "
                              f"first (model.to_empty(device=...) then load_state_dict(...)), then apply")
+    # The options once (they do not depend on the layer), then each layer.
+    spec.validate_options([name or "<model>" for name in layers])
     # Methods are written for nn.Linear: a Conv1D is shown as the equivalent nn.Linear.
     linears = {name: as_linear(layer) for name, layer in layers.items()}
     for name, linear in linears.items():
         spec.check(name or "<model>", linear)
     # Build every replacement before touching the model: a failure here changes nothing.
-    replacements = {name: spec.adapt(name or "<model>", linear) for name, linear in linears.items()}
-    for name, new in replacements.items():
-        new.spec = spec  # what `optimizer` asks for the method's hooks
-        if is_conv1d(layers[name]):
-            new.origin = type(layers[name])  # `merge` rebuilds a Conv1D
+    replacements = {name: spec.build(name or "<model>", linear,
+                                     type(layers[name]) if is_conv1d(layers[name]) else None)
+                    for name, linear in linears.items()}
 
     if "" in replacements:  # the model is itself one linear layer
         return replacements[""]

@@ -20,278 +20,61 @@ says so in its notes instead of reporting zeros silently::
     report = sl.memory_report(model, opt)    # before opt.zero_grad()
     print(report); report.as_dict()          # a table; plain numbers
 
-**Formulas.** Next to the measurement, each adapted layer is counted with its method's formula
-(:data:`FORMULAS`, one function per method, the paper cited in its docstring) for one ``m × n``
-weight (``m = out_features``, ``n = in_features``, ``k = min(m, n)``, rank ``r``), as scalar counts:
-
-==========  ====================================  ===================  ==========================
-method      weights stored as parameters          trainable            optimizer state (Adam)
-==========  ====================================  ===================  ==========================
-full        mn                                    mn                   2mn
-lora/relora mn + r(m+n)                           r(m+n)               2r(m+n)
-galore      mn                                    mn                   min(m,n)·r + 2·max(m,n)·r
-sltrain     r(m+n) + δmn                          r(m+n) + δmn         2(r(m+n) + δmn)
-sst         k(m+n) + k  (all of U, Σ, Vh)         r(m+n) + k           2(r(m+n) + k)
-==========  ====================================  ===================  ==========================
-
-and the fine-tuning methods with their trainable counts (DoRA ``r(m+n)+m``, VeRA ``r+m``, LoRA-XS
-``r²``, SVFit ``r``, SVFT ``nnz (+1)``, SORSA ``r(m+n)+r``, FFA-LoRA ``rm``). Gradients are always
-as large as the trainable part — for GaLore that is the **full** ``mn``: GaLore shrinks the optimizer
-state only; gradients (and activations) stay full size unless the training loop applies per-layer
-updates during the backward pass, which ``sl.optimizer`` does not. The report keeps that visible: its
-GaLore gradient row equals full training's.
+**Formulas.** Next to the measurement, each adapted layer is counted with its method's formula —
+the layer's :meth:`~spectrallab.AdaptedLinear.paper_counts`, written in the method's own file beside
+the layer it counts and citing its paper — for one ``m × n`` weight (``m = out_features``,
+``n = in_features``, ``k = min(m, n)``, rank ``r``), as scalar counts (:class:`LayerCounts`). For
+example LoRA stores ``mn + r(m+n)`` weights and trains ``r(m+n)`` (Adam: ``2r(m+n)``); SST stores all
+of ``U``, ``Σ``, ``Vh`` (``k(m+n) + k``) and trains ``r(m+n) + k``; GaLore trains all ``mn`` but keeps
+``min(m,n)·r + 2·max(m,n)·r`` of optimizer state. :func:`formula_table` lists every registered
+method's counts for one shape. Gradients are always as large as the trainable part — for GaLore that
+is the **full** ``mn``: the report keeps that visible.
 
 The formulas cover the adapted weight matrices only (the papers count ``W``). Biases, embeddings,
 norms and layers no method touched are measured in a separate "outside the formulas" row, so for
 every method present the comparison *formula = measured* is exact (float32: 4 bytes per scalar),
-and a mismatch means the implementation stores something its paper does not count. A method with
-no formula here (a new one you registered) is reported measured-only, with a note saying so.
+and a mismatch means the implementation stores something its paper does not count. A layer with
+no formula (a method you registered without ``paper_counts``) is reported measured-only, with a
+note saying so. This module measures and renders; it knows no method by name.
 
 Choices where the papers leave room (each formula's docstring has the details):
 
 * Adam's ``step`` counters (one scalar tensor per parameter) are measured but kept out of the
   comparison: no paper counts them. So are a method's bookkeeping buffers
-  (``AdaptedLinear.state_buffers``: SST's and ReLoRA's step counters and random-generator states,
-  kept in the model so a checkpoint resumes exactly): their bytes are in the measured buffers.
-* GaLore's projector is on the smaller side (Table 1 assumes ``m ≤ n``: ``mr + 2nr``); the other
-  ``proj_type`` values are counted as they store.
-* SST's weights are all of ``U``, ``Σ``, ``Vh`` (the frozen ``k − r`` vectors are stored too), so it
-  stores *more* weights than a dense layer while training and optimizing far fewer.
-* Index sets (SLTrain's support, SVFT's pattern) are counted in elements, because their width
-  (int64 here) is an implementation choice; their bytes are in the measured buffers.
+  (``AdaptedLinear.state_buffers``: step counters and random-generator states, kept in the model so
+  a checkpoint resumes exactly): their bytes are in the measured buffers.
+* Index sets (a sparse support, a pattern) are counted in elements, because their width (int64
+  here) is an implementation choice; their bytes are in the measured buffers.
 """
 
 from __future__ import annotations
 
 import html
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from .apply import adapted_layers
-from .methods.base import AdaptedLinear
+from .apply import adapted_layers, apply
+from .methods.base import AdaptedLinear, LayerCounts, registered
 
 
-# -- formulas: scalar counts for one adapted m × n weight ----------------------------------------
-
-@dataclass(frozen=True)
-class LayerCounts:
-    """Scalar counts for adapted weights (bias excluded), as a method's paper counts them.
-
-    ``weights``: scalars stored as parameters for the weight (frozen + trainable); ``trainable``: of
-    which trained (each has a gradient of its size); ``optimizer_states``: Adam's state (two moments
-    per trained scalar unless the method projects); ``extra``: non-parameter storage the method needs
-    (index sets, frozen factors kept as buffers), counted in elements of whatever dtype it uses,
-    or None where the formula does not model it.
-    """
-
-    weights: int
-    trainable: int
-    optimizer_states: int
-    extra: int | None = 0
-
-    def __add__(self, other: "LayerCounts") -> "LayerCounts":
-        extra = None if self.extra is None or other.extra is None else self.extra + other.extra
-        return LayerCounts(self.weights + other.weights, self.trainable + other.trainable,
-                           self.optimizer_states + other.optimizer_states, extra)
-
-    @property
-    def gradients(self) -> int:
-        """Gradients are as large as what trains (GaLore: the full ``mn``)."""
-        return self.trainable
-
-
-Formula = Callable[..., LayerCounts]
-FORMULAS: dict[str, Formula] = {}
-
-
-def formula(*names: str):
-    """Register a counting function ``f(m, n, **hyper) -> LayerCounts`` under method name(s)."""
-
-    def decorate(fn: Formula) -> Formula:
-        for name in names:
-            FORMULAS[name] = fn
-        return fn
-
-    return decorate
-
-
-def _adam(trainable: int) -> int:
-    return 2 * trainable
-
-
-@formula("full")
-def full_counts(m: int, n: int, **_: Any) -> LayerCounts:
-    """Dense training: ``mn`` weights, all trained; Adam keeps two moments per weight, ``2mn``."""
-    return LayerCounts(m * n, m * n, _adam(m * n))
-
-
-@formula("lora", "pissa", "milora", "olora", "relora")
-def lora_counts(m: int, n: int, rank: int, keeps_initial_factors: bool = False, **_: Any) -> LayerCounts:
-    """LoRA (Hu et al. 2021, arXiv:2106.09685): frozen ``W`` (mn) plus ``B`` (m×r) and ``A`` (r×n).
-
-    Trainable ``r(m+n)``, Adam ``2r(m+n)``. The GaLore paper's Table 1 counts LoRA the same way
-    (weights ``mn + mr + nr``, optimizer states ``2mr + 2nr``). ReLoRA (Lialin et al. 2024,
-    arXiv:2307.05695) has the same layer between restarts: merging ``BA`` into ``W`` changes no size,
-    and pruning Adam's state zeroes it without freeing it. PiSSA, MiLoRA, OLoRA (Meng et al. 2024,
-    arXiv:2404.02948; Wang et al. 2025, arXiv:2406.09044; Büyükakyüz 2024, arXiv:2406.01775) are
-    LoRA with another init, the same counts; when the init moves part of ``W`` into ``BA`` this
-    library keeps the initial ``B₀, A₀`` as buffers (``r(m+n)`` extra) for the rank-2r export
-    (:func:`spectrallab.methods.lora.export_lora`) — storage the papers do not have.
-    """
-    adapter = rank * (m + n)
-    return LayerCounts(m * n + adapter, adapter, _adam(adapter), adapter if keeps_initial_factors else 0)
-
-
-@formula("ffa_lora")
-def ffa_lora_counts(m: int, n: int, rank: int, **_: Any) -> LayerCounts:
-    """FFA-LoRA (Sun et al. 2024, arXiv:2403.12313): LoRA with ``A`` frozen; only ``B`` (``rm``) trains."""
-    return LayerCounts(m * n + rank * (m + n), rank * m, _adam(rank * m))
-
-
-@formula("dora")
-def dora_counts(m: int, n: int, rank: int, **_: Any) -> LayerCounts:
-    """DoRA (Liu et al. 2024, arXiv:2402.09353): LoRA plus a magnitude per output row, ``r(m+n) + m``."""
-    trainable = rank * (m + n) + m
-    return LayerCounts(m * n + trainable, trainable, _adam(trainable))
-
-
-@formula("vera")
-def vera_counts(m: int, n: int, rank: int, **_: Any) -> LayerCounts:
-    """VeRA (Kopiczko et al. 2024, arXiv:2310.11454): frozen ``W`` plus ``λ_d`` (r) and ``λ_b`` (m).
-
-    The random ``A``, ``B`` are shared by all layers (``r(n_max + m_max)`` once per model, buffers;
-    the paper notes they can be regenerated from a seed), so they are not a per-layer count: ``extra``
-    is None and the measured buffers show them.
-    """
-    trainable = rank + m
-    return LayerCounts(m * n + trainable, trainable, _adam(trainable), None)
-
-
-@formula("loraxs")
-def loraxs_counts(m: int, n: int, rank: int, **_: Any) -> LayerCounts:
-    """LoRA-XS (Bałazy et al. 2024, arXiv:2405.17604): frozen ``W``, ``U_r`` (m×r), ``diag(S_r)Vh_r``
-    (r×n) and a trained ``r × r`` matrix: ``r²`` trainable, whatever the layer size."""
-    return LayerCounts(m * n + rank * (m + n) + rank * rank, rank * rank, _adam(rank * rank))
-
-
-@formula("svfit")
-def svfit_counts(m: int, n: int, rank: int, **_: Any) -> LayerCounts:
-    """SVFit (Sun et al. 2024, arXiv:2409.05926): only the top-r singular values train (``r``).
-
-    Stored as this library does: ``W`` (mn), ``U_r`` (m×r), ``Vh_r`` (r×n), the initial ``σ_r``
-    and the trained ``σ`` (r each): ``mn + r(m+n) + 2r``.
-    """
-    return LayerCounts(m * n + rank * (m + n) + 2 * rank, rank, _adam(rank))
-
-
-@formula("svft")
-def svft_counts(m: int, n: int, nnz: int, gate: bool = True, **_: Any) -> LayerCounts:
-    """SVFT (Lingam et al. 2024, arXiv:2405.19597): frozen ``U`` (m×k), ``S`` (k), ``Vh`` (k×n)
-    replace ``W``; the ``nnz`` values of the sparse ``M`` (plus a gate scalar) train. The pattern's
-    row and column indices are buffers: ``2·nnz`` extra elements (int64 here)."""
-    k = min(m, n)
-    trainable = nnz + (1 if gate else 0)
-    return LayerCounts(k * (m + n) + k + trainable, trainable, _adam(trainable), 2 * nnz)
-
-
-@formula("sorsa")
-def sorsa_counts(m: int, n: int, rank: int, **_: Any) -> LayerCounts:
-    """SORSA (Cao 2024, arXiv:2409.00055): frozen residual ``W_res`` (mn) plus trained ``A`` (r×n),
-    ``S_p`` (r) and ``B`` (m×r): ``r(m+n) + r`` trainable. This library also keeps the initial
-    ``A₀, S₀, B₀`` as buffers (``r(m+n) + r`` extra) for the rank-2r PEFT export."""
-    trainable = rank * (m + n) + rank
-    return LayerCounts(m * n + trainable, trainable, _adam(trainable), trainable)
-
-
-@formula("galore")
-def galore_counts(m: int, n: int, rank: int, proj_type: str = "std", **_: Any) -> LayerCounts:
-    """GaLore (Zhao et al. 2024, arXiv:2403.03507, Table 1): weights ``mn``, optimizer states
-    ``mr + 2nr`` for ``m ≤ n``.
-
-    The projector ``P`` is taken on the **smaller** side (``proj_type="std"``): the paper's Table 1
-    assumes ``m ≤ n`` and stores ``P ∈ R^{m×r}``, with Adam's two moments on ``PᵀG ∈ R^{r×n}``; the
-    official code does the same, projecting on the right when rows ≥ columns. For any shape that is
-    ``min(m,n)·r + 2·max(m,n)·r``. The other ``proj_type`` values of ``galore-torch`` (and of
-    :mod:`spectrallab.methods.galore`) are counted as they store: ``"reverse_std"`` the larger side,
-    ``"left"`` ``mr + 2nr``, ``"right"`` ``nr + 2mr``, ``"full"`` both projectors and an ``r × r``
-    pair of moments. All ``mn`` weights train, so **gradients stay ``mn``**: GaLore saves optimizer
-    state, not gradient memory (the paper's per-layer weight updates, which free each gradient during
-    backward, are a separate trick) and not activation memory.
-    """
-    small, large = min(m, n), max(m, n)
-    if proj_type == "std":
-        states = small * rank + 2 * large * rank
-    elif proj_type == "reverse_std":
-        states = large * rank + 2 * small * rank
-    elif proj_type == "left":
-        states = m * rank + 2 * n * rank
-    elif proj_type == "right":
-        states = n * rank + 2 * m * rank
-    elif proj_type == "full":
-        states = (m + n) * rank + 2 * rank * rank
-    else:
-        raise TypeError(f"unknown GaLore proj_type {proj_type!r}")
-    return LayerCounts(m * n, m * n, states)
-
-
-@formula("sltrain")
-def sltrain_counts(m: int, n: int, rank: int, nnz: int, **_: Any) -> LayerCounts:
-    """SLTrain (Han et al. 2024, arXiv:2406.02214): ``W = s·BA + S`` with no dense ``W``; ``B``
-    (m×r), ``A`` (r×n) and the ``nnz ≈ δmn`` values of ``S`` train: ``r(m+n) + δmn``, Adam twice
-    that. The fixed random support needs its indices too: ``nnz`` extra elements (one flat index per
-    value; their width is the implementation's choice, so the report gives elements, and bytes as
-    measured)."""
-    trainable = rank * (m + n) + nnz
-    return LayerCounts(trainable, trainable, _adam(trainable), nnz)
-
-
-@formula("sst")
-def sst_counts(m: int, n: int, rank: int, **_: Any) -> LayerCounts:
-    """Sparse Spectral Training (Zhao et al., arXiv:2405.15481): ``W = U diag(Σ) Vh`` with all
-    ``k`` singular values and ``r`` sampled singular vectors trained at a time: ``r(m+n) + k``
-    trainable, Adam ``2(r(m+n) + k)`` (the memory-efficient implementation of the paper's §4.5).
-
-    The other ``k − r`` columns of ``U`` and rows of ``Vh`` are stored frozen, so the weights held are
-    all of ``U``, ``Σ`` and ``Vh``: ``k(m+n) + k`` — for a square layer about **twice** a dense
-    ``W``. SST saves trainable parameters, gradients and optimizer state, not weight storage. The
-    library also keeps which singular index each slot holds (``k`` integers, extra; not in the paper).
-    """
-    k = min(m, n)
-    trainable = rank * (m + n) + k
-    return LayerCounts(k * (m + n) + k, trainable, _adam(trainable), k)
-
-
-@formula("truncated")
-def truncated_counts(m: int, n: int, rank: int, **_: Any) -> LayerCounts:
-    """``sl.truncate``'s inference layer: ``W ≈ B A`` stored as ``B`` (m × r) and ``A`` (r × n),
-    ``r(m+n)`` numbers instead of ``mn``; nothing trains."""
-    return LayerCounts(rank * (m + n), 0, 0, 0)
-
-
-def layer_hyperparameters(layer: nn.Module) -> dict[str, Any]:
-    """What the formulas need from an adapted layer: its shape, rank, sparse count, ... .
-
-    Read from the layer (``rank``, ``nnz`` attributes: SVFit chooses its rank per layer) and else
-    from the options it was applied with (``layer.spec.config``).
-    """
-    config = getattr(getattr(layer, "spec", None), "config", {}) or {}
-    hyper: dict[str, Any] = {"m": layer.out_features, "n": layer.in_features}
-    for key in ("rank", "nnz", "proj_type"):
-        value = getattr(layer, key, None)
-        if value is None:
-            value = config.get(key)
-        if value is not None:
-            hyper[key] = value if key == "proj_type" else int(value)
-    if "nnz" not in hyper and isinstance(config.get("sparsity"), (int, float)):
-        # δmn rounded half up, as spectrallab.methods.sltrain sizes its support
-        hyper["nnz"] = max(1, int(config["sparsity"] * layer.out_features * layer.in_features + 0.5))
-    if hasattr(layer, "svft_gate"):
-        hyper["gate"] = layer.svft_gate is not None
-    hyper["keeps_initial_factors"] = getattr(layer, "lora_A0", None) is not None
-    return hyper
+def formula_table(m: int, n: int, **options) -> dict[str, LayerCounts | None]:
+    """Every registered method's paper counts for one ``m × n`` weight, applied with ``options``
+    where the method takes them (a rank, ...): built from each method's own ``paper_counts``, so a
+    newly registered method appears with no edit here. None where a method has no formula or
+    cannot adapt that shape with those options."""
+    table: dict[str, LayerCounts | None] = {}
+    for name, cls in sorted(registered().items()):
+        own = {k: v for k, v in options.items() if k in cls.options}
+        try:
+            layer = apply(nn.Linear(n, m), name, **own)
+        except (TypeError, ValueError):
+            table[name] = None
+            continue
+        table[name] = layer.paper_counts()
+    return table
 
 
 # -- measurement ---------------------------------------------------------------------------------
@@ -583,17 +366,14 @@ def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = No
         by_method.setdefault(layer.method, []).append(layer)
     methods: dict[str, MethodMemory] = {}
     for name, group in by_method.items():
+        full_ref = sum((LayerCounts.dense(l.out_features, l.in_features) for l in group), LayerCounts(0, 0, 0))
+        per_layer = [l.paper_counts() for l in group]
         counts: LayerCounts | None = None
-        fn = FORMULAS.get(name)
-        full_ref = sum((full_counts(l.out_features, l.in_features) for l in group), LayerCounts(0, 0, 0))
-        if fn is None:
-            notes.append(f"no memory formula for method {name!r}: measured only (add one with "
-                         f"@spectrallab.memory.formula({name!r}))")
+        if any(c is None for c in per_layer):
+            notes.append(f"no memory formula for method {name!r}: measured only (give its layer a "
+                         f"paper_counts() method returning spectrallab.memory.LayerCounts)")
         else:
-            try:
-                counts = sum((fn(**layer_hyperparameters(l)) for l in group), LayerCounts(0, 0, 0))
-            except TypeError as err:   # a hyperparameter the formula needs is not recorded on the layer
-                notes.append(f"method {name!r}: the formula could not be evaluated ({err}); measured only")
+            counts = sum(per_layer, LayerCounts(0, 0, 0))
         weight = next((t for l in group for t in l.parameters() if t is not getattr(l, "bias", None)), None)
         methods[name] = MethodMemory(name, len(group), weight.element_size() if weight is not None else 4,
                                      counts, usage.get(name, Usage()), full_ref)
@@ -601,9 +381,10 @@ def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = No
             wrong = [k for k, v in methods[name].matches().items() if v is False]
             notes.append(f"{name}: measured ≠ formula for {', '.join(wrong)} (mixed dtypes, an optimizer "
                          f"other than Adam, or storage the paper does not count)")
-    if "galore" in methods:
-        notes.append("GaLore shrinks the optimizer state only: its gradients are full size (the same bytes as "
-                     "full training of those layers) and so are its activations")
+    for name, group in by_method.items():   # what a method's own file says a reader should know
+        note = getattr(group[0], "memory_note", None)
+        if note:
+            notes.append(note)
     if not layers:
         notes.append("no adapted layers: nothing to compare with a formula (apply a method to see its formula)")
 
@@ -614,5 +395,4 @@ def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = No
                         methods=methods, outside=usage.get("", Usage()), notes=notes)
 
 
-__all__ = ["memory_report", "MemoryReport", "MethodMemory", "Usage", "LayerCounts", "FORMULAS", "formula",
-           "layer_hyperparameters"]
+__all__ = ["memory_report", "MemoryReport", "MethodMemory", "Usage", "LayerCounts", "formula_table"]

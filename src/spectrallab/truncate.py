@@ -39,7 +39,7 @@ from torch import nn
 
 from . import linalg
 from .apply import Targets, _module_names, _set_submodule, resolve_targets
-from .methods.base import AdaptedLinear, as_linear, check_rank, is_conv1d
+from .methods.base import AdaptedLinear, LayerCounts, as_linear, check_rank, is_conv1d
 
 
 class TruncatedLinear(AdaptedLinear):
@@ -59,6 +59,11 @@ class TruncatedLinear(AdaptedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(F.linear(x, self.A), self.B, self.bias)
+
+    def paper_counts(self) -> LayerCounts:
+        """``W ≈ B A`` stored as ``B`` (m × r) and ``A`` (r × n): ``r(m+n)`` numbers instead of ``mn``;
+        nothing trains."""
+        return LayerCounts(self.rank * (self.out_features + self.in_features), 0, 0, 0)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rank={self.rank}"

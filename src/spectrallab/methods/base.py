@@ -17,10 +17,13 @@ import math
 import warnings
 import zlib
 from contextlib import contextmanager
-from typing import Any, ClassVar, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator, Sequence
 
 import torch
 from torch import nn
+
+from .options import Option, validate, where
 
 _REGISTRY: dict[str, type["Method"]] = {}
 
@@ -117,6 +120,45 @@ def reset_linear_(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         nn.init.uniform_(bias, -bound, bound)
 
 
+@dataclass(frozen=True)
+class LayerCounts:
+    """Scalar counts for one adapted weight (bias excluded), as the method's paper counts them.
+
+    ``weights``: scalars stored as parameters for the weight (frozen + trainable); ``trainable``: of
+    which trained (each has a gradient of its size); ``optimizer_states``: Adam's state (two moments
+    per trained scalar unless the method projects); ``extra``: non-parameter storage the method needs
+    (index sets, frozen factors kept as buffers), counted in elements of whatever dtype it uses,
+    or None where the formula does not model it. An adapted layer returns its own from
+    :meth:`AdaptedLinear.paper_counts`; :func:`spectrallab.memory_report` sets them beside the bytes
+    it measures.
+    """
+
+    weights: int
+    trainable: int
+    optimizer_states: int
+    extra: int | None = 0
+
+    @classmethod
+    def adam(cls, weights: int, trainable: int, extra: int | None = 0) -> "LayerCounts":
+        """Counts for a layer trained with Adam: two moments per trained scalar."""
+        return cls(weights, trainable, 2 * trainable, extra)
+
+    @classmethod
+    def dense(cls, m: int, n: int) -> "LayerCounts":
+        """Dense training of an ``m × n`` weight: ``mn`` weights, all trained, Adam ``2mn``."""
+        return cls.adam(m * n, m * n)
+
+    def __add__(self, other: "LayerCounts") -> "LayerCounts":
+        extra = None if self.extra is None or other.extra is None else self.extra + other.extra
+        return LayerCounts(self.weights + other.weights, self.trainable + other.trainable,
+                           self.optimizer_states + other.optimizer_states, extra)
+
+    @property
+    def gradients(self) -> int:
+        """Gradients are as large as what trains (GaLore: the full ``mn``)."""
+        return self.trainable
+
+
 class AdaptedLinear(nn.Module):
     """A linear layer rewritten by a method: ``y = x W'ᵀ + b`` for the method's effective ``W'``.
 
@@ -134,6 +176,8 @@ class AdaptedLinear(nn.Module):
     # storage its paper counts (the memory report keeps them out of the formula comparison, as it
     # does Adam's step counters). They are persistent, so a checkpoint carries them.
     state_buffers: ClassVar[tuple[str, ...]] = ()
+    # A sentence the memory report adds when this method is present (what its formula hides), or None.
+    memory_note: ClassVar[str | None] = None
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__()
@@ -143,6 +187,13 @@ class AdaptedLinear(nn.Module):
     def effective_weight(self) -> torch.Tensor:
         """The dense ``out × in`` weight this layer applies now (what ``merge`` writes)."""
         raise NotImplementedError
+
+    def paper_counts(self) -> LayerCounts | None:
+        """What the method's paper says this layer stores and trains (:class:`LayerCounts`), for
+        :func:`spectrallab.memory_report`, which measures the bytes and compares. The formula is the
+        method's, so it lives in the method's file, cited there. None (the default): no formula, the
+        report measures only."""
+        return None
 
     @property
     def effective_bias(self) -> torch.Tensor | None:
@@ -175,14 +226,16 @@ class Method:
 
     Class attributes a method sets:
 
-    * ``options``: every keyword it accepts with its default (``rank`` included where used).
+    * ``options``: every keyword it accepts, as :class:`~.options.Option` declarations (type,
+      default, allowed range or choices, one line of help). Validation, error messages, widget
+      controls and option tables are generated from them; see :mod:`spectrallab.methods.options`.
     * ``freezes_others``: fine-tuning methods freeze every parameter outside the adapted layers
       (embeddings, norms, biases of untouched layers); pre-training methods leave them trainable.
       ``apply(..., freeze_others=...)`` overrides it.
     """
 
     name: ClassVar[str] = "?"
-    options: ClassVar[dict[str, Any]] = {}
+    options: ClassVar[dict[str, Option]] = {}
     freezes_others: ClassVar[bool] = True
     # Why the initialization needs the weight's *values* (a phrase for error messages), or None when
     # its shape is enough. See `needs_weight_values`.
@@ -194,15 +247,34 @@ class Method:
             allowed = ", ".join(sorted(self.options)) or "none"
             raise TypeError(f"method {self.name!r} got unknown option(s) {', '.join(unknown)}; "
                             f"its options are: {allowed}")
-        self.config = {**self.options, **options}
+        self.config = {**self.defaults(), **options}
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every option's default value."""
+        # TRANSITION (removed once every method declares Option objects): a bare value is a default.
+        return {name: getattr(option, "default", option) for name, option in cls.options.items()}
 
     @classmethod
     def option_choices(cls, option: str) -> list[Any] | None:
         """The allowed values of a categorical option (e.g. ``init``), or None if it is not one.
 
-        Widgets build their dropdowns from this, so a method's own choices appear with no widget code.
+        Read from the declaration, so widgets build their dropdowns with no method-specific code.
         """
-        return None
+        declared = cls.options.get(option)
+        return declared.allowed_choices() if declared is not None and declared.kind == "choice" else None
+
+    def validate_options(self, layer_names: Sequence[str]) -> None:
+        """Check the options against their declarations, then :meth:`check_options`; once per ``apply``,
+        before any layer is looked at. ``layer_names`` (the targets) are named in the messages."""
+        # TRANSITION: bare defaults (methods not yet declared with Option) are not validated here.
+        validate({k: o for k, o in self.options.items() if isinstance(o, Option)}, self.config, layer_names)
+        self.check_options(where(layer_names))
+
+    def check_options(self, where: str) -> None:
+        """Constraints between options that no single declaration states (a warm-up shorter than its
+        period, "rank or energy, not both"). Raise ``ValueError``/``TypeError`` starting with ``where``.
+        Default: none."""
 
     def needs_weight_values(self) -> str | None:
         """Why this method cannot start from a meta-device layer (shapes, no values), or None if it can.
@@ -216,7 +288,9 @@ class Method:
         return self.init_reads_weight
 
     def check(self, layer_name: str, linear: nn.Linear) -> None:
-        """Raise ``ValueError``/``TypeError`` if this method cannot adapt ``linear``.
+        """Raise ``ValueError``/``TypeError`` if this method cannot adapt ``linear``: only what depends on
+        the layer (a rank bounded by its shape, a finite weight for an SVD); the options themselves were
+        validated once already (:meth:`validate_options`).
 
         Called for every target before any layer is changed, so ``apply`` is all-or-nothing.
         """
@@ -224,6 +298,16 @@ class Method:
     def adapt(self, layer_name: str, linear: nn.Linear) -> AdaptedLinear:
         """Build the replacement for ``linear``. Must not modify ``linear`` itself."""
         raise NotImplementedError
+
+    def build(self, layer_name: str, linear: nn.Linear, origin: type[nn.Module] | None = None) -> AdaptedLinear:
+        """:meth:`adapt`, plus what every adapted layer records about its making: ``spec`` (this
+        method instance, whose hooks ``spectrallab.optimizer`` installs), ``method`` (the registered
+        name) and ``origin`` (the class it replaced when not ``nn.Linear``: ``merge`` rebuilds it)."""
+        layer = self.adapt(layer_name, linear)
+        layer.spec = self
+        layer.method = self.name
+        layer.origin = origin
+        return layer
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer, layers: dict[str, AdaptedLinear]) -> None:
         """Install the method's optimizer behaviour (hooks on ``optimizer``). Default: none.

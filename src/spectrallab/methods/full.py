@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import AdaptedLinear, Method, register, reset_linear_
+from .base import AdaptedLinear, LayerCounts, Method, register, reset_linear_
 
 
 class DenseLinear(AdaptedLinear):
@@ -30,6 +30,10 @@ class DenseLinear(AdaptedLinear):
     def reset_parameters(self) -> None:
         """``nn.Linear``'s initialization (after ``model.to_empty()`` on a meta-device model)."""
         reset_linear_(self.weight, self.bias)
+
+    def paper_counts(self) -> LayerCounts:
+        """Dense training: ``mn`` weights, all trained; Adam keeps two moments per weight, ``2mn``."""
+        return LayerCounts.dense(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (AdaptedLinear, Method, check_choice, check_finite_weight, check_positive, check_rank, frozen,
-                   register, reset_linear_)
+from .base import AdaptedLinear, LayerCounts, Method, check_finite_weight, check_rank, frozen, register, reset_linear_
+from .options import Option, alpha_option, dropout_option, rank_option
 
 # init name -> function(weight, rank, scale) -> (A, B, base_weight). `base_weight` is what stays
 # frozen: W itself for LoRA's own inits, a residual for inits that move part of W into BA.
@@ -150,6 +150,21 @@ class LoRALinear(AdaptedLinear):
         out = F.linear(x, self.weight, self.bias)
         return out.add_(F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B), alpha=self.scale)
 
+    def paper_counts(self) -> LayerCounts:
+        """LoRA (Hu et al. 2021): frozen ``W`` (mn) plus ``B`` (m×r) and ``A`` (r×n); trainable
+        ``r(m+n)``, Adam ``2r(m+n)`` — as the GaLore paper's Table 1 counts LoRA too (weights
+        ``mn + mr + nr``, optimizer states ``2mr + 2nr``). FFA-LoRA (``A`` frozen) trains ``rm``.
+
+        Inits that move part of ``W`` into ``BA`` (PiSSA, MiLoRA, OLoRA: LoRA with another init, the
+        same counts) keep the initial ``B₀, A₀`` as buffers here (``r(m+n)`` extra) for the rank-2r
+        export (:func:`export_lora`) — storage the papers do not have.
+        """
+        m, n, r = self.out_features, self.in_features, self.rank
+        adapter = r * (m + n)
+        trainable = adapter if self.lora_A.requires_grad else r * m
+        return LayerCounts.adam(m * n + adapter, trainable,
+                                adapter if getattr(self, "lora_A0", None) is not None else 0)
+
     def as_lora(self) -> "LoRAExport":
         """This layer as a plain LoRA on its original weight (rank r, or 2r for PiSSA/MiLoRA/OLoRA)."""
         return export_lora(self)
@@ -209,14 +224,17 @@ class LoRA(Method):
     ``dropout`` on the adapter input (0.0).
     """
 
-    options = {"rank": 8, "alpha": None, "rslora": False, "init": "default", "dropout": 0.0}
+    options = {
+        "rank": rank_option(),
+        "alpha": alpha_option(),
+        "rslora": Option(False, "rank-stabilized scale α/√r instead of α/r (Kalajdzievski 2023)", kind="bool"),
+        "init": Option("default", "how A and B start: Kaiming/Gaussian A with B = 0, or a spectral init",
+                       kind="choice", choices=lambda: sorted(LORA_INITS)),
+        "dropout": dropout_option(),
+    }
     freezes_others = True
     train_a = True
     layer_class = LoRALinear
-
-    @classmethod
-    def option_choices(cls, option: str):
-        return sorted(LORA_INITS) if option == "init" and "init" in cls.options else None
 
     def needs_weight_values(self) -> str | None:
         # The default inits draw A at random and set B = 0: the shape of W is enough.
@@ -225,25 +243,15 @@ class LoRA(Method):
         return f"init={self.config['init']!r} factorizes the pretrained weight (SVD or QR)"
 
     def check(self, layer_name: str, linear: nn.Linear) -> None:
-        c = self.config
-        check_rank(layer_name, linear, c["rank"])
-        if c["alpha"] is not None:
-            check_positive(layer_name, "alpha", c["alpha"])
-        check_choice(layer_name, "init", c["init"], sorted(LORA_INITS))
-        if c["init"] not in ("default", "gaussian"):  # every other init decomposes W (SVD, QR)
+        check_rank(layer_name, linear, self.config["rank"])
+        if self.config["init"] not in ("default", "gaussian"):  # every other init decomposes W (SVD, QR)
             check_finite_weight(layer_name, linear.weight)
-        if not isinstance(c["rslora"], bool):
-            raise TypeError(f"layer {layer_name!r}: rslora must be True or False, got {c['rslora']!r}")
-        if not isinstance(c["dropout"], (int, float)) or not 0 <= c["dropout"] < 1:
-            raise ValueError(f"layer {layer_name!r}: dropout={c['dropout']!r} is outside the allowed range [0, 1)")
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> LoRALinear:
         c = self.config
         alpha = float(c["rank"] if c["alpha"] is None else c["alpha"])
-        layer = self.layer_class(linear, c["rank"], alpha, c["rslora"], c["init"], float(c["dropout"]),
-                                 train_a=self.train_a)
-        layer.method = self.name
-        return layer
+        return self.layer_class(linear, c["rank"], alpha, c["rslora"], c["init"], float(c["dropout"]),
+                                train_a=self.train_a)
 
 
 @register("ffa_lora")
