@@ -204,7 +204,7 @@ BAD_INPUTS = [
     (dict(method="lora", rank=0), ValueError, r"layer 'encoder.fc1'.*rank=0.*\[1, 16\]"),
     (dict(method="lora", rank=17, targets=["fc1"]), ValueError, r"'encoder.fc1' \(32×16\): rank=17.*\[1, 16\]"),
     (dict(method="lora", rank=9, targets=["fc1", "head"]), ValueError, r"'head' \(8×16\): rank=9.*\[1, 8\]"),
-    (dict(method="lora", rank=2.5), TypeError, r"rank must be an int in \[1, 16\], got 2.5"),
+    (dict(method="lora", rank=2.5), TypeError, r"layers .encoder.fc1.*: rank must be an int in \[1, min\(out, in\)\], got 2.5"),
     (dict(method="lora", rank=4, alpha=-1.0), ValueError, r"alpha=-1.0 is outside the allowed range \(0, inf\)"),
     (dict(method="lora", rank=4, init="pisa"), ValueError, r"init='pisa' is not one of"),
     (dict(method="lora", rank=4, dropout=1.5), ValueError, r"dropout=1.5 is outside the allowed range \[0, 1\)"),

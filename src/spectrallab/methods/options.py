@@ -36,7 +36,8 @@ class Option:
       or ``"seed"`` (an int; with ``none`` set, None draws one from torch's global generator).
     * ``low``/``high``: the allowed range of a number, inclusive unless ``low_open``/``high_open``;
       None is unbounded. ``high`` may be a *phrase* (``"min(out, in)"``) when the bound depends on the
-      layer: it is shown in messages and tables, and the method's ``check()`` enforces it per layer.
+      layer: it is shown in tables, and the method's ``check()`` enforces the whole range per layer,
+      with that layer's numbers in the message (only the type is checked once).
     * ``choices``: the allowed values of a ``"choice"`` option, or a function returning them (a table
       that grows when an init is registered).
     * ``none``: when not None, None is allowed, and this phrase says what it means ("alpha = rank").
@@ -115,6 +116,8 @@ class Option:
                     self.finite and not math.isfinite(value)):
                 finite = "a finite number" if self.finite else "a number"
                 raise TypeError(f"{where}: {name} must be {finite} in {self.range_text()}, got {value!r}")
+        if isinstance(self.high, str):
+            return  # the range depends on the layer: the method's check() states it with the layer's numbers
         if not self.contains(value):
             raise ValueError(f"{where}: {name}={value} is outside the allowed range {self.range_text()}")
 
