@@ -3,7 +3,8 @@ paper's formula.
 
 The expected sizes here are written out from the layer shapes (SmallMLP: fc1 is 32×20, fc2 12×32),
 not taken from ``spectrallab.memory``: the report's measurement, its formula table and this file
-must all agree, float32, 4 bytes per scalar. Methods that are not registered yet are skipped.
+must all agree, float32, 4 bytes per scalar. Methods that are not registered yet are skipped. The
+formulas themselves are each layer's ``paper_counts()`` in its method's file.
 """
 
 from __future__ import annotations
@@ -131,14 +132,31 @@ def test_before_the_first_step_the_report_says_so():
     assert sl.memory_report(model).optimizer is None
 
 
-def test_unknown_method_falls_back_to_measured_only(monkeypatch):
-    monkeypatch.delitem(memory.FORMULAS, "lora")
+def test_layer_without_formula_falls_back_to_measured_only(monkeypatch):
+    from spectrallab.methods.lora import LoRALinear
+    monkeypatch.setattr(LoRALinear, "paper_counts", lambda self: None)
     model, opt, report = adapted("lora", rank=R)
     entry = report.methods["lora"]
     assert entry.formula is None and set(entry.matches().values()) == {None}
     assert entry.measured.trainable == F32 * per_layer(lambda m, n: R * (m + n))   # still measured
     assert any("no memory formula for method 'lora'" in note for note in report.notes)
     assert "—" in str(report)
+
+
+def test_memory_module_knows_no_method_by_name():
+    """Formulas live in the method files (each layer's paper_counts): memory.py only measures and renders."""
+    import inspect
+    source = inspect.getsource(memory)
+    named = [m for m in sl.methods() if f'"{m}"' in source or f"'{m}'" in source]
+    assert named == []
+
+
+def test_formula_table_has_every_registered_method():
+    table = memory.formula_table(12, 32, rank=4)
+    assert set(table) == set(sl.methods())
+    assert table["lora"] == memory.LayerCounts(12 * 32 + 4 * 44, 4 * 44, 2 * 4 * 44, 0)
+    assert table["full"] == memory.LayerCounts.dense(12, 32)
+    assert all(c is not None for c in table.values()), [m for m, c in table.items() if c is None]
 
 
 def test_nested_optimizer_state_is_counted():
@@ -165,13 +183,12 @@ def test_nested_optimizer_state_is_counted():
 
 def test_galore_formula_projects_the_smaller_side_and_keeps_full_gradients():
     # Table 1 of the GaLore paper (m ≤ n): weights mn, optimizer states mr + 2nr
-    wide = memory.FORMULAS["galore"](m=12, n=32, rank=4)
-    tall = memory.FORMULAS["galore"](m=32, n=12, rank=4)
-    assert wide.optimizer_states == tall.optimizer_states == 12 * 4 + 2 * 32 * 4
-    full = memory.FORMULAS["full"](m=12, n=32)
-    assert wide.weights == full.weights and wide.gradients == full.gradients == 12 * 32
-    lora = memory.FORMULAS["lora"](m=12, n=32, rank=4)
-    assert wide.weights + wide.optimizer_states < lora.weights + lora.optimizer_states  # mn+mr+2nr < mn+3mr+3nr
+    wide = memory.formula_table(12, 32, rank=4)
+    tall = memory.formula_table(32, 12, rank=4)
+    assert wide["galore"].optimizer_states == tall["galore"].optimizer_states == 12 * 4 + 2 * 32 * 4
+    assert wide["galore"].weights == wide["full"].weights and wide["galore"].gradients == 12 * 32
+    lora, galore = wide["lora"], wide["galore"]
+    assert galore.weights + galore.optimizer_states < lora.weights + lora.optimizer_states  # mn+mr+2nr < mn+3mr+3nr
 
 
 @pytest.mark.parametrize("proj_type, states", [
