@@ -24,7 +24,7 @@ from .memory import MemoryReport, memory_report
 from .optim import optimizer
 from .profiles import PROFILES, profile as active_profile
 from .runs import Run
-from .tasks import CharGPT
+from .tasks import CharGPT, task
 from .train import fit, warmup_cosine
 
 METHODS = ("full", "lora", "relora", "galore", "sltrain", "sst")
@@ -72,8 +72,6 @@ class HeadToHead:
                 "options": {m: self.options(m) for m in self.methods}}
 
     def make_task(self) -> CharGPT:
-        from .tasks import task
-
         made = task("chargpt", **self.task_size, eval_batches=8)
         made.batch_size = self.batch_size
         return made

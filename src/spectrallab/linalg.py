@@ -41,13 +41,28 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
-def as_matrix(x: torch.Tensor | nn.Module, name: str = "matrix") -> torch.Tensor:
-    """A detached float32 2-D tensor from a tensor or a (linear or adapted) layer; finite values only."""
-    from .methods.base import AdaptedLinear, is_conv1d
+def is_conv1d(module: nn.Module) -> bool:
+    """True for transformers' ``Conv1D`` (or a subclass), without importing transformers.
 
-    if isinstance(x, AdaptedLinear):
-        w = x.effective_weight()
-    elif is_conv1d(x):  # transformers' Conv1D stores its weight in × out
+    GPT-2's projections are ``Conv1D`` layers, linear layers that store their weight transposed
+    (in × out). Recognised by class name and module, so spectrallab never imports transformers.
+    """
+    return any(cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers.")
+               for cls in type(module).__mro__)
+
+
+def as_matrix(x: torch.Tensor | nn.Module, name: str = "matrix") -> torch.Tensor:
+    """A detached float32 2-D tensor from a tensor or a (linear or adapted) layer; finite values only.
+
+    A layer that says what dense weight it applies through ``effective_weight()`` (every adapted
+    layer, :class:`spectrallab.AdaptedLinear`) contributes that; a ``Conv1D`` its weight transposed
+    to out × in; any other layer its ``weight``. Asked by duck typing, so this module of tensor math
+    needs no layer class.
+    """
+    effective = getattr(x, "effective_weight", None) if isinstance(x, nn.Module) else None
+    if callable(effective):
+        w = effective()
+    elif isinstance(x, nn.Module) and is_conv1d(x):
         w = x.weight.T
     elif isinstance(x, nn.Module) and isinstance(getattr(x, "weight", None), torch.Tensor):
         w = x.weight

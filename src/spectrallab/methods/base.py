@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Iterator, Sequence
 import torch
 from torch import nn
 
+from ..linalg import all_finite, is_conv1d
 from .options import Option, validate, where
 
 _REGISTRY: dict[str, type["Method"]] = {}
@@ -78,13 +79,7 @@ def registered() -> dict[str, type["Method"]]:
 # linear layer that stores its weight transposed (in × out) and computes y = x W + b. Methods are
 # written for nn.Linear; `apply` shows them an equivalent nn.Linear (the weight transposed, the same
 # bias) and the adapted layer remembers where it came from, so `merge` gives back a Conv1D.
-# Recognised by class name and module, so spectrallab never imports transformers.
-
-def is_conv1d(module: nn.Module) -> bool:
-    """True for transformers' ``Conv1D`` (or a subclass), without importing transformers."""
-    return any(cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers.")
-               for cls in type(module).__mro__)
-
+# Recognised by class name and module (`is_conv1d`, in linalg), so spectrallab never imports transformers.
 
 def as_linear(layer: nn.Module) -> nn.Linear:
     """``layer`` itself if it is an ``nn.Linear``; for a ``Conv1D``, an ``nn.Linear`` computing the
@@ -317,7 +312,7 @@ class Method:
         them in ``state_buffers``), never in the hooks' closures: then ``model.state_dict()`` +
         ``optimizer.state_dict()`` resume the run exactly, and an optimizer built again mid-run
         continues the schedule. Input checks that must run before anything changes go through
-        :func:`spectrallab.optim.add_step_check`.
+        :func:`spectrallab.optim_hooks.add_step_check`.
         """
 
     @classmethod
@@ -395,8 +390,6 @@ def check_choice(layer_name: str, option: str, value: Any, choices) -> Any:
 
 def check_finite_weight(layer_name: str, weight: torch.Tensor) -> None:
     """Non-finite weights make SVD/QR fail deep inside LAPACK; say which layer instead."""
-    from ..linalg import all_finite  # linalg imports this module: import at call time
-
     if not all_finite(weight.detach()):
         bad = int((~torch.isfinite(weight)).sum())
         raise ValueError(f"layer {layer_name!r}: weight has {bad} non-finite value(s) (NaN or inf); "

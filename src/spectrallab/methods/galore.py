@@ -77,6 +77,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..linalg import all_finite
+from ..optim_hooks import add_step_check
 from .base import AdaptedLinear, Method, check_choice, check_positive, check_rank, register, reset_linear_
 
 PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")
@@ -384,8 +385,6 @@ class GaLore(Method):
         carries it; an optimizer built again starts afresh (new moments, a new projection at its
         first step), like any new torch optimizer.
         """
-        from ..optim import add_step_check  # optim imports apply, which imports this package
-
         if not isinstance(optimizer, GaLoreAdamW):
             return
         names = getattr(optimizer, "param_names", {})

@@ -90,7 +90,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..linalg import all_finite
-from ..optim import add_lr_multiplier, add_step_check
+from ..optim_hooks import add_lr_multiplier, add_step_check
 from .base import (AdaptedLinear, Method, check_choice, check_positive, check_rank, check_seed, counter, drawing,
                    frozen, generator_state, layer_generator, register, reset_linear_, resolve_seed)
 

@@ -163,6 +163,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .. import linalg
+from ..optim_hooks import add_lr_multiplier, add_step_check
 from .base import (AdaptedLinear, Method, check_choice, check_finite_weight, check_rank, check_seed, counter,
                    drawing, frozen, generator_state, layer_generator, register)
 
@@ -575,8 +576,6 @@ class SST(Method):
         optimizer built again mid-run (a re-run notebook cell) continues it — periods end at the same
         steps. (The new optimizer starts with empty moments, as any new torch optimizer does.)
         """
-        from ..optim import add_lr_multiplier, add_step_check  # optim imports apply, which imports this package
-
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
         mine = [layer for layer in layers.values()
                 if id(layer.U_active) in in_optimizer or id(layer.S) in in_optimizer]

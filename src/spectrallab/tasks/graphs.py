@@ -30,6 +30,8 @@ import networkx as nx
 import numpy as np
 import torch
 
+from ..profiles import pick
+
 
 @dataclass(frozen=True)
 class Graph:
@@ -388,8 +390,6 @@ def graph_defaults(name: str) -> dict:
     ``"disease_nc"`` and ``"disease_lp"`` are HGCN's two Disease trees (1,044 and 2,665 nodes) on
     ``cpu`` and ``gpu``; ``ci`` takes a few hundred nodes and 200 features, enough to learn in
     seconds. ``"python_classes"`` is the whole hierarchy except on ``ci``."""
-    from ..profiles import pick
-
     sizes = {
         "disease_nc": pick(ci=dict(num_nodes=300, num_features=200), cpu=dict(num_nodes=1044),
                            gpu=dict(num_nodes=1044)),
