@@ -11,7 +11,7 @@
 from . import linalg, methods, tasks  # noqa: F401  (methods registers every method; sl.methods() lists them)
 from .apply import adapted_layers, apply, merge, method_class, resolve_targets, trainable_parameters
 from .linalg import spectrum
-from .methods.base import AdaptedLinear, Method, register
+from .methods.base import AdaptedLinear, Method, MissingOptimizerHooksWarning, register
 from .memory import memory_report
 from .optim import optimizer
 from .peft_io import PeftExport, PeftExportError, load_peft, save_peft
@@ -27,5 +27,5 @@ __version__ = "0.1.0"
 __all__ = ["methods", "apply", "merge", "trainable_parameters", "optimizer", "spectrum", "adapted_layers",
            "method_class", "resolve_targets", "linalg", "tasks", "task", "train", "fit", "pretrained", "Event",
            "Run", "load_runs", "warmup_cosine", "pick", "profile", "device", "memory_report",
-           "Method", "AdaptedLinear", "register",
+           "Method", "AdaptedLinear", "register", "MissingOptimizerHooksWarning",
            "save_peft", "load_peft", "PeftExport", "PeftExportError", "truncate", "TruncatedLinear"]

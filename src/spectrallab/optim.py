@@ -90,7 +90,7 @@ def optimizer(model: nn.Module, lr: float = 1e-3, optimizer: str | type[torch.op
 
     install(opt)  # before any method hook: checks and LR scaling must come first
     for spec, layers in by_spec.values():
-        spec.attach_optimizer(opt, layers)
+        spec.install_optimizer_hooks(opt, layers)  # attach_optimizer, and marks the layers hooked
     return opt
 
 

@@ -8,13 +8,17 @@ holds the method's parameters and can always say what dense weight it currently 
 a new method is one file and one ``@register``.
 
 Methods that change optimization (SST's resampling, ReLoRA's restarts, GaLore's projection)
-override :meth:`Method.attach_optimizer`; ``spectrallab.optimizer`` calls it.
+override :meth:`Method.attach_optimizer`; ``spectrallab.optimizer`` calls it. They also say so
+(:attr:`Method.needs_optimizer_hooks`), so that a layer trained by an optimizer without those hooks
+(a plain ``torch.optim.AdamW``, the Hugging Face Trainer's default) warns instead of silently
+running a different algorithm (:class:`MissingOptimizerHooksWarning`).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+import weakref
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +26,7 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from ..linalg import all_finite, is_conv1d
 from .options import Option, validate, where
@@ -63,6 +68,10 @@ def register(name: str):
 
 class MethodRedefinedWarning(UserWarning):
     """A method name was registered again (re-run cell, module reload); the new definition wins."""
+
+
+class MissingOptimizerHooksWarning(UserWarning):
+    """A method whose algorithm runs in optimizer hooks is trained by an optimizer without them."""
 
 
 def _qualified(cls: type) -> str:
@@ -179,6 +188,13 @@ class AdaptedLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
 
+    def __setstate__(self, state: dict) -> None:
+        # A deep copy or an unpickled model is a new set of layers: watch them as `build` did.
+        super().__setstate__(state)
+        spec = self.__dict__.get("spec")
+        if spec is not None and spec.needs_optimizer_hooks:
+            _watch(self)
+
     def effective_weight(self) -> torch.Tensor:
         """The dense ``out × in`` weight this layer applies now (what ``merge`` writes)."""
         raise NotImplementedError
@@ -235,6 +251,10 @@ class Method:
     # Why the initialization needs the weight's *values* (a phrase for error messages), or None when
     # its shape is enough. See `needs_weight_values`.
     init_reads_weight: ClassVar[str | None] = "its initialization was not declared to need only the weight's shape"
+    # What runs in the hooks `attach_optimizer` installs (a phrase for the warning), or None when the
+    # method's layers train correctly under any optimizer. See `_check_optimizer_hooks`.
+    needs_optimizer_hooks: ClassVar[str | None] = None
+    _warned_missing_hooks: bool = False  # set on the instance: one warning per apply
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.options))
@@ -243,6 +263,7 @@ class Method:
             raise TypeError(f"method {self.name!r} got unknown option(s) {', '.join(unknown)}; "
                             f"its options are: {allowed}")
         self.config = {**self.defaults(), **options}
+        self.layer_names: list[str] = []  # the layers `build` made, to name them in messages
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -302,7 +323,18 @@ class Method:
         layer.spec = self
         layer.method = self.name
         layer.origin = origin
+        self.layer_names.append(layer_name)
+        if self.needs_optimizer_hooks:
+            _watch(layer)
         return layer
+
+    def install_optimizer_hooks(self, optimizer: torch.optim.Optimizer, layers: dict[str, AdaptedLinear]) -> None:
+        """What ``spectrallab.optimizer`` calls: :meth:`attach_optimizer`, then record on ``optimizer``
+        that these layers have their method's hooks there, so its steps do not warn about them
+        (:class:`MissingOptimizerHooksWarning`). Methods override ``attach_optimizer``, not this."""
+        self.attach_optimizer(optimizer, layers)
+        hooked = getattr(optimizer, "_spectrallab_hooked_layers", set())
+        optimizer._spectrallab_hooked_layers = hooked | {id(layer) for layer in layers.values()}
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer, layers: dict[str, AdaptedLinear]) -> None:
         """Install the method's optimizer behaviour (hooks on ``optimizer``). Default: none.
@@ -349,6 +381,57 @@ class Method:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
         return f"{type(self).__name__}({args})"
+
+
+# -- no silent skip: layers trained without their method's optimizer hooks ----------------------
+#
+# SST's resampling, ReLoRA's restarts and GaLore's projection run in step hooks that
+# `spectrallab.optimizer` installs. An optimizer built another way (`torch.optim.AdamW(model.parameters())`,
+# the Hugging Face Trainer's default) trains the same parameters without them: no error, just another
+# algorithm. So the layers of such a method are watched, and the first step of any optimizer that
+# updates one of them without its hooks warns, once per `apply`, naming the layers and the fix.
+#
+# The check sits on the optimizer step (torch's global step pre-hook), not in the layers' forward: a
+# forward cannot tell a training step from a gradient check or from a forward run before the
+# optimizer was built, and the parameters' in-place version counters, which could tell, are not
+# bumped by torch's fused AdamW (the Hugging Face Trainer's default).
+
+_WATCHED: "weakref.WeakSet[AdaptedLinear]" = weakref.WeakSet()  # layers whose method needs hooks
+_STEP_HOOK: list = []  # the handle of the global step pre-hook, once registered
+
+
+def _watch(layer: AdaptedLinear) -> None:
+    _WATCHED.add(layer)
+    if not _STEP_HOOK:  # registered at the first such layer: a process without one pays nothing
+        _STEP_HOOK.append(register_optimizer_step_pre_hook(_check_optimizer_hooks))
+
+
+def _check_optimizer_hooks(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    """Global step pre-hook: at an optimizer's first step, warn for each method whose watched layers
+    this optimizer updates without their hooks. Later steps of the same optimizer return at once."""
+    if not _WATCHED or getattr(optimizer, "_spectrallab_hooks_checked", False):
+        return
+    optimizer._spectrallab_hooks_checked = True
+    updated = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    hooked = getattr(optimizer, "_spectrallab_hooked_layers", set())
+    missing: dict[int, Method] = {}
+    for layer in list(_WATCHED):
+        spec = layer.spec
+        if spec._warned_missing_hooks or id(layer) in hooked:
+            continue
+        if any(id(p) in updated for p in layer.parameters() if p.requires_grad):
+            missing[id(spec)] = spec
+    for spec in missing.values():
+        spec._warned_missing_hooks = True
+        names = spec.layer_names
+        shown = ", ".join(names[:6]) + (f", ... ({len(names)} layers)" if len(names) > 6 else "")
+        warnings.warn(f"method {spec.name!r} (layers {shown}) is trained by an optimizer without spectrallab's "
+                      f"optimizer hooks ({type(optimizer).__name__}, not built by spectrallab.optimizer), so "
+                      f"this skips {spec.needs_optimizer_hooks}. Build the optimizer with "
+                      "spectrallab.optimizer(model, lr=...) (a torch.optim optimizer: LR schedulers and "
+                      "state_dict work as usual); with the Hugging Face Trainer pass "
+                      "optimizers=(spectrallab.optimizer(model, lr=...), None)",
+                      MissingOptimizerHooksWarning, stacklevel=3)
 
 
 # -- shared validation helpers: one wording for every method ------------------------------------

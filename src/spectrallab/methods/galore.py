@@ -333,6 +333,8 @@ class GaLore(Method):
     options = {"rank": 8, "update_proj_gap": 200, "scale": 0.25, "proj_type": "std"}
     freezes_others = False
     init_reads_weight = None  # the projection comes from gradients: a meta-device model is fine
+    needs_optimizer_hooks = ("GaLore's gradient projection (its GaLoreAdamW keeps Adam's moments in a rank-r "
+                             "subspace, refreshed every update_proj_gap steps): this is full-rank training")
 
 
     @classmethod

@@ -277,6 +277,9 @@ class ReLoRA(Method):
                "restart_warmup": 100, "seed": None}
     freezes_others = False
     init_reads_weight = None  # A random, B = 0: a meta-device model is fine (reset_parameters)
+    needs_optimizer_hooks = ("ReLoRA's restarts (merge BA into W and re-initialize every reset_every steps), "
+                             "the pruning of the optimizer state and the jagged LR schedule — without them it is "
+                             "plain LoRA with a trainable rest of the model")
 
 
     @classmethod

@@ -163,6 +163,13 @@ class SORSA(Method):
     freezes_others = True
     init_reads_weight = "it splits the top singular triplets off the pretrained weight (an SVD)"
 
+    @property
+    def needs_optimizer_hooks(self) -> str | None:
+        """The regularizer is a step pre-hook; gamma = 0 has none to miss."""
+        if self.config["gamma"] == 0:
+            return None
+        return "SORSA's orthonormal regularizer (γ·∇L_reg added to the gradient before each step)"
+
     def check(self, layer_name: str, linear: nn.Linear) -> None:
         c = self.config
         check_rank(layer_name, linear, c["rank"])

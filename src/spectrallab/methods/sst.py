@@ -536,6 +536,9 @@ class SST(Method):
                "sampling": "multinomial", "uniform_mix": 0.5, "gradient": "enhanced", "seed": 0}
     freezes_others = False
     init_reads_weight = "it factorizes the weight (an SVD) at apply"
+    needs_optimizer_hooks = ("SST's renormalization after each step (Σ ≥ 0, unit singular vectors), its resampling "
+                             "of the trained singular vectors every resample_every steps, its re-SVDs and the "
+                             "LR warm-up after each period")
 
 
     @classmethod
