@@ -19,7 +19,6 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SmallMLP, fingerprint, same_fingerprint
 from torch import nn
 
 import spectrallab as sl
@@ -27,6 +26,8 @@ from spectrallab.checkpoint import atomic_save
 from spectrallab.methods import base
 from spectrallab.methods.base import AdaptedLinear, LayerCounts, registered
 from spectrallab.methods.options import Option
+
+from conftest import SmallMLP, fingerprint, same_fingerprint
 
 # -- a method written here: registering it is all it takes to be checked like the built-ins -------
 
