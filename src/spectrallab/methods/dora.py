@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import register
+from .base import LayerCounts, register
 from .lora import LoRA, LoRALinear, factors_on_original
 
 
@@ -91,6 +91,19 @@ class DoRALinear(LoRALinear):
     def row_scale(self) -> torch.Tensor:
         """``mag / ‖W + sBA‖_row``: gradient flows to ``mag`` only (the norm is a constant)."""
         return self.magnitude / self.weight_norm()
+
+    def paper_counts(self) -> LayerCounts:
+        """DoRA (Liu et al. 2024, arXiv:2402.09353): LoRA's frozen ``W`` (mn), ``B`` (m×r) and ``A``
+        (r×n), plus the magnitude vector ``mag`` (m): trainable ``r(m+n) + m``, Adam twice that.
+
+        As for LoRA, an init that moves part of ``W`` into ``BA`` (``init="pissa"``, ...) keeps the
+        initial ``B₀, A₀`` as buffers (``r(m+n)`` extra) for the export on the original ``W``.
+        """
+        m, n, r = self.out_features, self.in_features, self.rank
+        adapter = r * (m + n)
+        trainable = (adapter if self.lora_A.requires_grad else r * m) + m
+        return LayerCounts.adam(m * n + adapter + m, trainable,
+                                adapter if getattr(self, "lora_A0", None) is not None else 0)
 
     def as_lora(self) -> DoRAExport:
         """LoRA factors on the original W (rank r, or 2r for an init that moved part of W into BA)

@@ -67,14 +67,13 @@ Trainable parameters per layer: ``nnz`` (+ 1 with the gate).
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import linalg
-from .base import (AdaptedLinear, Method, check_choice, check_finite_weight, check_seed, frozen, layer_generator,
-                   register)
+from .base import AdaptedLinear, LayerCounts, Method, check_finite_weight, frozen, layer_generator, register
+from .options import Option
 
 PATTERNS = ("banded", "random", "topk")
 INITS = ("kaiming", "zeros")
@@ -179,6 +178,16 @@ class SVFTLayer(AdaptedLinear):
         z = (h * self.svft_S).float().index_add(-1, self.svft_rows, sparse.float())
         return F.linear(z.to(h.dtype), self.svft_U, self.bias)
 
+    def paper_counts(self) -> LayerCounts:
+        """SVFT (Lingam et al. 2024, arXiv:2405.19597): frozen ``U`` (m×k), ``S`` (k), ``Vh`` (k×n)
+        replace ``W``; the ``nnz`` values of the sparse ``M`` train, plus the gate scalar ``g`` when
+        this layer has one (the authors' code; the paper's ``W' = U(Σ + M)Vᵀ`` has none): Adam
+        twice that. The pattern's row and column indices are buffers: ``2·nnz`` extra elements
+        (int64 here). ``nnz`` is this layer's own (``k(2d+1) − d(d+1)`` for every pattern)."""
+        m, n, k = self.out_features, self.in_features, self.k
+        trainable = self.nnz + (1 if self.svft_gate is not None else 0)
+        return LayerCounts.adam(k * (m + n) + k + trainable, trainable, 2 * self.nnz)
+
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, k={self.k}, pattern={self.pattern!r}, off_diag={self.off_diag}, "
                 f"nnz={self.nnz}, init={self.init!r}, gate={self.svft_gate is not None}")
@@ -195,22 +204,23 @@ class SVFT(Method):
     by a trainable σ(g), g = 0), ``seed`` (0, for the random pattern). Trainable per layer: nnz (+1).
     """
 
-    options = {"pattern": "banded", "off_diag": 0, "init": "kaiming", "gate": True, "seed": 0}
-
-    @classmethod
-    def option_choices(cls, option: str):
-        return {"pattern": list(PATTERNS), "init": list(INITS)}.get(option)
+    options = {
+        "pattern": Option("banded", "Ω, where M's nonzeros sit: a band (SVFT-P/B), random (SVFT-R) or the "
+                          "top |u_iᵀ v_j| (SVFT-T, square layers)", kind="choice", choices=PATTERNS),
+        "off_diag": Option(0, "d, diagonals on each side of the main one; nnz = k(2d+1) − d(d+1) for every "
+                           "pattern", kind="int", low=0, high="min(out, in) − 1"),
+        "init": Option("kaiming", "how M's values start: Kaiming-normal (authors' code, W' ≠ W at step 0) or "
+                       "zeros (W' = W)", kind="choice", choices=INITS),
+        "gate": Option(True, "scale M by a trainable σ(g), g = 0 at start (authors' code)", kind="bool"),
+        "seed": Option(0, "seed of the random pattern Ω (mixed with the layer's name)", kind="seed"),
+    }
     freezes_others = True
     init_reads_weight = "it replaces the weight by its singular vectors and values (an SVD)"
 
     def check(self, layer_name: str, linear: nn.Linear) -> None:
         c = self.config
-        check_choice(layer_name, "pattern", c["pattern"], PATTERNS)
-        check_choice(layer_name, "init", c["init"], INITS)
         k = min(linear.out_features, linear.in_features)
-        d = c["off_diag"]
-        if isinstance(d, bool) or not isinstance(d, int):
-            raise TypeError(f"layer {layer_name!r}: off_diag must be an int in [0, {k - 1}], got {d!r}")
+        d = c["off_diag"]  # an int (the declaration checked); its bound is the layer's
         if not 0 <= d <= k - 1:
             raise ValueError(f"layer {layer_name!r} ({linear.out_features}×{linear.in_features}): off_diag={d} "
                              f"is outside the allowed range [0, {k - 1}] = [0, min(out, in) − 1]")
@@ -219,9 +229,6 @@ class SVFT(Method):
                              "ranks the alignments u_iᵀ v_j, which exist only when out_features == in_features "
                              "(left and right singular vectors of the same size); restrict targets to square "
                              "layers or use pattern='random' for the same count")
-        if not isinstance(c["gate"], bool):
-            raise TypeError(f"layer {layer_name!r}: gate must be True or False, got {c['gate']!r}")
-        check_seed(layer_name, c["seed"])
         check_finite_weight(layer_name, linear.weight)
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> SVFTLayer:
