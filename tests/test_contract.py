@@ -182,10 +182,13 @@ def bad_values(option: Option) -> list[tuple[str, object, type[Exception], list[
     if option.none is None:
         cases.append(("None", None, TypeError, wrong_type))
     if option.kind != "seed":
+        # A bound given as a phrase depends on the layer or on another option: the range is then
+        # stated with the actual numbers ("[1, 16]", "[0, 2] (it must be shorter than ...)").
+        out_of_range = ["allowed range"] if isinstance(option.high, str) else range_text
         if option.low is not None:
-            cases.append(("below-low", _below(option), ValueError, range_text))
+            cases.append(("below-low", _below(option), ValueError, out_of_range))
         if option.high is not None:
-            cases.append(("above-high", _above(option), ValueError, range_text))
+            cases.append(("above-high", _above(option), ValueError, out_of_range))
     return cases
 
 

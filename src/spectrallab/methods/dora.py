@@ -80,9 +80,10 @@ class DoRALinear(LoRALinear):
         """``‖W + s·BA‖`` per output row (length m), without a dense ``m × n`` temporary; no gradient."""
         with torch.no_grad():
             A, B, s = self.lora_A, self.lora_B, self.scale
-            w_sq = torch.linalg.vector_norm(self.weight, dim=1, dtype=torch.float32).square()
-            wa = F.linear(self.weight, A).float()                     # W Aᵀ, m × r
-            a, b = A.float(), B.float()
+            wide = torch.promote_types(self.weight.dtype, torch.float32)  # at least float32; float64 stays
+            w_sq = torch.linalg.vector_norm(self.weight, dim=1, dtype=wide).square()
+            wa = F.linear(self.weight, A).to(wide)                    # W Aᵀ, m × r
+            a, b = A.to(wide), B.to(wide)
             cross = (b * wa).sum(1)                                   # ⟨B_i, (W Aᵀ)_i⟩
             quad = ((b @ (a @ a.T)) * b).sum(1)                       # ‖(B A)_i‖²
             sq = w_sq + (2 * s) * cross + (s * s) * quad

@@ -77,7 +77,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..linalg import all_finite
-from .base import (AdaptedLinear, LayerCounts, Method, check_choice, check_positive, check_rank, register,
+from .base import (AdaptedLinear, LayerCounts, Method, check_rank, register,
                    reset_linear_)
 from .options import Option, rank_option
 
@@ -271,13 +271,8 @@ def check_group(group: dict[str, Any]) -> None:
     missing = [k for k in GROUP_KEYS if k not in group]
     if missing:
         raise ValueError(f"a GaLore param group (one with 'rank') also needs {', '.join(missing)}")
-    gap = group["update_proj_gap"]
-    if isinstance(gap, bool) or not isinstance(gap, int):
-        raise TypeError(f"update_proj_gap must be an int in [1, inf), got {gap!r}")
-    if gap < 1:
-        raise ValueError(f"update_proj_gap={gap} is outside the allowed range [1, inf)")
-    check_positive("<GaLore group>", "scale", group["scale"])
-    check_choice("<GaLore group>", "proj_type", group["proj_type"], PROJ_TYPES)
+    for key in ("update_proj_gap", "scale", "proj_type"):  # the method's own declarations, one wording
+        GaLore.options[key].validate("a GaLore param group", key, group[key])
     rank = group["rank"]
     for i, p in enumerate(group["params"]):
         if p.dim() != 2:

@@ -152,30 +152,37 @@ class SVFTLayer(AdaptedLinear):
         self.register_buffer("svft_rows", rows.to(W.device))
         self.register_buffer("svft_cols", cols.to(W.device))
         self.nnz = rows.numel()
-        values = torch.zeros(self.nnz, dtype=torch.float32, device=W.device)
+        # M and the gate in at least float32 (as the authors keep them), float64 for a float64 weight
+        wide = torch.promote_types(linear.weight.dtype, torch.float32)
+        values = torch.zeros(self.nnz, dtype=wide, device=W.device)
         if init == "kaiming":
             nn.init.kaiming_normal_(values.unsqueeze(0))             # 1 × nnz: fan-in nnz, std √(2/nnz)
         self.svft_M = nn.Parameter(values)
-        self.svft_gate = nn.Parameter(torch.zeros((), device=W.device)) if gate else None
+        self.svft_gate = nn.Parameter(torch.zeros((), dtype=wide, device=W.device)) if gate else None
+
+    @property
+    def wide(self) -> torch.dtype:
+        """The dtype the core is computed in: the factors' dtype, at least float32."""
+        return torch.promote_types(self.svft_U.dtype, torch.float32)
 
     def coefficients(self) -> torch.Tensor:
-        """The nonzero values of ``σ(g)·M`` (float32, length nnz)."""
+        """The nonzero values of ``σ(g)·M`` (at least float32, length nnz)."""
         return self.svft_M if self.svft_gate is None else self.svft_M * torch.sigmoid(self.svft_gate)
 
     def core(self) -> torch.Tensor:
-        """The dense k × k matrix ``diag(S) + σ(g)·M`` (float32)."""
-        core = torch.diag(self.svft_S.float())
+        """The dense k × k matrix ``diag(S) + σ(g)·M`` (at least float32)."""
+        core = torch.diag(self.svft_S.to(self.wide))
         return core.index_put((self.svft_rows, self.svft_cols), self.coefficients(), accumulate=True)
 
     def effective_weight(self) -> torch.Tensor:
-        dense = self.svft_U.float() @ self.core() @ self.svft_Vh.float()
+        dense = self.svft_U.to(self.wide) @ self.core() @ self.svft_Vh.to(self.wide)
         return dense.to(self.svft_U.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.linear(x, self.svft_Vh)                                 # (…, k)
         # z_i = S_i h_i + Σ_{(i,j)∈Ω} M_ij h_j  — a gather and a scatter-add over the nnz entries
         sparse = h[..., self.svft_cols] * self.coefficients()
-        z = (h * self.svft_S).float().index_add(-1, self.svft_rows, sparse.float())
+        z = (h * self.svft_S).to(self.wide).index_add(-1, self.svft_rows, sparse.to(self.wide))
         return F.linear(z.to(h.dtype), self.svft_U, self.bias)
 
     def paper_counts(self) -> LayerCounts:
