@@ -173,7 +173,6 @@ def test_optimizer_state_shapes_and_counts_by_formula():
             {"step": (), "exp_avg": tuple(p.shape), "exp_avg_sq": tuple(p.shape)}
 
 
-
 @pytest.mark.parametrize("proj_type", PROJ_TYPES)
 def test_paper_counts_are_the_state_the_optimizer_holds(proj_type):
     """The layer's formula (Table 1, and each proj_type's variant) against the tensors in ``opt.state``."""
@@ -190,6 +189,7 @@ def test_paper_counts_are_the_state_the_optimizer_holds(proj_type):
     report = sl.memory_report(model, opt)
     assert all(v in (True, None) for v in report.methods["galore"].matches().values())
     assert any("gradients are full size" in note for note in report.notes)
+
 
 def test_full_projection_keeps_both_sides():
     model = galore_net(rank=3, proj_type="full")

@@ -181,7 +181,8 @@ def test_bad_sparsity_names_the_layer_and_the_range(sparsity, error, message):
 
 @pytest.mark.parametrize("options, error, message", [
     (dict(rank=13, targets=["fc2"]), ValueError, r"layer 'fc2' \(12×32\): rank=13 is outside the allowed range \[1, 12\]"),
-    (dict(rank=4, alpha=-2), ValueError, r"layers 'fc1', 'fc2': alpha=-2 is outside the allowed range \(0, inf\)"),
+    (dict(rank=4, alpha=-2), ValueError,
+     r"layers 'fc1', 'fc2': alpha=-2 is outside the allowed range \(0, inf\)"),
     (dict(rank=4, seed=1.5), TypeError, r"seed must be an int or None"),
     (dict(rank=4, init="pissa"), TypeError, r"unknown option\(s\) init"),
 ])
