@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -264,12 +265,9 @@ def test_optimizer_bad_input(model):
         sl.optimizer(model)
 
 
-def test_shared_validators_name_layer_value_and_range():
-    from spectrallab.methods.base import check_sparsity
-
-    assert check_sparsity("blocks.0.mlp.fc1", 0.03) == 0.03 and check_sparsity("fc", 1) == 1.0
+def test_declared_validation_names_layer_value_and_range():
     for bad in (0, -0.1, 1.5):
         with pytest.raises(ValueError, match=rf"layer 'fc': sparsity={bad} is outside the allowed range \(0, 1\]"):
-            check_sparsity("fc", bad)
-    with pytest.raises(TypeError, match="sparsity must be a number"):
-        check_sparsity("fc", "dense")
+            sl.apply(nn.Sequential(OrderedDict(fc=nn.Linear(8, 8))), "sltrain", rank=2, sparsity=bad)
+    with pytest.raises(TypeError, match="sparsity must be a finite number in"):
+        sl.apply(nn.Sequential(OrderedDict(fc=nn.Linear(8, 8))), "sltrain", rank=2, sparsity="dense")

@@ -313,3 +313,37 @@ def test_vera_adapt_needs_check_on_every_target_first():
     assert isinstance(layer, VeRALinear) and isinstance(layer.projections, VeRAProjections)
     with pytest.raises(RuntimeError, match="call check"):
         spec.adapt("big", big)
+
+
+def test_vera_rank_is_not_bounded_by_the_layer():
+    """The paper uses r > d (r = 1024 on d = 768): a rank above min(out, in) is accepted."""
+    layer = sl.apply(nn.Linear(6, 4), "vera", rank=50)
+    assert layer.lambda_d.shape == (50,) and layer.vera_A.shape == (50, 6)
+    assert layer.paper_counts().trainable == 50 + 4
+
+
+def test_vera_option_errors_name_every_target_before_any_layer(model):
+    """Option errors come once per apply, naming the targets, before any layer is looked at."""
+    with pytest.raises(ValueError, match=r"^layers 'encoder\.fc1', 'encoder\.fc2', 'head': d_initial=0 is not"):
+        sl.apply(model, "vera", d_initial=0.0)
+    with pytest.raises(ValueError, match=r"^layer 'head': projection_prng_key=18446744073709551616 is outside "
+                                         r"the allowed range \[0, 18446744073709551616\)"):
+        sl.apply(model, "vera", projection_prng_key=2**64, targets=["head"])
+
+
+@pytest.mark.parametrize("method, options", [
+    ("dora", {"rank": 3}), ("dora", {"rank": 3, "init": "pissa"}), ("vera", {"rank": 40}),
+])
+def test_memory_report_formula_equals_measurement(model, ids, method, options):
+    """After one AdamW step every row the formula models is "=" (VeRA's shared pair is not a per-layer
+    count: its extra row is left out, not compared)."""
+    sl.apply(model, method, **options)
+    opt = sl.optimizer(model, lr=1e-3)
+    model(ids).square().mean().backward()
+    opt.step()
+    matches = sl.memory_report(model, opt).methods[method].matches()
+    assert matches.pop("buffer_elements") is (None if method == "vera" else True)
+    assert all(matches.values()), matches
+    if method == "dora":   # r(m + n) + m per layer, m the magnitudes
+        expected = sum(3 * (m + n) + m for m, n in [(32, 16), (16, 32), (8, 16)])
+        assert sum(l.paper_counts().trainable for l in sl.adapted_layers(model).values()) == expected

@@ -173,6 +173,24 @@ def test_optimizer_state_shapes_and_counts_by_formula():
             {"step": (), "exp_avg": tuple(p.shape), "exp_avg_sq": tuple(p.shape)}
 
 
+@pytest.mark.parametrize("proj_type", PROJ_TYPES)
+def test_paper_counts_are_the_state_the_optimizer_holds(proj_type):
+    """The layer's formula (Table 1, and each proj_type's variant) against the tensors in ``opt.state``."""
+    rank = 4
+    model = galore_net(rank=rank, proj_type=proj_type)
+    opt = sl.optimizer(model, lr=1e-3)
+    train(model, opt, 1)
+    for layer in (model.fc1, model.fc2):
+        m, n = layer.weight.shape
+        counts = layer.paper_counts()
+        assert (counts.weights, counts.trainable, counts.gradients) == (m * n, m * n, m * n)  # gradients stay mn
+        held = sum(v.numel() for k, v in opt.state[layer.weight].items() if k != "step")
+        assert counts.optimizer_states == held < 2 * m * n
+    report = sl.memory_report(model, opt)
+    assert all(v in (True, None) for v in report.methods["galore"].matches().values())
+    assert any("gradients are full size" in note for note in report.notes)
+
+
 def test_full_projection_keeps_both_sides():
     model = galore_net(rank=3, proj_type="full")
     opt = sl.optimizer(model, lr=1e-3)

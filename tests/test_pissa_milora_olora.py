@@ -392,3 +392,23 @@ def test_lora_with_a_decomposing_init_names_the_layer_with_non_finite_weights(in
     with pytest.raises(ValueError, match=r"layer 'head': weight has 1 non-finite value"):
         sl.apply(model, "lora", rank=2, init=init)
     assert same_fingerprint(before, fingerprint(model))
+
+
+def test_pissa_svd_options_are_declared():
+    """The svd options are declarations (choices, ranges) the widgets and docs read; init is not one."""
+    pissa = sl.method_class("pissa")
+    assert pissa.option_choices("svd") == ["exact", "randomized"]
+    assert pissa.options["n_iter"].default == 4 and pissa.options["oversample"].default == 10
+    assert pissa.options["rank"] is sl.method_class("lora").options["rank"]
+    with pytest.raises(TypeError, match=r"^layer 'head': oversample must be an int in \[0, inf\), got 2\.0"):
+        sl.apply(ThreeLayers(), "pissa", rank=2, oversample=2.0, targets=["head"])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_memory_report_formula_equals_measurement(method, model, ids):
+    sl.apply(model, method, rank=2)
+    opt = sl.optimizer(model, lr=1e-3)
+    model(ids).square().mean().backward()
+    opt.step()
+    matches = sl.memory_report(model, opt).methods[method].matches()
+    assert all(matches.values()), matches       # B₀, A₀ kept as buffers: r(m + n) extra, counted

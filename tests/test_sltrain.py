@@ -165,10 +165,10 @@ def test_deterministic_under_a_seed():
 
 
 @pytest.mark.parametrize("sparsity, error, message", [
-    (0, ValueError, r"layer 'fc1': sparsity=0 is outside the allowed range \(0, 1\]"),
-    (1.5, ValueError, r"layer 'fc1': sparsity=1.5 is outside the allowed range \(0, 1\]"),
-    (-0.03, ValueError, r"layer 'fc1': sparsity=-0.03 is outside the allowed range \(0, 1\]"),
-    ("dense", TypeError, r"layer 'fc1': sparsity must be a number in \(0, 1\]"),
+    (0, ValueError, r"layers 'fc1', 'fc2': sparsity=0 is outside the allowed range \(0, 1\]"),
+    (1.5, ValueError, r"layers 'fc1', 'fc2': sparsity=1.5 is outside the allowed range \(0, 1\]"),
+    (-0.03, ValueError, r"layers 'fc1', 'fc2': sparsity=-0.03 is outside the allowed range \(0, 1\]"),
+    ("dense", TypeError, r"layers 'fc1', 'fc2': sparsity must be a finite number in \(0, 1\]"),
 ])
 def test_bad_sparsity_names_the_layer_and_the_range(sparsity, error, message):
     torch.manual_seed(0)
@@ -181,9 +181,28 @@ def test_bad_sparsity_names_the_layer_and_the_range(sparsity, error, message):
 
 @pytest.mark.parametrize("options, error, message", [
     (dict(rank=13, targets=["fc2"]), ValueError, r"layer 'fc2' \(12×32\): rank=13 is outside the allowed range \[1, 12\]"),
-    (dict(rank=4, alpha=-2), ValueError, r"layer 'fc1': alpha=-2 is outside the allowed range \(0, inf\)"),
+    (dict(rank=4, alpha=-2), ValueError,
+     r"layers 'fc1', 'fc2': alpha=-2 is outside the allowed range \(0, inf\)"),
     (dict(rank=4, seed=1.5), TypeError, r"seed must be an int or None"),
     (dict(rank=4, init="pissa"), TypeError, r"unknown option\(s\) init"),
 ])
 def test_other_bad_input(options, error, message):
     assert_rejected_and_unchanged("sltrain", options, error, message)
+
+
+@pytest.mark.parametrize("sparsity", [1e-4, 0.1, 1.0])
+def test_paper_counts_use_the_layers_own_support_size(sparsity):
+    """``r(m+n) + nnz`` with the layer's nnz: at δ = 1e-4, ⌊δmn + ½⌋ = 0 and the layer keeps 1 value."""
+    model = make(sparsity=sparsity)
+    opt = sl.optimizer(model, lr=1e-3)
+    for layer in (model.fc1, model.fc2):
+        m, n, r = layer.out_features, layer.in_features, layer.rank
+        nnz = layer.sparse_values.numel()
+        assert nnz == layer.sparse_index.numel() == layer.nnz >= 1
+        counts = layer.paper_counts()
+        assert (counts.weights, counts.trainable, counts.extra) == (r * (m + n) + nnz, r * (m + n) + nnz, nnz)
+    if sparsity == 1e-4:
+        assert model.fc1.nnz == 1
+    nn.functional.mse_loss(model(torch.randn(4, 20)), torch.randn(4, 12)).backward()
+    opt.step()
+    assert all(v in (True, None) for v in sl.memory_report(model, opt).methods["sltrain"].matches().values())

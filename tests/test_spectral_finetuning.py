@@ -373,7 +373,7 @@ def test_sorsa_regularizer_keeps_singular_vectors_orthonormal_under_a_large_lr()
 
 
 def test_sorsa_defaults_to_the_authors_mean_reduction():
-    assert sl.method_class("sorsa").options["reduction"] == "mean"
+    assert sl.method_class("sorsa").options["reduction"].default == "mean"
 
 
 # -- SVFT's Top-k pattern (Lingam et al. 2024, §3.1): the positions of largest |u_iᵀ v_j| ------------
@@ -468,3 +468,47 @@ def test_svft_topk_refuses_non_square_layers_and_leaves_the_model_alone(model):
     assert same_fingerprint(before, fingerprint(mixed))
     sl.apply(mixed, "svft", pattern="topk", targets=["0"])                          # square targets only: fine
     assert sl.adapted_layers(mixed)["0"].pattern == "topk"
+
+
+# -- declared options and paper counts ------------------------------------------------------------
+
+def test_cross_option_and_option_errors_come_before_any_layer(model):
+    """check_options / the declarations speak once per apply, naming the targets (not one layer)."""
+    with pytest.raises(ValueError, match=r"^layers 'encoder\.fc1', 'encoder\.fc2', 'head': give rank= or "
+                                         r"energy=, not both \(got rank=2, energy=0\.9\)"):
+        sl.apply(model, "svfit", rank=2, energy=0.9)
+    with pytest.raises(TypeError, match=r"^layer 'head': gate must be True or False, got 1"):
+        sl.apply(model, "svft", gate=1, targets=["head"])
+    with pytest.raises(TypeError, match=r"^layer 'head': seed must be an int, got 0\.5"):
+        sl.apply(model, "svft", seed=0.5, targets=["head"])
+    with pytest.raises(ValueError, match=r"^layer 'head': peak_lr=0 is outside the allowed range \(0, inf\)"):
+        sl.apply(model, "sorsa", peak_lr=0, targets=["head"])
+
+
+def test_svft_off_diag_bound_is_the_layers():
+    """off_diag ≤ min(out, in) − 1 is checked per layer with that layer's numbers."""
+    sl.apply(nn.Linear(16, 8), "svft", off_diag=7)
+    with pytest.raises(ValueError, match=r"\(8×16\): off_diag=8 is outside the allowed range \[0, 7\] = "
+                                         r"\[0, min\(out, in\) − 1\]"):
+        sl.apply(nn.Linear(16, 8), "svft", off_diag=8)
+    assert sl.method_class("svft").options["off_diag"].high == "min(out, in) − 1"
+
+
+@pytest.mark.parametrize("method, options", [
+    ("loraxs", {"rank": 3}), ("svfit", {"energy": 0.8}), ("svft", {"off_diag": 1}),
+    ("svft", {"pattern": "random", "off_diag": 2, "gate": False}), ("sorsa", {"rank": 3}),
+])
+def test_memory_report_formula_equals_measurement(model, ids, method, options):
+    """After one AdamW step the measurement is exactly each layer's paper_counts (every row "=")."""
+    sl.apply(model, method, **options)
+    opt = sl.optimizer(model, lr=1e-3)
+    model(ids).square().mean().backward()
+    opt.step()
+    matches = sl.memory_report(model, opt).methods[method].matches()
+    assert all(matches.values()), matches
+    layers = sl.adapted_layers(model).values()
+    if method == "svfit":  # each layer counts its own r, chosen by energy
+        assert [l.paper_counts().trainable for l in layers] == [l.rank for l in layers]
+    if method == "svft":   # nnz, plus the gate when there is one
+        gate = 1 if options.get("gate", True) else 0
+        assert [l.paper_counts().trainable for l in layers] == [l.nnz + gate for l in layers]

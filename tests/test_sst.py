@@ -523,8 +523,12 @@ BAD = [
     (dict(rank=4, sampling="random"), ValueError,
      r"sampling='random' is not one of 'multinomial', 'uniform', 'sequential', 'top'"),
     (dict(rank=4, gradient="natural"), ValueError, r"gradient='natural' is not one of 'enhanced', 'default'"),
-    (dict(rank=4, resample_every=0), ValueError, r"resample_every=0 is outside the allowed range \[1, inf\]"),
+    (dict(rank=4, resample_every=0), ValueError, r"resample_every=0 is outside the allowed range \[1, inf\)"),
     (dict(rank=4, resample_every=10, warmup=11), ValueError, r"warmup=11 is outside the allowed range \[0, 10\]"),
+    # warmup's upper bound is another option's, so check_options states its whole range (the lower end too)
+    (dict(rank=4, warmup=-1), ValueError,
+     r"layers 'fc1', 'fc2': warmup=-1 is outside the allowed range \[0, 200\] .*resample_every=200"),
+    (dict(rank=4, warmup=2.0), TypeError, r"warmup must be an int"),
     (dict(rank=4, uniform_mix=1.5), ValueError, r"uniform_mix=1.5 is outside the allowed range \[0, 1\]"),
     (dict(rank=4, periods_per_round=0), ValueError, r"periods_per_round=0 is outside"),
     (dict(rank=4, resample_every=2.5), TypeError, r"resample_every must be an int"),

@@ -268,8 +268,7 @@ class Method:
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         """Every option's default value."""
-        # TRANSITION (removed once every method declares Option objects): a bare value is a default.
-        return {name: getattr(option, "default", option) for name, option in cls.options.items()}
+        return {name: option.default for name, option in cls.options.items()}
 
     @classmethod
     def option_choices(cls, option: str) -> list[Any] | None:
@@ -283,8 +282,7 @@ class Method:
     def validate_options(self, layer_names: Sequence[str]) -> None:
         """Check the options against their declarations, then :meth:`check_options`; once per ``apply``,
         before any layer is looked at. ``layer_names`` (the targets) are named in the messages."""
-        # TRANSITION: bare defaults (methods not yet declared with Option) are not validated here.
-        validate({k: o for k, o in self.options.items() if isinstance(o, Option)}, self.config, layer_names)
+        validate(self.options, self.config, layer_names)
         self.check_options(where(layer_names))
 
     def check_options(self, where: str) -> None:
@@ -447,44 +445,12 @@ def check_rank(layer_name: str, linear: nn.Linear, rank: Any) -> int:
     return rank
 
 
-def check_sparsity(layer_name: str, sparsity: Any) -> float:
-    """``sparsity`` (the kept density) must be a number in (0, 1]."""
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
-        raise TypeError(f"layer {layer_name!r}: sparsity must be a number in (0, 1], got {sparsity!r}")
-    if not 0 < sparsity <= 1:
-        raise ValueError(f"layer {layer_name!r}: sparsity={sparsity} is outside the allowed range (0, 1]")
-    return float(sparsity)
-
-
-def check_positive(layer_name: str, option: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"layer {layer_name!r}: {option} must be a finite number > 0, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"layer {layer_name!r}: {option}={value} is outside the allowed range (0, inf)")
-    return float(value)
-
-
-def check_choice(layer_name: str, option: str, value: Any, choices) -> Any:
-    if value not in choices:
-        raise ValueError(f"layer {layer_name!r}: {option}={value!r} is not one of "
-                         f"{', '.join(repr(c) for c in choices)}")
-    return value
-
-
 def check_finite_weight(layer_name: str, weight: torch.Tensor) -> None:
     """Non-finite weights make SVD/QR fail deep inside LAPACK; say which layer instead."""
     if not all_finite(weight.detach()):
         bad = int((~torch.isfinite(weight)).sum())
         raise ValueError(f"layer {layer_name!r}: weight has {bad} non-finite value(s) (NaN or inf); "
                          "an SVD needs all values finite")
-
-
-def check_seed(layer_name: str, seed: Any, allow_none: bool = False) -> None:
-    if seed is None and allow_none:
-        return
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        kind = "an int or None" if allow_none else "an int"
-        raise TypeError(f"layer {layer_name!r}: seed must be {kind}, got {seed!r}")
 
 
 def resolve_seed(seed: int | None) -> int:

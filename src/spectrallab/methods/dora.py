@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import register
+from .base import LayerCounts, register
 from .lora import LoRA, LoRALinear, factors_on_original
 
 
@@ -80,9 +80,10 @@ class DoRALinear(LoRALinear):
         """``‖W + s·BA‖`` per output row (length m), without a dense ``m × n`` temporary; no gradient."""
         with torch.no_grad():
             A, B, s = self.lora_A, self.lora_B, self.scale
-            w_sq = torch.linalg.vector_norm(self.weight, dim=1, dtype=torch.float32).square()
-            wa = F.linear(self.weight, A).float()                     # W Aᵀ, m × r
-            a, b = A.float(), B.float()
+            wide = torch.promote_types(self.weight.dtype, torch.float32)  # at least float32; float64 stays
+            w_sq = torch.linalg.vector_norm(self.weight, dim=1, dtype=wide).square()
+            wa = F.linear(self.weight, A).to(wide)                    # W Aᵀ, m × r
+            a, b = A.to(wide), B.to(wide)
             cross = (b * wa).sum(1)                                   # ⟨B_i, (W Aᵀ)_i⟩
             quad = ((b @ (a @ a.T)) * b).sum(1)                       # ‖(B A)_i‖²
             sq = w_sq + (2 * s) * cross + (s * s) * quad
@@ -91,6 +92,19 @@ class DoRALinear(LoRALinear):
     def row_scale(self) -> torch.Tensor:
         """``mag / ‖W + sBA‖_row``: gradient flows to ``mag`` only (the norm is a constant)."""
         return self.magnitude / self.weight_norm()
+
+    def paper_counts(self) -> LayerCounts:
+        """DoRA (Liu et al. 2024, arXiv:2402.09353): LoRA's frozen ``W`` (mn), ``B`` (m×r) and ``A``
+        (r×n), plus the magnitude vector ``mag`` (m): trainable ``r(m+n) + m``, Adam twice that.
+
+        As for LoRA, an init that moves part of ``W`` into ``BA`` (``init="pissa"``, ...) keeps the
+        initial ``B₀, A₀`` as buffers (``r(m+n)`` extra) for the export on the original ``W``.
+        """
+        m, n, r = self.out_features, self.in_features, self.rank
+        adapter = r * (m + n)
+        trainable = (adapter if self.lora_A.requires_grad else r * m) + m
+        return LayerCounts.adam(m * n + adapter + m, trainable,
+                                adapter if getattr(self, "lora_A0", None) is not None else 0)
 
     def as_lora(self) -> DoRAExport:
         """LoRA factors on the original W (rank r, or 2r for an init that moved part of W into BA)

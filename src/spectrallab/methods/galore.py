@@ -78,7 +78,9 @@ from torch import nn
 
 from ..linalg import all_finite
 from ..optim_hooks import add_step_check
-from .base import AdaptedLinear, Method, check_choice, check_positive, check_rank, register, reset_linear_
+from .base import (AdaptedLinear, LayerCounts, Method, check_rank, register,
+                   reset_linear_)
+from .options import Option, rank_option
 
 PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")
 # What a GaLore param group carries; the same keys as galore-torch's GaLoreAdamW reads, so a group
@@ -270,13 +272,8 @@ def check_group(group: dict[str, Any]) -> None:
     missing = [k for k in GROUP_KEYS if k not in group]
     if missing:
         raise ValueError(f"a GaLore param group (one with 'rank') also needs {', '.join(missing)}")
-    gap = group["update_proj_gap"]
-    if isinstance(gap, bool) or not isinstance(gap, int):
-        raise TypeError(f"update_proj_gap must be an int in [1, inf), got {gap!r}")
-    if gap < 1:
-        raise ValueError(f"update_proj_gap={gap} is outside the allowed range [1, inf)")
-    check_positive("<GaLore group>", "scale", group["scale"])
-    check_choice("<GaLore group>", "proj_type", group["proj_type"], PROJ_TYPES)
+    for key in ("update_proj_gap", "scale", "proj_type"):  # the method's own declarations, one wording
+        GaLore.options[key].validate("a GaLore param group", key, group[key])
     rank = group["rank"]
     for i, p in enumerate(group["params"]):
         if p.dim() != 2:
@@ -296,6 +293,8 @@ class GaLoreLinear(AdaptedLinear):
     """
 
     method = "galore"
+    memory_note = ("GaLore shrinks the optimizer state only: its gradients are full size (the same bytes as full "
+                   "training of those layers) and so are its activations")
 
     def __init__(self, linear: nn.Linear, rank: int, update_proj_gap: int, scale: float, proj_type: str):
         super().__init__(linear.in_features, linear.out_features)
@@ -312,6 +311,27 @@ class GaLoreLinear(AdaptedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
+
+    def paper_counts(self) -> LayerCounts:
+        """GaLore (Zhao et al. 2024, arXiv:2403.03507, Table 1): weights ``mn``, optimizer states
+        ``mr + 2nr`` for ``m ≤ n``.
+
+        The projector ``P`` is taken on the **smaller** side (``proj_type="std"``): the paper's Table 1
+        assumes ``m ≤ n`` and stores ``P ∈ R^{m×r}``, with Adam's two moments on ``PᵀG ∈ R^{r×n}``; the
+        official code does the same, projecting on the right when rows ≥ columns. For any shape that is
+        ``min(m,n)·r + 2·max(m,n)·r``. The other ``proj_type`` values (those of ``galore-torch``) are
+        counted as :class:`GaLoreAdamW` stores them: ``"reverse_std"`` the larger side, ``"left"``
+        ``mr + 2nr``, ``"right"`` ``nr + 2mr``, ``"full"`` both projectors and an ``r × r`` pair of
+        moments. All ``mn`` weights train, so **gradients stay ``mn``**: GaLore saves optimizer state,
+        not gradient memory (the paper's per-layer weight updates, which free each gradient during
+        backward, are a separate trick) and not activation memory (:attr:`memory_note`).
+        """
+        m, n, r = self.out_features, self.in_features, self.rank
+        small, large = min(m, n), max(m, n)
+        states = {"std": small * r + 2 * large * r, "reverse_std": large * r + 2 * small * r,
+                  "left": m * r + 2 * n * r, "right": n * r + 2 * m * r,
+                  "full": (m + n) * r + 2 * r * r}[self.proj_type]
+        return LayerCounts(m * n, m * n, states)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, rank={self.rank}, update_proj_gap={self.update_proj_gap}, "
@@ -330,32 +350,26 @@ class GaLore(Method):
     Optimizer state per weight (m ≥ n, "std"): ``2·m·r`` moments + ``r·n`` for ``P``.
     """
 
-    options = {"rank": 8, "update_proj_gap": 200, "scale": 0.25, "proj_type": "std"}
+    options = {
+        "rank": rank_option(help="r, the rank of the gradient projection P"),
+        "update_proj_gap": Option(200, "T, steps between two SVDs of the gradient (a new P)", kind="int", low=1),
+        "scale": Option(0.25, "α, the scale of the projected-back update (not divided by r)", kind="float",
+                        low=0, low_open=True),
+        "proj_type": Option("std", "which side P multiplies: the smaller (the paper), the larger, left, right "
+                            "or both", kind="choice", choices=PROJ_TYPES),
+    }
     freezes_others = False
     init_reads_weight = None  # the projection comes from gradients: a meta-device model is fine
     needs_optimizer_hooks = ("GaLore's gradient projection (its GaLoreAdamW keeps Adam's moments in a rank-r "
                              "subspace, refreshed every update_proj_gap steps): this is full-rank training")
-
 
     @classmethod
     def period_options(cls, period: int) -> dict:
         """Every ``period`` steps (used by the Playground's "period" knob)."""
         return {"update_proj_gap": period}
 
-    @classmethod
-    def option_choices(cls, option: str) -> list[Any] | None:
-        return list(PROJ_TYPES) if option == "proj_type" else None
-
     def check(self, layer_name: str, linear: nn.Linear) -> None:
-        c = self.config
-        check_rank(layer_name, linear, c["rank"])
-        gap = c["update_proj_gap"]
-        if isinstance(gap, bool) or not isinstance(gap, int):
-            raise TypeError(f"layer {layer_name!r}: update_proj_gap must be an int in [1, inf), got {gap!r}")
-        if gap < 1:
-            raise ValueError(f"layer {layer_name!r}: update_proj_gap={gap} is outside the allowed range [1, inf)")
-        check_positive(layer_name, "scale", c["scale"])
-        check_choice(layer_name, "proj_type", c["proj_type"], PROJ_TYPES)
+        check_rank(layer_name, linear, self.config["rank"])  # the options themselves: validate_options
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> GaLoreLinear:
         c = self.config

@@ -39,14 +39,13 @@ in the weight's dtype). Trainable parameters per layer: ``r²``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import linalg
-from .base import AdaptedLinear, Method, check_finite_weight, check_positive, check_rank, frozen, register
+from .base import AdaptedLinear, LayerCounts, Method, check_finite_weight, check_rank, frozen, register
+from .options import Option, alpha_option, rank_option
 
 
 class LoRAXSLinear(AdaptedLinear):
@@ -90,6 +89,13 @@ class LoRAXSLinear(AdaptedLinear):
         out = F.linear(x, self.weight, self.bias)
         return out.add_(F.linear(F.linear(F.linear(x, self.xs_A), self.xs_R), self.xs_B), alpha=self.scale)
 
+    def paper_counts(self) -> LayerCounts:
+        """LoRA-XS (Bałazy et al. 2024, arXiv:2405.17604): frozen ``W`` (mn), ``B = U_r`` (m×r) and
+        ``A = diag(S_r)Vh_r`` (r×n), and the trained ``r × r`` matrix ``R``: ``r²`` trainable,
+        whatever the layer size; Adam ``2r²``."""
+        m, n, r = self.out_features, self.in_features, self.rank
+        return LayerCounts.adam(m * n + r * (m + n) + r * r, r * r)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}"
 
@@ -102,18 +108,16 @@ class LoRAXS(Method):
     deviation of the Gaussian init of ``R``; 0 gives ``R = 0``). Trainable per layer: ``r²``.
     """
 
-    options = {"rank": 8, "alpha": None, "init_std": 1e-5}
+    options = {
+        "rank": rank_option(help="r, the number of top singular directions; R is r × r"),
+        "alpha": alpha_option(),
+        "init_std": Option(1e-5, "σ of R's Gaussian init (authors' code: 1e-5; 0 gives R = 0, W' = W)", low=0),
+    }
     freezes_others = True
     init_reads_weight = "its frozen factors are the top singular vectors of the pretrained weight (an SVD)"
 
     def check(self, layer_name: str, linear: nn.Linear) -> None:
-        c = self.config
-        check_rank(layer_name, linear, c["rank"])
-        if c["alpha"] is not None:
-            check_positive(layer_name, "alpha", c["alpha"])
-        std = c["init_std"]
-        if isinstance(std, bool) or not isinstance(std, (int, float)) or not math.isfinite(std) or std < 0:
-            raise ValueError(f"layer {layer_name!r}: init_std={std!r} is outside the allowed range [0, inf)")
+        check_rank(layer_name, linear, self.config["rank"])
         check_finite_weight(layer_name, linear.weight)
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> LoRAXSLinear:

@@ -61,8 +61,9 @@ import torch
 from torch import nn
 
 from ..linalg import as_matrix, svd
-from .base import check_choice, check_finite_weight, register
+from .base import check_finite_weight, register
 from .lora import LoRA, LoRALinear, register_init
+from .options import Option
 
 
 class _SVDSettings(NamedTuple):
@@ -141,18 +142,13 @@ class PiSSA(InitLoRA):
     """
 
     init_name = "pissa"
-    options = {**InitLoRA.options, "svd": "exact", "n_iter": 4, "oversample": 10}
-
-    def check(self, layer_name: str, linear: nn.Linear) -> None:
-        c = self.config
-        check_choice(layer_name, "svd", c["svd"], ("exact", "randomized"))
-        for option in ("n_iter", "oversample"):
-            value = c[option]
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"layer {layer_name!r}: {option} must be an int >= 0, got {value!r}")
-            if value < 0:
-                raise ValueError(f"layer {layer_name!r}: {option}={value} is outside the allowed range [0, inf)")
-        super().check(layer_name, linear)
+    options = {
+        **InitLoRA.options,
+        "svd": Option("exact", "how the top-r triplets are found: the full SVD or a randomized one (Halko et al.)",
+                      kind="choice", choices=("exact", "randomized")),
+        "n_iter": Option(4, "power iterations of the randomized SVD (PEFT's pissa_niter_K: K)", kind="int", low=0),
+        "oversample": Option(10, "extra sketch columns of the randomized SVD (PEFT: 0)", kind="int", low=0),
+    }
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> LoRALinear:
         c = self.config

@@ -91,8 +91,9 @@ from torch import nn
 
 from ..linalg import all_finite
 from ..optim_hooks import add_lr_multiplier, add_step_check
-from .base import (AdaptedLinear, Method, check_choice, check_positive, check_rank, check_seed, counter, drawing,
-                   frozen, generator_state, layer_generator, register, reset_linear_, resolve_seed)
+from .base import (AdaptedLinear, LayerCounts, Method, check_rank, counter, drawing, frozen, generator_state,
+                   layer_generator, register, reset_linear_, resolve_seed)
+from .options import Option, alpha_option, rank_option
 
 PRUNE_MODES = ("random", "magnitude", "reset")
 
@@ -203,6 +204,16 @@ class ReLoRALinear(AdaptedLinear):
                     raise ValueError(f"layer {layer_name!r}: the {what} of {name} has {bad} non-finite value(s) "
                                      f"(NaN or inf) at step {step}, which merges B·A into W; nothing was updated")
 
+    def paper_counts(self) -> LayerCounts:
+        """ReLoRA (Lialin et al. 2024, arXiv:2307.05695) counts as LoRA (Hu et al. 2021): frozen ``W``
+        (mn) plus ``B`` (m×r) and ``A`` (r×n); trainable ``r(m+n)``, Adam ``2r(m+n)`` (the GaLore
+        paper's Table 1 counts LoRA so too). Between restarts it is that layer: merging ``BA`` into
+        ``W`` changes no size, and pruning Adam's state zeroes it without freeing it. The random
+        stream and the restart clock are small state buffers (``state_buffers``), outside the count.
+        """
+        m, n, r = self.out_features, self.in_features, self.rank
+        return LayerCounts.adam(m * n + r * (m + n), r * (m + n))
+
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, "
                 f"restarts={self.restarts}")
@@ -273,47 +284,40 @@ class ReLoRA(Method):
     :func:`spectrallab.optimizer`. Trainable per layer: ``r(m + n)`` (+ bias).
     """
 
-    options = {"rank": 8, "alpha": None, "reset_every": 2000, "prune": "random", "prune_ratio": 0.999,
-               "restart_warmup": 100, "seed": None}
+    options = {
+        "rank": rank_option(),
+        "alpha": alpha_option(),
+        "reset_every": Option(2000, "T, optimizer steps between two merge-and-reinits", kind="int", low=1),
+        "prune": Option("random", "how the LoRA optimizer state is pruned at a reset (Algorithm 1)",
+                        kind="choice", choices=PRUNE_MODES),
+        "prune_ratio": Option(0.999, "the share of that state zeroed at a reset (ReLoRA* uses 0.99)",
+                              kind="float", low=0, high=1),
+        # The upper bound is another option's: check_options enforces the whole range.
+        "restart_warmup": Option(100, "steps of linear LR re-warm-up after each reset (0: none)", kind="int",
+                                 low=0, high="reset_every − 1"),
+        "seed": Option(None, "seeds the layers' streams (A, re-drawn As, pruning masks) with the layer name",
+                       kind="seed", none="drawn from torch's global generator"),
+    }
     freezes_others = False
     init_reads_weight = None  # A random, B = 0: a meta-device model is fine (reset_parameters)
     needs_optimizer_hooks = ("ReLoRA's restarts (merge BA into W and re-initialize every reset_every steps), "
                              "the pruning of the optimizer state and the jagged LR schedule — without them it is "
                              "plain LoRA with a trainable rest of the model")
 
-
     @classmethod
     def period_options(cls, period: int) -> dict:
         """Every ``period`` steps (used by the Playground's "period" knob)."""
         return {"reset_every": period, "restart_warmup": min(period - 1, max(1, period // 10))}
 
-    @classmethod
-    def option_choices(cls, option: str):
-        return list(PRUNE_MODES) if option == "prune" else None
+    def check_options(self, where: str) -> None:
+        """The restart warm-up must end before the next reset: ``0 ≤ restart_warmup < reset_every``."""
+        T, W = self.config["reset_every"], self.config["restart_warmup"]
+        if not 0 <= W < T:
+            raise ValueError(f"{where}: restart_warmup={W} is outside the allowed range "
+                             f"[0, {T - 1}] (it must be shorter than reset_every={T})")
 
     def check(self, layer_name: str, linear: nn.Linear) -> None:
-        c = self.config
-        check_rank(layer_name, linear, c["rank"])
-        if c["alpha"] is not None:
-            check_positive(layer_name, "alpha", c["alpha"])
-        T = c["reset_every"]
-        if isinstance(T, bool) or not isinstance(T, int):
-            raise TypeError(f"layer {layer_name!r}: reset_every must be an int in [1, inf), got {T!r}")
-        if T < 1:
-            raise ValueError(f"layer {layer_name!r}: reset_every={T} is outside the allowed range [1, inf)")
-        W = c["restart_warmup"]
-        if isinstance(W, bool) or not isinstance(W, int):
-            raise TypeError(f"layer {layer_name!r}: restart_warmup must be an int in [0, {T - 1}], got {W!r}")
-        if not 0 <= W < T:
-            raise ValueError(f"layer {layer_name!r}: restart_warmup={W} is outside the allowed range "
-                             f"[0, {T - 1}] (it must be shorter than reset_every={T})")
-        check_choice(layer_name, "prune", c["prune"], PRUNE_MODES)
-        p = c["prune_ratio"]
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p):
-            raise TypeError(f"layer {layer_name!r}: prune_ratio must be a number in [0, 1], got {p!r}")
-        if not 0 <= p <= 1:
-            raise ValueError(f"layer {layer_name!r}: prune_ratio={p} is outside the allowed range [0, 1]")
-        check_seed(layer_name, c["seed"], allow_none=True)
+        check_rank(layer_name, linear, self.config["rank"])  # the options themselves: validate_options
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> ReLoRALinear:
         c = self.config

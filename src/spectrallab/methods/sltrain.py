@@ -52,8 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (AdaptedLinear, Method, check_positive, check_rank, check_seed, check_sparsity, layer_generator,
-                   register, resolve_seed)
+from .base import AdaptedLinear, LayerCounts, Method, check_rank, layer_generator, register, resolve_seed
+from .options import Option, alpha_option, rank_option
 from .relora import kaiming_factor, round_half_up
 
 
@@ -142,6 +142,18 @@ class SLTrainLinear(AdaptedLinear):
         out = F.linear(x, self.sparse_weight(), self.bias)
         return out.add_(F.linear(F.linear(x, self.lora_A), self.lora_B), alpha=self.scale)
 
+    def paper_counts(self) -> LayerCounts:
+        """SLTrain (Han et al. 2024, arXiv:2406.02214): ``W = s·BA + S`` with no dense ``W``; ``B``
+        (m×r), ``A`` (r×n) and the ``nnz ≈ δmn`` values of ``S`` train: ``r(m+n) + nnz``, Adam twice
+        that. The fixed random support needs its indices too: ``nnz`` extra elements (one flat index per
+        value; their width is the implementation's choice, so the report gives elements, and bytes as
+        measured). ``nnz`` is this layer's own support size (:func:`support_size`: ``⌊δmn + ½⌋``
+        clamped to ``[1, mn]``), not recomputed from δ.
+        """
+        m, n, r = self.out_features, self.in_features, self.rank
+        trainable = r * (m + n) + self.nnz
+        return LayerCounts.adam(trainable, trainable, self.nnz)
+
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, "
                 f"nnz={self.nnz} (density {self.density:.4f})")
@@ -157,17 +169,19 @@ class SLTrain(Method):
     layer: ``r(m + n) + nnz`` (+ bias), ``nnz = ⌊δ·m·n + ½⌋``.
     """
 
-    options = {"rank": 8, "alpha": None, "sparsity": 0.03, "seed": None}
+    options = {
+        "rank": rank_option(help="r, the rank of the low-rank part B A"),
+        "alpha": alpha_option(),
+        "sparsity": Option(0.03, "δ, the kept density of the sparse part S (nnz = ⌊δmn + ½⌋)", kind="float",
+                           low=0, high=1, low_open=True),
+        "seed": Option(None, "seeds the layers' streams (A, the support, the values) with the layer name",
+                       kind="seed", none="drawn from torch's global generator"),
+    }
     freezes_others = False
     init_reads_weight = None  # W is dropped anyway: a meta-device model is fine (reset_parameters)
 
     def check(self, layer_name: str, linear: nn.Linear) -> None:
-        c = self.config
-        check_rank(layer_name, linear, c["rank"])
-        if c["alpha"] is not None:
-            check_positive(layer_name, "alpha", c["alpha"])
-        check_sparsity(layer_name, c["sparsity"])
-        check_seed(layer_name, c["seed"], allow_none=True)
+        check_rank(layer_name, linear, self.config["rank"])  # the options themselves: validate_options
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> SLTrainLinear:
         c = self.config

@@ -62,14 +62,13 @@ Trainable parameters per layer: ``r(m + n) + r``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import linalg
-from .base import AdaptedLinear, Method, check_choice, check_finite_weight, check_rank, frozen, register
+from .base import AdaptedLinear, LayerCounts, Method, check_finite_weight, check_rank, frozen, register
+from .options import Option, rank_option
 
 
 def _norm_grad(E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,6 +143,15 @@ class SORSALinear(AdaptedLinear):
         _, dir_b = _norm_grad(B.T @ B - eye)
         return 2 * dir_a @ A, 2 * B @ dir_b
 
+    def paper_counts(self) -> LayerCounts:
+        """SORSA (Cao 2024, arXiv:2409.00055): frozen residual ``W_res`` (mn) plus the trained ``A``
+        (r×n), ``S_p`` (r) and ``B`` (m×r): ``r(m+n) + r`` trainable, Adam twice that. This library
+        also keeps the initial ``A₀, S₀, B₀`` as buffers (``r(m+n) + r`` extra, not in the paper) for
+        the rank-2r PEFT export (:meth:`as_lora`)."""
+        m, n, r = self.out_features, self.in_features, self.rank
+        trainable = r * (m + n) + r
+        return LayerCounts.adam(m * n + trainable, trainable, trainable)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rank={self.rank}"
 
@@ -153,13 +161,21 @@ class SORSA(Method):
     """Trainable top-r singular triplets over a frozen residual, with an orthonormal regularizer.
 
     Options: ``rank`` (8); ``gamma`` (4e-4; 0 disables the regularizer); ``peak_lr`` (None: the
-    optimizer's configured lr, per parameter group); ``reduction`` ("mean": averaged over the 2·L matrices, as the authors' code — the
-    default | "sum": per-layer ``‖AAᵀ−I‖_F + ‖BᵀB−I‖_F``).
+    optimizer's configured lr, per parameter group); ``reduction`` ("mean": averaged over the 2·L
+    matrices, as the authors' code — the default | "sum": per-layer ``‖AAᵀ−I‖_F + ‖BᵀB−I‖_F``).
     The regularizer is applied by :func:`spectrallab.optimizer` (a step pre-hook adding
     ``(γ/η)·∇L_reg`` after clipping). Trainable per layer: ``r(m + n) + r``.
     """
 
-    options = {"rank": 8, "gamma": 4e-4, "peak_lr": None, "reduction": "mean"}
+    options = {
+        "rank": rank_option(help="r, how many top singular triplets (B, S_p, A) train"),
+        "gamma": Option(4e-4, "γ, the weight of the orthonormal regularizer (authors' scripts: 4e-4; 0: off)",
+                        low=0),
+        "peak_lr": Option(None, "η in γ/η, the peak learning rate", low=0, low_open=True,
+                          none="the optimizer's configured lr, per parameter group"),
+        "reduction": Option("mean", "L_reg averaged over the 2·L matrices (authors' code) or summed per layer",
+                            kind="choice", choices=("mean", "sum")),
+    }
     freezes_others = True
     init_reads_weight = "it splits the top singular triplets off the pretrained weight (an SVD)"
 
@@ -171,15 +187,7 @@ class SORSA(Method):
         return "SORSA's orthonormal regularizer (γ·∇L_reg added to the gradient before each step)"
 
     def check(self, layer_name: str, linear: nn.Linear) -> None:
-        c = self.config
-        check_rank(layer_name, linear, c["rank"])
-        g = c["gamma"]
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
-            raise ValueError(f"layer {layer_name!r}: gamma={g!r} is outside the allowed range [0, inf)")
-        p = c["peak_lr"]
-        if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p <= 0):
-            raise ValueError(f"layer {layer_name!r}: peak_lr={p!r} is outside the allowed range (0, inf) (or None)")
-        check_choice(layer_name, "reduction", c["reduction"], ("sum", "mean"))
+        check_rank(layer_name, linear, self.config["rank"])
         check_finite_weight(layer_name, linear.weight)
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> SORSALinear:

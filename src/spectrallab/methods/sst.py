@@ -164,8 +164,9 @@ from torch.autograd.function import once_differentiable
 
 from .. import linalg
 from ..optim_hooks import add_lr_multiplier, add_step_check
-from .base import (AdaptedLinear, Method, check_choice, check_finite_weight, check_rank, check_seed, counter,
-                   drawing, frozen, generator_state, layer_generator, register)
+from .base import (AdaptedLinear, LayerCounts, Method, check_finite_weight, check_rank, counter, drawing, frozen,
+                   generator_state, layer_generator, register)
+from .options import Option, rank_option
 
 SAMPLINGS = ("multinomial", "uniform", "sequential", "top")
 GRADIENTS = ("enhanced", "default")
@@ -476,6 +477,20 @@ class SSTLayer(AdaptedLinear):
                                      f"value(s) (NaN or inf) at step {step}, which ends a period (resampling "
                                      "and re-SVD need finite values); nothing was updated")
 
+    def paper_counts(self) -> LayerCounts:
+        """Sparse Spectral Training (Zhao et al., arXiv:2405.15481): ``W = U diag(Σ) Vh`` with all
+        ``k`` singular values and ``r`` sampled singular vectors trained at a time: ``r(m+n) + k``
+        trainable, Adam ``2(r(m+n) + k)`` (the memory-efficient implementation of the paper's §4.5).
+
+        The other ``k − r`` columns of ``U`` and rows of ``Vh`` are stored frozen, so the weights held are
+        all of ``U``, ``Σ`` and ``Vh``: ``k(m+n) + k`` — for a square layer about **twice** a dense
+        ``W``. SST saves trainable parameters, gradients and optimizer state, not weight storage. This
+        layer also keeps which singular index each slot holds (``active_index``, ``frozen_index``: ``k``
+        integers, extra; not in the paper).
+        """
+        m, n, r, k = self.out_features, self.in_features, self.rank, self.k
+        return LayerCounts.adam(k * (m + n) + k, r * (m + n) + k, k)
+
     def _record(self, step: int | None, resvd: bool) -> None:
         self.history.append({"period": self.period, "step": step, "active": sorted(self.active_index.tolist()),
                              "sigma": self.S.detach().float().cpu().tolist(), "resvd": resvd})
@@ -532,40 +547,43 @@ class SST(Method):
     (a pre-training method). See the module docstring for the algorithm and the choices made.
     """
 
-    options = {"rank": 8, "resample_every": 200, "warmup": 20, "periods_per_round": None,
-               "sampling": "multinomial", "uniform_mix": 0.5, "gradient": "enhanced", "seed": 0}
+    options = {
+        "rank": rank_option(help="r, singular vectors trained per period"),
+        "resample_every": Option(200, "T3, steps per period", kind="int", low=1),
+        # The upper bound is another option's: check_options enforces the whole range.
+        "warmup": Option(20, "LR warm-up steps at the start of every period after the first (0: none)",
+                         kind="int", low=0, high="resample_every"),
+        "periods_per_round": Option(None, "T2, periods between two re-SVDs", kind="int", low=1,
+                                    none="⌈k/r⌉ per layer, one sweep"),
+        "sampling": Option("multinomial", "how the r active indices are drawn each period", kind="choice",
+                           choices=SAMPLINGS),
+        "uniform_mix": Option(0.5, "μ, the uniform share of the multinomial probabilities", kind="float",
+                              low=0, high=1),
+        "gradient": Option("enhanced", "what backward writes: ∂L/∂W·V_{·i} (enhanced) or Σ_i times it (default)",
+                           kind="choice", choices=GRADIENTS),
+        "seed": Option(0, "seeds every layer's sampling generator (with the layer's name)", kind="seed"),
+    }
     freezes_others = False
     init_reads_weight = "it factorizes the weight (an SVD) at apply"
     needs_optimizer_hooks = ("SST's renormalization after each step (Σ ≥ 0, unit singular vectors), its resampling "
                              "of the trained singular vectors every resample_every steps, its re-SVDs and the "
                              "LR warm-up after each period")
 
-
     @classmethod
     def period_options(cls, period: int) -> dict:
         """Every ``period`` steps (used by the Playground's "period" knob)."""
         return {"resample_every": period, "warmup": min(period, max(1, period // 10))}
 
-    @classmethod
-    def option_choices(cls, option: str):
-        return {"sampling": list(SAMPLINGS), "gradient": list(GRADIENTS)}.get(option)
+    def check_options(self, where: str) -> None:
+        """A period's warm-up fits in the period: ``0 ≤ warmup ≤ resample_every``."""
+        T, W = self.config["resample_every"], self.config["warmup"]
+        if not 0 <= W <= T:
+            raise ValueError(f"{where}: warmup={W} is outside the allowed range [0, {T}] "
+                             f"(it must not exceed resample_every={T})")
 
     def check(self, layer_name: str, linear: nn.Linear) -> None:
-        c = self.config
-        check_rank(layer_name, linear, c["rank"])
-        _check_int(layer_name, "resample_every", c["resample_every"], 1)
-        _check_int(layer_name, "warmup", c["warmup"], 0, c["resample_every"])
-        if c["periods_per_round"] is not None:
-            _check_int(layer_name, "periods_per_round", c["periods_per_round"], 1)
-        check_choice(layer_name, "sampling", c["sampling"], SAMPLINGS)
-        check_choice(layer_name, "gradient", c["gradient"], GRADIENTS)
-        mix = c["uniform_mix"]
-        if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not math.isfinite(mix):
-            raise TypeError(f"layer {layer_name!r}: uniform_mix must be a number in [0, 1], got {mix!r}")
-        if not 0 <= mix <= 1:
-            raise ValueError(f"layer {layer_name!r}: uniform_mix={mix} is outside the allowed range [0, 1]")
-        check_seed(layer_name, c["seed"])
-        check_finite_weight(layer_name, linear.weight)
+        check_rank(layer_name, linear, self.config["rank"])  # the options themselves: validate_options
+        check_finite_weight(layer_name, linear.weight)       # the SVD at apply needs finite values
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> SSTLayer:
         c = self.config
@@ -619,12 +637,3 @@ class SST(Method):
         # (No pre-step hook: the enhanced gradient is already what backward wrote into .grad.)
         add_step_check(optimizer, check)
         optimizer.register_step_post_hook(after_step)
-
-
-def _check_int(layer_name: str, option: str, value: Any, low: int, high: int | None = None) -> int:
-    allowed = f"[{low}, {'inf' if high is None else high}]"
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"layer {layer_name!r}: {option} must be an int in {allowed}, got {value!r}")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"layer {layer_name!r}: {option}={value} is outside the allowed range {allowed}")
-    return value

@@ -40,14 +40,13 @@ Trainable parameters per layer: ``r``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import linalg
-from .base import AdaptedLinear, Method, check_finite_weight, check_rank, frozen, register
+from .base import AdaptedLinear, LayerCounts, Method, check_finite_weight, check_rank, frozen, register
+from .options import Option
 
 
 class SVFitLinear(AdaptedLinear):
@@ -93,6 +92,16 @@ class SVFitLinear(AdaptedLinear):
         h = F.linear(x, self.svfit_Vh) * self.delta_sigma().to(x.dtype)
         return out.add_(F.linear(h, self.svfit_U))
 
+    def paper_counts(self) -> LayerCounts:
+        """SVFit (Sun et al. 2024, arXiv:2409.05926): only the top-r singular values train (``r``,
+        this layer's own r: ``energy=`` chooses it per layer), Adam ``2r``.
+
+        Stored as this library does: ``W`` (mn), ``U_r`` (m×r), ``Vh_r`` (r×n), the initial ``σ_r``
+        and the trained ``σ`` (r each): ``mn + r(m+n) + 2r``.
+        """
+        m, n, r = self.out_features, self.in_features, self.rank
+        return LayerCounts.adam(m * n + r * (m + n) + 2 * r, r)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rank={self.rank}, energy={self.energy:.4f}"
 
@@ -106,24 +115,25 @@ class SVFit(Method):
     Trainable per layer: ``r``.
     """
 
-    options = {"rank": None, "energy": None}
+    options = {
+        "rank": Option(None, "r, how many of the top singular values σ train", kind="int", low=1,
+                       high="min(out, in)", none="chosen per layer by energy"),
+        "energy": Option(None, "f, the fraction of Σσ_i² the top-r values must capture (r chosen per layer)",
+                         low=0, low_open=True, high=1, none="0.99 unless rank is given"),
+    }
     freezes_others = True
     init_reads_weight = "it starts from the singular values and vectors of the pretrained weight (an SVD)"
     default_energy = 0.99
 
-    def check(self, layer_name: str, linear: nn.Linear) -> None:
+    def check_options(self, where: str) -> None:
         c = self.config
         if c["rank"] is not None and c["energy"] is not None:
-            raise ValueError(f"layer {layer_name!r}: give rank= or energy=, not both "
+            raise ValueError(f"{where}: give rank= or energy=, not both "
                              f"(got rank={c['rank']!r}, energy={c['energy']!r})")
-        if c["rank"] is not None:
-            check_rank(layer_name, linear, c["rank"])
-        if c["energy"] is not None:
-            e = c["energy"]
-            if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e):
-                raise TypeError(f"layer {layer_name!r}: energy must be a number in (0, 1], got {e!r}")
-            if not 0 < e <= 1:
-                raise ValueError(f"layer {layer_name!r}: energy={e} is outside the allowed range (0, 1]")
+
+    def check(self, layer_name: str, linear: nn.Linear) -> None:
+        if self.config["rank"] is not None:
+            check_rank(layer_name, linear, self.config["rank"])
         check_finite_weight(layer_name, linear.weight)
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> SVFitLinear:

@@ -67,14 +67,13 @@ Trainable parameters per layer: ``nnz`` (+ 1 with the gate).
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import linalg
-from .base import (AdaptedLinear, Method, check_choice, check_finite_weight, check_seed, frozen, layer_generator,
-                   register)
+from .base import AdaptedLinear, LayerCounts, Method, check_finite_weight, frozen, layer_generator, register
+from .options import Option
 
 PATTERNS = ("banded", "random", "topk")
 INITS = ("kaiming", "zeros")
@@ -153,31 +152,48 @@ class SVFTLayer(AdaptedLinear):
         self.register_buffer("svft_rows", rows.to(W.device))
         self.register_buffer("svft_cols", cols.to(W.device))
         self.nnz = rows.numel()
-        values = torch.zeros(self.nnz, dtype=torch.float32, device=W.device)
+        # M and the gate in at least float32 (as the authors keep them), float64 for a float64 weight
+        wide = torch.promote_types(linear.weight.dtype, torch.float32)
+        values = torch.zeros(self.nnz, dtype=wide, device=W.device)
         if init == "kaiming":
             nn.init.kaiming_normal_(values.unsqueeze(0))             # 1 × nnz: fan-in nnz, std √(2/nnz)
         self.svft_M = nn.Parameter(values)
-        self.svft_gate = nn.Parameter(torch.zeros((), device=W.device)) if gate else None
+        self.svft_gate = nn.Parameter(torch.zeros((), dtype=wide, device=W.device)) if gate else None
+
+    @property
+    def wide(self) -> torch.dtype:
+        """The dtype the core is computed in: the factors' dtype, at least float32."""
+        return torch.promote_types(self.svft_U.dtype, torch.float32)
 
     def coefficients(self) -> torch.Tensor:
-        """The nonzero values of ``σ(g)·M`` (float32, length nnz)."""
+        """The nonzero values of ``σ(g)·M`` (at least float32, length nnz)."""
         return self.svft_M if self.svft_gate is None else self.svft_M * torch.sigmoid(self.svft_gate)
 
     def core(self) -> torch.Tensor:
-        """The dense k × k matrix ``diag(S) + σ(g)·M`` (float32)."""
-        core = torch.diag(self.svft_S.float())
+        """The dense k × k matrix ``diag(S) + σ(g)·M`` (at least float32)."""
+        core = torch.diag(self.svft_S.to(self.wide))
         return core.index_put((self.svft_rows, self.svft_cols), self.coefficients(), accumulate=True)
 
     def effective_weight(self) -> torch.Tensor:
-        dense = self.svft_U.float() @ self.core() @ self.svft_Vh.float()
+        dense = self.svft_U.to(self.wide) @ self.core() @ self.svft_Vh.to(self.wide)
         return dense.to(self.svft_U.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.linear(x, self.svft_Vh)                                 # (…, k)
         # z_i = S_i h_i + Σ_{(i,j)∈Ω} M_ij h_j  — a gather and a scatter-add over the nnz entries
         sparse = h[..., self.svft_cols] * self.coefficients()
-        z = (h * self.svft_S).float().index_add(-1, self.svft_rows, sparse.float())
+        z = (h * self.svft_S).to(self.wide).index_add(-1, self.svft_rows, sparse.to(self.wide))
         return F.linear(z.to(h.dtype), self.svft_U, self.bias)
+
+    def paper_counts(self) -> LayerCounts:
+        """SVFT (Lingam et al. 2024, arXiv:2405.19597): frozen ``U`` (m×k), ``S`` (k), ``Vh`` (k×n)
+        replace ``W``; the ``nnz`` values of the sparse ``M`` train, plus the gate scalar ``g`` when
+        this layer has one (the authors' code; the paper's ``W' = U(Σ + M)Vᵀ`` has none): Adam
+        twice that. The pattern's row and column indices are buffers: ``2·nnz`` extra elements
+        (int64 here). ``nnz`` is this layer's own (``k(2d+1) − d(d+1)`` for every pattern)."""
+        m, n, k = self.out_features, self.in_features, self.k
+        trainable = self.nnz + (1 if self.svft_gate is not None else 0)
+        return LayerCounts.adam(k * (m + n) + k + trainable, trainable, 2 * self.nnz)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, k={self.k}, pattern={self.pattern!r}, off_diag={self.off_diag}, "
@@ -195,22 +211,23 @@ class SVFT(Method):
     by a trainable σ(g), g = 0), ``seed`` (0, for the random pattern). Trainable per layer: nnz (+1).
     """
 
-    options = {"pattern": "banded", "off_diag": 0, "init": "kaiming", "gate": True, "seed": 0}
-
-    @classmethod
-    def option_choices(cls, option: str):
-        return {"pattern": list(PATTERNS), "init": list(INITS)}.get(option)
+    options = {
+        "pattern": Option("banded", "Ω, where M's nonzeros sit: a band (SVFT-P/B), random (SVFT-R) or the "
+                          "top |u_iᵀ v_j| (SVFT-T, square layers)", kind="choice", choices=PATTERNS),
+        "off_diag": Option(0, "d, diagonals on each side of the main one; nnz = k(2d+1) − d(d+1) for every "
+                           "pattern", kind="int", low=0, high="min(out, in) − 1"),
+        "init": Option("kaiming", "how M's values start: Kaiming-normal (authors' code, W' ≠ W at step 0) or "
+                       "zeros (W' = W)", kind="choice", choices=INITS),
+        "gate": Option(True, "scale M by a trainable σ(g), g = 0 at start (authors' code)", kind="bool"),
+        "seed": Option(0, "seed of the random pattern Ω (mixed with the layer's name)", kind="seed"),
+    }
     freezes_others = True
     init_reads_weight = "it replaces the weight by its singular vectors and values (an SVD)"
 
     def check(self, layer_name: str, linear: nn.Linear) -> None:
         c = self.config
-        check_choice(layer_name, "pattern", c["pattern"], PATTERNS)
-        check_choice(layer_name, "init", c["init"], INITS)
         k = min(linear.out_features, linear.in_features)
-        d = c["off_diag"]
-        if isinstance(d, bool) or not isinstance(d, int):
-            raise TypeError(f"layer {layer_name!r}: off_diag must be an int in [0, {k - 1}], got {d!r}")
+        d = c["off_diag"]  # an int (the declaration checked); its bound is the layer's
         if not 0 <= d <= k - 1:
             raise ValueError(f"layer {layer_name!r} ({linear.out_features}×{linear.in_features}): off_diag={d} "
                              f"is outside the allowed range [0, {k - 1}] = [0, min(out, in) − 1]")
@@ -219,9 +236,6 @@ class SVFT(Method):
                              "ranks the alignments u_iᵀ v_j, which exist only when out_features == in_features "
                              "(left and right singular vectors of the same size); restrict targets to square "
                              "layers or use pattern='random' for the same count")
-        if not isinstance(c["gate"], bool):
-            raise TypeError(f"layer {layer_name!r}: gate must be True or False, got {c['gate']!r}")
-        check_seed(layer_name, c["seed"])
         check_finite_weight(layer_name, linear.weight)
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> SVFTLayer:

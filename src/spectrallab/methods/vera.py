@@ -40,13 +40,12 @@ get one such module per (device, dtype), all cast from the same float32 draw.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import AdaptedLinear, Method, frozen, register, reset_linear_
+from .base import AdaptedLinear, LayerCounts, Method, frozen, register, reset_linear_
+from .options import Option, dropout_option
 
 
 class VeRAProjections(nn.Module):
@@ -149,6 +148,18 @@ class VeRALinear(AdaptedLinear):
         hidden = self.lambda_d * F.linear(self.dropout(x), self.vera_A)
         return out.add_(self.lambda_b * F.linear(hidden, self.vera_B))
 
+    def paper_counts(self) -> LayerCounts:
+        """VeRA (Kopiczko et al. 2024, arXiv:2310.11454): frozen ``W`` (mn) plus the trained scaling
+        vectors ``λ_d`` (r) and ``λ_b`` (m): ``r + m`` trainable, Adam twice that.
+
+        The random ``A``, ``B`` are shared by all layers (``r(n_max + m_max)`` once per model, buffers;
+        the paper notes they can be regenerated from a seed), so they are not a per-layer count:
+        ``extra`` is None and the measured buffers show them.
+        """
+        m, n = self.out_features, self.in_features
+        trainable = self.rank + m
+        return LayerCounts.adam(m * n + trainable, trainable, None)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rank={self.rank}, d_initial={self.d_initial:g}"
 
@@ -162,7 +173,14 @@ class VeRA(Method):
     same key and targets give PEFT's matrices), ``dropout`` on the adapter input (0.0).
     """
 
-    options = {"rank": 256, "d_initial": 0.1, "projection_prng_key": 0, "dropout": 0.0}
+    options = {
+        # Not bounded by the layer: rank(ΔW) ≤ min(r, m, n) anyway, and the paper uses r > d.
+        "rank": Option(256, "r, the rank of the shared random A, B (any size: only λ_d grows)", kind="int", low=1),
+        "d_initial": Option(0.1, "the initial value of every entry of λ_d (non-zero; λ_b starts at 0)"),
+        "projection_prng_key": Option(0, "seed of the shared draw of A, B (PEFT's projection_prng_key)",
+                                      kind="int", low=0, high=2**64, high_open=True),
+        "dropout": dropout_option(),
+    }
     freezes_others = True
     init_reads_weight = None  # random shared pair and constant vectors: a meta-device model is fine
 
@@ -175,29 +193,15 @@ class VeRA(Method):
         # hold `spec` (this instance), and a tensor kept here would outlive a `model.to(device)`.
         self._shared: dict[tuple[torch.device, torch.dtype], VeRAProjections] = {}
 
-    def check(self, layer_name: str, linear: nn.Linear) -> None:
-        c = self.config
-        rank = c["rank"]
-        if isinstance(rank, bool) or not isinstance(rank, int):
-            raise TypeError(f"layer {layer_name!r}: rank must be an int >= 1, got {rank!r}")
-        if rank < 1:
-            raise ValueError(f"layer {layer_name!r}: rank={rank} is outside the allowed range [1, inf) "
-                             f"(VeRA's rank is not bounded by the layer shape)")
-        d = c["d_initial"]
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d):
-            raise TypeError(f"layer {layer_name!r}: d_initial must be a finite non-zero number, got {d!r}")
-        if d == 0:
-            raise ValueError(f"layer {layer_name!r}: d_initial=0 is not allowed: with λ_b = λ_d = 0 every "
+    def check_options(self, where: str) -> None:
+        # Zero is the one value no range can exclude: the declaration has checked it is finite.
+        if self.config["d_initial"] == 0:
+            raise ValueError(f"{where}: d_initial=0 is not allowed: with λ_b = λ_d = 0 every "
                              f"gradient is zero and nothing trains (PEFT's default is 0.1)")
-        key = c["projection_prng_key"]
-        if isinstance(key, bool) or not isinstance(key, int):
-            raise TypeError(f"layer {layer_name!r}: projection_prng_key must be an int, got {key!r}")
-        if not 0 <= key < 2**64:
-            raise ValueError(f"layer {layer_name!r}: projection_prng_key={key} is outside the allowed range [0, 2**64)")
-        p = c["dropout"]
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-            raise ValueError(f"layer {layer_name!r}: dropout={p!r} is outside the allowed range [0, 1)")
-        # Every target passes through here before the first adapt: size the shared pair from them.
+
+    def check(self, layer_name: str, linear: nn.Linear) -> None:
+        # Nothing about the layer can be refused (any rank, any shape); but every target passes
+        # through here before the first adapt, so this is where the shared pair is sized.
         self._max_out = max(self._max_out, linear.out_features)
         self._max_in = max(self._max_in, linear.in_features)
 
@@ -223,7 +227,5 @@ class VeRA(Method):
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> VeRALinear:
         c = self.config
-        layer = VeRALinear(linear, self.projections(layer_name, linear), c["rank"], float(c["d_initial"]),
-                           float(c["dropout"]))
-        layer.method = self.name
-        return layer
+        return VeRALinear(linear, self.projections(layer_name, linear), c["rank"], float(c["d_initial"]),
+                          float(c["dropout"]))
