@@ -19,7 +19,8 @@ from torch import nn
 import spectrallab as sl
 from spectrallab.methods.base import Method
 
-HOOKED = {"sst": dict(rank=4, resample_every=2, warmup=0, seed=0), "relora": dict(rank=4, reset_every=2, restart_warmup=1, seed=0),
+HOOKED = {"sst": dict(rank=4, resample_every=2, warmup=0, seed=0),
+          "relora": dict(rank=4, reset_every=2, restart_warmup=1, seed=0),
           "galore": dict(rank=4, update_proj_gap=2), "sorsa": dict(rank=4)}
 
 
