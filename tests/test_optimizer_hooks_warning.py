@@ -193,3 +193,15 @@ def test_the_hugging_face_trainer_default_optimizer_warns(tmp_path):
                              dataloader_num_workers=0)
     with pytest.warns(sl.MissingOptimizerHooksWarning, match="optimizers=\\(spectrallab.optimizer"):
         Trainer(model=model, args=args, train_dataset=data).train()
+
+
+def test_a_galore_adamw_built_by_hand_runs_galore_and_does_not_warn():
+    from spectrallab.methods.galore import GaLoreAdamW
+    model = adapted("galore")
+    groups = [{"params": [model.fc1.weight, model.fc2.weight], "rank": 4, "update_proj_gap": 2, "scale": 0.25,
+               "proj_type": "std"},
+              {"params": [model.fc1.bias, model.fc2.bias]}]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        steps(model, GaLoreAdamW(groups, lr=1e-3))
+    assert hook_warnings(record) == []

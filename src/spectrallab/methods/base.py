@@ -334,6 +334,11 @@ class Method:
         hooked = getattr(optimizer, "_spectrallab_hooked_layers", set())
         optimizer._spectrallab_hooked_layers = hooked | {id(layer) for layer in layers.values()}
 
+    def optimizer_runs_method(self, optimizer: torch.optim.Optimizer) -> bool:
+        """True when ``optimizer`` itself carries this method's algorithm, hooks or not (GaLore's own
+        :class:`~.galore.GaLoreAdamW`, built by hand): then training with it does not warn. Default: False."""
+        return False
+
     def attach_optimizer(self, optimizer: torch.optim.Optimizer, layers: dict[str, AdaptedLinear]) -> None:
         """Install the method's optimizer behaviour (hooks on ``optimizer``). Default: none.
 
@@ -415,7 +420,7 @@ def _check_optimizer_hooks(optimizer: torch.optim.Optimizer, args: tuple, kwargs
     missing: dict[int, Method] = {}
     for layer in list(_WATCHED):
         spec = layer.spec
-        if spec._warned_missing_hooks or id(layer) in hooked:
+        if spec._warned_missing_hooks or id(layer) in hooked or spec.optimizer_runs_method(optimizer):
             continue
         if any(id(p) in updated for p in layer.parameters() if p.requires_grad):
             missing[id(spec)] = spec

@@ -392,6 +392,10 @@ class GaLore(Method):
         weights = [layer.weight for layer in layers.values()]
         return optimizer_class, [{"params": weights, **{k: c[k] for k in GROUP_KEYS}}]
 
+    def optimizer_runs_method(self, optimizer: torch.optim.Optimizer) -> bool:
+        """A :class:`GaLoreAdamW` built by hand projects by itself (its param groups carry the options)."""
+        return isinstance(optimizer, GaLoreAdamW)
+
     def attach_optimizer(self, optimizer: torch.optim.Optimizer, layers: dict[str, GaLoreLinear]) -> None:
         """Name the layers for error messages, and check the gradients to be factorized first.
 

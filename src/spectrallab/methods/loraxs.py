@@ -45,6 +45,7 @@ from torch import nn
 
 from .. import linalg
 from .base import AdaptedLinear, LayerCounts, Method, check_finite_weight, check_rank, frozen, register
+from .lora import LoRAExport
 from .options import Option, alpha_option, rank_option
 
 
@@ -78,7 +79,6 @@ class LoRAXSLinear(AdaptedLinear):
     def as_lora(self):
         """A plain LoRA of rank r on ``W`` (unchanged by LoRA-XS): ``B' = B R`` (m × r), ``A' = A``,
         the same scale ``s`` — ``s·B'A' = s·BRA`` exactly, up to the rounding of one r × r product."""
-        from .lora import LoRAExport
 
         with torch.no_grad():
             return LoRAExport(self.xs_A.detach().clone(), (self.xs_B @ self.xs_R).detach(), self.scale,

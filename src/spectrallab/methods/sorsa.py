@@ -68,6 +68,7 @@ from torch import nn
 
 from .. import linalg
 from .base import AdaptedLinear, LayerCounts, Method, check_finite_weight, check_rank, frozen, register
+from .lora import LoRAExport
 from .options import Option, rank_option
 
 
@@ -118,7 +119,6 @@ class SORSALinear(AdaptedLinear):
     def as_lora(self):
         """A plain LoRA of rank 2r on the original ``W = W_res + B₀ diag(S₀) A₀``, scale 1:
         ``W' − W = B diag(S) A − B₀ diag(S₀) A₀ = [B diag(S) | −B₀ diag(S₀)] [A ; A₀]``."""
-        from .lora import LoRAExport
 
         with torch.no_grad():
             wide = torch.promote_types(self.weight.dtype, torch.float32)

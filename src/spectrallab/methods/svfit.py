@@ -46,6 +46,7 @@ from torch import nn
 
 from .. import linalg
 from .base import AdaptedLinear, LayerCounts, Method, check_finite_weight, check_rank, frozen, register
+from .lora import LoRAExport
 from .options import Option
 
 
@@ -81,7 +82,6 @@ class SVFitLinear(AdaptedLinear):
     def as_lora(self):
         """A plain LoRA of rank r on ``W``: ``ΔW = U_r diag(σ − σ_r) Vh_r``, so ``B' = U_r diag(σ − σ_r)``,
         ``A' = Vh_r``, scale 1 (r is this layer's, which ``energy=`` may choose per layer)."""
-        from .lora import LoRAExport
 
         with torch.no_grad():
             B = self.svfit_U * self.delta_sigma().to(self.weight.dtype)

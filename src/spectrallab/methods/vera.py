@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import AdaptedLinear, LayerCounts, Method, frozen, register, reset_linear_
+from .lora import LoRAExport
 from .options import Option, dropout_option
 
 
@@ -135,7 +136,6 @@ class VeRALinear(AdaptedLinear):
         rank; the price is storing ``A_n`` and ``B'`` (``r(m+n)`` numbers) instead of the two vectors
         and a seed. (The shared matrices are PEFT's bit for bit, so ``VeraConfig`` with the same
         ``projection_prng_key`` and targets also reproduces this layer from ``λ_b``, ``λ_d``.)"""
-        from .lora import LoRAExport
 
         with torch.no_grad():
             B = self.lambda_b.unsqueeze(1) * self.vera_B * self.lambda_d
