@@ -1,4 +1,4 @@
-"""The contract every widget keeps (DESIGN.md, "Widgets").
+"""The contract every widget keeps (docs/DESIGN.md, "Widgets").
 
 * It builds with defaults: ``Playground()`` just works.
 * ``.figure`` is its plotly figure — a ``FigureWidget`` in live mode, a plain ``go.Figure`` in static
