@@ -95,10 +95,8 @@ def trained(task):
     return models
 
 
-@torch.no_grad()
 def perplexity(task, model) -> float:
-    g = torch.Generator().manual_seed(4321)   # the chapter's fixed windows
-    return math.exp(np.mean([float(task.loss(model, task.batch("val", BATCH, g))) for _ in range(VAL_BATCHES)]))
+    return math.exp(sl.window_losses(model, task, VAL_BATCHES).mean())   # the chapter's fixed windows
 
 
 def pruned(model, r):

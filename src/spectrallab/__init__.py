@@ -20,6 +20,7 @@ from .runs import Run, load_runs
 from .tasks import task
 from .truncate import TruncatedLinear, truncate
 from .train import Event, fit, pretrained, train, warmup_cosine
+from .experiments import PairedDifference, paired_difference, window_losses
 
 __version__ = "0.1.0"
 
@@ -28,4 +29,5 @@ __all__ = ["methods", "apply", "merge", "trainable_parameters", "optimizer", "sp
            "method_class", "resolve_targets", "linalg", "tasks", "task", "train", "fit", "pretrained", "Event",
            "Run", "load_runs", "warmup_cosine", "pick", "profile", "device", "memory_report",
            "Method", "AdaptedLinear", "register", "MissingOptimizerHooksWarning",
-           "save_peft", "load_peft", "PeftExport", "PeftExportError", "truncate", "TruncatedLinear"]
+           "save_peft", "load_peft", "PeftExport", "PeftExportError", "truncate", "TruncatedLinear",
+           "window_losses", "paired_difference", "PairedDifference"]

@@ -9,13 +9,20 @@ nothing imports a chapter.
 * :func:`head_to_head` — the pre-training race of ``book/head_to_head.md``: the tiny character GPT
   from scratch, the six pre-training methods at the same rank, their periods scaled to the run.
   ``benchmarks/head_to_head_lr.py`` tunes each method's learning rate on it.
+* :func:`window_losses` and :func:`paired_difference` — the paired measurement several chapters'
+  claim checks rest on (``head_to_head.md``, ``sst.md``, ``sst_inference.md``): every model scored on
+  the same fixed validation windows, and the window-by-window difference of two models with its
+  standard error, so that a verdict separates a real difference from the noise of measuring it.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,6 +32,7 @@ from .optim import optimizer
 from .profiles import PROFILES, profile as active_profile
 from .runs import Run
 from .tasks import CharGPT, task
+from .tasks.base import Task
 from .train import fit, warmup_cosine
 
 METHODS = ("full", "lora", "relora", "galore", "sltrain", "sst")
@@ -135,4 +143,84 @@ def head_to_head(profile: str | None = None) -> HeadToHead:
     return HeadToHead(profile=chosen, **_HEAD_TO_HEAD[chosen])
 
 
-__all__ = ["HeadToHead", "head_to_head", "METHODS", "LABELS"]
+VALIDATION_SEED = 4321   # the fixed windows' seed: any fixed value; this one is what the chapters have always used
+
+
+@torch.no_grad()
+def window_losses(model: nn.Module, task: Task, windows: int, *, batch_size: int | None = None,
+                  seed: int = VALIDATION_SEED) -> np.ndarray:
+    """The loss of ``model`` on each of ``windows`` fixed validation batches ("windows") of ``task``.
+
+    Entry ``i`` of the returned array (shape ``(windows,)``, float64) is ``float(task.loss(model, b_i))``,
+    where ``b_0, b_1, …, b_{windows-1}`` are drawn one after another by ``task.batch("val", batch_size,
+    g)`` from a single ``torch.Generator`` ``g`` seeded with ``seed`` afresh on every call. So every
+    model — and every call — is scored on the very same windows, and two models' arrays can be
+    subtracted window by window (:func:`paired_difference`): the windows' own difficulty cancels,
+    which a difference of two separately drawn validation losses would leave in as noise.
+
+    ``batch_size`` defaults to the task's. The model is evaluated in eval mode without gradients, and
+    its train/eval mode is put back afterwards.
+    """
+    if isinstance(windows, bool) or not isinstance(windows, int) or windows < 1:
+        raise ValueError(f"window_losses: windows={windows!r} is outside the allowed range [1, inf) (an int)")
+    batch_size = task.batch_size if batch_size is None else batch_size
+    was_training = model.training
+    model.eval()
+    try:
+        g = torch.Generator().manual_seed(seed)
+        return np.array([float(task.loss(model, task.batch("val", batch_size, g))) for _ in range(windows)])
+    finally:
+        model.train(was_training)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """``a − b`` measured on shared windows (:func:`paired_difference`).
+
+    * ``mean``: the mean over the windows of ``d``, where ``d[i]`` is the difference on window ``i``
+      averaged over the seeds;
+    * ``two_se``: two standard errors of that mean, ``2 · std(d, ddof=1) / √windows`` — the noise of
+      *measuring* on this many windows (another seed's training noise is only in ``per_seed``);
+    * ``per_seed``: for each seed, the mean over the windows of its own difference;
+    * ``windows``: how many windows.
+    """
+
+    mean: float
+    two_se: float
+    per_seed: tuple[float, ...]
+    windows: int
+
+    def verdict(self, above: str, below: str, *, unanimous: bool = False,
+                otherwise: str = "indistinguishable") -> str:
+        """``above`` if ``mean > two_se``, ``below`` if ``mean < −two_se``, else ``otherwise``. With
+        ``unanimous``, a side also needs every seed's own difference to have its sign."""
+        if self.mean > self.two_se and (not unanimous or all(d > 0 for d in self.per_seed)):
+            return above
+        if self.mean < -self.two_se and (not unanimous or all(d < 0 for d in self.per_seed)):
+            return below
+        return otherwise
+
+
+def paired_difference(a: Sequence[np.ndarray] | np.ndarray, b: Sequence[np.ndarray] | np.ndarray) -> PairedDifference:
+    """``a − b`` window by window, paired by seed: ``a[s]`` and ``b[s]`` are two models' :func:`window_losses`
+    for seed ``s`` (one array each, or a list of them over the seeds). The per-window differences are
+    averaged over the seeds first; the mean and standard error are then taken over the windows (see
+    :class:`PairedDifference`). Positive: ``a`` has the higher loss, so ``b`` is better."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim == 1:
+        a = a[None]
+    if b.ndim == 1:
+        b = b[None]
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"paired_difference: a and b must be the same seeds' window losses, got shapes "
+                         f"{a.shape} and {b.shape}")
+    if a.shape[1] < 2:
+        raise ValueError(f"paired_difference: {a.shape[1]} window(s) is outside the allowed range [2, inf) "
+                         "(a standard error needs two)")
+    diff = np.mean([x - y for x, y in zip(a, b)], axis=0)
+    return PairedDifference(mean=float(diff.mean()), two_se=float(2 * diff.std(ddof=1) / math.sqrt(len(diff))),
+                            per_seed=tuple(float((x - y).mean()) for x, y in zip(a, b)), windows=len(diff))
+
+
+__all__ = ["HeadToHead", "head_to_head", "METHODS", "LABELS", "window_losses", "paired_difference",
+           "PairedDifference", "VALIDATION_SEED"]

@@ -59,6 +59,17 @@ class Run:
         _, values = self.eval_series(metric)
         return values[-1] if values else math.nan
 
+    @property
+    def trainable(self) -> int:
+        """The model's trainable parameters (shared ones once) when it was trained: what
+        :func:`spectrallab.train` records in ``config["trainable_parameters"]`` at the start of every
+        run (no method changes which parameters train during a run). A hand-made record states it the
+        same way: ``Run("frozen base", config={"trainable_parameters": 0})``."""
+        if "trainable_parameters" not in self.config:
+            raise AttributeError(f"run {self.name!r} has no trainable_parameters in its config "
+                                 "(sl.fit records it; a hand-made Run needs config={'trainable_parameters': n})")
+        return self.config["trainable_parameters"]
+
     def best(self, metric: str = "val_loss", mode: str = "min") -> float:
         _, values = self.eval_series(metric)
         if not values:
