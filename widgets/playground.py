@@ -91,8 +91,9 @@ class Playground(Widget):
     allows it (its "auto" box). A method option named like a keyword of the Playground is
     ``method_<name>`` (``method_seed``); options the period knob sets have no control of their own.
     ``ghost=False`` skips the full-rank reference run. The buttons are methods too: :meth:`play`,
-    :meth:`pause`, :meth:`step`, :meth:`reset`. Only one Playground trains at a time: creating or playing one pauses the others
-    (two training threads would only halve each other's speed on a laptop CPU).
+    :meth:`pause`, :meth:`step`, :meth:`reset`. Only one Playground trains at a time: creating or
+    playing one pauses the others (two training threads would only halve each other's speed on a
+    laptop CPU).
     """
 
     def __init__(self, scenario: str = "rotated digits (fine-tune)", method: str = "lora", rank: int | None = 4,
@@ -154,12 +155,14 @@ class Playground(Widget):
         for name, box in self.auto.items():
             box.observe(lambda change, n=name: self._on_auto(n), names="value")
         # The method's other options: key -> (option name, declaration), their controls, and the last
-        # value each key held, so that a switch to another method and back keeps what was set.
+        # value each key held (with the period then), so that a switch to another method and back keeps
+        # what was set.
         self._option_specs: dict[str, tuple[str, Option]] = {}
         self._values: dict[str, Any] = dict(options)
+        self._value_period: dict[str, int] = dict.fromkeys(options, c["period"].value)
         self._options_row = W.HBox(layout=W.Layout(flex_flow="row wrap"))
         self._built: tuple[type, int] | None = None
-        self._build_option_controls(method_class, c["period"].value, explicit=set(options))
+        self._build_option_controls(method_class, c["period"].value)
         c["lr"].observe(lambda change: self._guard("changing lr", self._apply_lr), names="value")
         for name in ("layer", "log_y"):  # (not while reset() refills them: it draws once at its end)
             c[name].observe(lambda change: None if self._building else self._guard("redrawing", self.draw),
@@ -209,10 +212,11 @@ class Playground(Widget):
             name, option = own[key]
             option.validate(f"Playground(method={method_class.name!r})", name, value)
 
-    def _build_option_controls(self, method_class: type, period: int, explicit: Iterable[str] = ()) -> None:
+    def _build_option_controls(self, method_class: type, period: int) -> None:
         """Replace the option row with the controls of ``method_class``'s options (on a method switch only)."""
-        explicit = set(explicit)
-        self._values.update({key: value for key, value in self.state.items() if key in self._option_specs})
+        held = {key: value for key, value in self.state.items() if key in self._option_specs}
+        self._values.update(held)
+        self._value_period.update(dict.fromkeys(held, self._built[1] if self._built else period))
         for key in self._option_specs:
             self.controls.pop(key).close()
             box = self.auto.pop(key, None)
@@ -228,8 +232,8 @@ class Playground(Widget):
         row = []
         for key, (name, option) in own.items():
             value = self._values.get(key, option.default)
-            if name in companions and key not in explicit:
-                value = derived[name]  # consistent with the period knob (a warm-up shorter than the period)
+            if name in companions and self._value_period.get(key) != period:
+                value = derived[name]  # set for another period: follow this one (a warm-up shorter than it)
             if not fits(option, value):  # what another method's option of that name held
                 value = option.default
             control = value_control(name, option, value)
