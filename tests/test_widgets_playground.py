@@ -266,6 +266,21 @@ def zoo():
         def period_options(cls, period):
             return {"every": period, "calm": max(0, period // 10)}
 
+    @sl.register("auto_rank")
+    class AutoRank(LoRA):
+        """A shared knob that may be None: rank None means "2"."""
+        options = {"rank": Option(None, "r, or None", kind="int", low=1, high="min(out, in)", none="r = 2")}
+
+        def needs_weight_values(self):
+            return None
+
+        def check(self, layer_name, linear):
+            pass
+
+        def adapt(self, layer_name, linear):
+            rank = 2 if self.config["rank"] is None else self.config["rank"]
+            return self.layer_class(linear, rank, float(rank), False, "default", 0.0)
+
     yield "option_zoo"
     methods_base._REGISTRY.clear()
     methods_base._REGISTRY.update(before)
@@ -404,3 +419,23 @@ def test_unknown_or_refused_option_keywords_fail_at_construction(zoo):
         Playground(method="option_zoo", every=3, live=False)
     with pytest.raises(ValueError, match=r"option_zoo'\): bumps=9 is outside the allowed range \[0, 5\]"):
         Playground(method="option_zoo", bumps=9, live=False)
+
+
+def test_a_shared_knob_that_may_be_none_gets_its_auto_box(zoo):
+    w = Playground(scenario="digits", method="lora", rank=3, live=False, ghost=False)
+    assert w.auto["rank"].layout.display == "none"             # LoRA's rank is never None
+    w.controls["method"].value = "auto_rank"
+    assert w.auto["rank"].layout.display is None and w.auto["rank"].description == "auto: r = 2"
+    layer = next(iter(sl.adapted_layers(w.session.model).values()))
+    assert w.state["rank"] == 3 and layer.rank == 3
+    w.auto["rank"].value = True
+    layer = next(iter(sl.adapted_layers(w.session.model).values()))
+    assert w.state["rank"] is None and w.session.options == {"rank": None} and layer.rank == 2
+    assert w.controls["rank"].disabled
+    pinned = Playground.from_state(w.state, live=False, ghost=False)
+    assert pinned.state == w.state and pinned.auto["rank"].value
+    w.auto["rank"].value = False
+    assert w.state["rank"] == 3 and not w.controls["rank"].disabled
+    w.auto["rank"].value = True
+    w.controls["method"].value = "lora"                         # None is not LoRA's: the box is cleared
+    assert w.state["rank"] == 3 and not w.auto["rank"].value and w.error is None

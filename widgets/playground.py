@@ -123,8 +123,12 @@ class Playground(Widget):
         c["sparsity"] = W.FloatSlider(value=0.05 if sparsity is None else sparsity, min=0.01, max=1.0, step=0.01,
                                       description="sparsity", continuous_update=False)
         init_choices = _shared_choices(method_class, "init") or sorted(LORA_INITS)
-        first = init_choices[0][1] if isinstance(init_choices[0], tuple) else init_choices[0]
-        c["init"] = W.Dropdown(options=init_choices, value=first if init is None else init, description="init")
+        init_values = [choice[1] if isinstance(choice, tuple) else choice for choice in init_choices]
+        shown = init
+        if shown not in init_values:  # LoRA's "default" for a method with other inits (SVFT's): its own default
+            shown = method_class.defaults().get("init")
+            shown = shown if shown in init_values else init_values[0]
+        c["init"] = W.Dropdown(options=init_choices, value=shown, description="init")
         # "auto" (None) for a shared option, shown only for a method whose declaration allows None.
         self.auto: dict[str, W.Checkbox] = {
             name: W.Checkbox(value=value is None, description="auto", indent=False,
