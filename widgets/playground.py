@@ -1,4 +1,4 @@
-"""Playground: pick a task, a method, its rank and init, press Play, and watch the model train.
+"""Playground: pick a task, a method and its options, press Play, and watch the model train.
 
 Three panels side by side, each next to the knob that moves it: the loss (training loss, validation
 loss, and a dashed *ghost* — full-rank training on the same task — for reference; for a scenario
@@ -7,11 +7,13 @@ right-hand axis of the same panel), the singular
 spectrum of a chosen layer's effective weight (now vs. at the start), and the spectrum of the update
 ΔW = W − W_start, which is where low-rank methods differ from full training.
 
-Structural controls (task, method, rank, sparsity, init, period, steps) rebuild the run; the learning rate
-applies to the running optimizer at once. Training runs in a background thread (Pause takes effect
-within one step; Reset joins the thread before building anew); the figure is redrawn at most ten
-times a second. In static mode (a book build) ``play()`` trains to the end before returning, so the
-saved figure shows the finished run.
+Structural controls (task, method, rank, sparsity, init, period, steps, and every other option the
+method declares) rebuild the run; the learning rate applies to the running optimizer at once. The
+method's own options get controls built from its declarations (:mod:`.option_controls`); switching
+the method rebuilds that row, and nothing else is rebuilt while training. Training runs in a
+background thread (Pause takes effect within one step; Reset joins the thread before building
+anew); the figure is redrawn at most ten times a second. In static mode (a book build) ``play()``
+trains to the end before returning, so the saved figure shows the finished run.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import math
 import threading
 import time
 import weakref
-from typing import Iterable
+from typing import Any, Iterable
 
 import ipywidgets as W
 import numpy as np
@@ -29,13 +31,21 @@ from plotly.subplots import make_subplots
 
 import spectrallab as sl
 from spectrallab.methods.lora import LORA_INITS
+from spectrallab.methods.options import Option
 
 from .base import Widget, _escape
+from .option_controls import auto_checkbox, declared, dropdown_options, fits, needs_auto, tooltip, value_control
 from .plots import LAYOUT, palette
 from .session import SCENARIOS, TrainingSession, reference_run
 
 REFRESH_SECONDS = 0.1       # redraw at most ~10 times a second while training
 STRUCTURAL = ("scenario", "method", "rank", "sparsity", "init", "period", "steps")
+# Options many methods share: permanent controls (their state keys never change), hidden for a method
+# that lacks them. Every other declared option gets a control of its own when its method is chosen.
+SHARED_OPTIONS = ("rank", "sparsity", "init")
+# The Playground's own keywords: a method option of the same name (SST's layer `seed`) gets the key
+# "method_<name>", so that Playground(**state) cannot confuse the two.
+OWN_KEYWORDS = ("scenario", "method", "period", "lr", "steps", "layer", "log_y", "seed", "ghost", "live", "hide")
 _PLAYGROUNDS: "weakref.WeakSet[Playground]" = weakref.WeakSet()
 
 # Trace order in the figure. The last two (the scenario's headline metric and its ghost) are hidden,
@@ -44,37 +54,86 @@ TRAIN, VAL, GHOST, SPEC_START, SPEC_NOW, DELTA, METRIC, GHOST_METRIC = range(8)
 METRIC_COLOR = "#d62728"
 
 
+def option_key(name: str) -> str:
+    """The control (and ``.state``) key of a method option: its name, unless the Playground has a keyword of it."""
+    return f"method_{name}" if name in OWN_KEYWORDS else name
+
+
+def period_driven(method_class: type) -> tuple[set[str], set[str]]:
+    """(options the "period" knob sets to the period itself, companions it derives from the period).
+
+    Read from ``period_options`` with two probes, so a companion that equals one period (a warm-up of
+    ``min(period, …)``) is not mistaken for the period itself.
+    """
+    a, b = method_class.period_options(1000), method_class.period_options(1001)
+    if a is None:
+        return set(), set()
+    primary = {name for name, value in a.items() if value == 1000 and b.get(name) == 1001}
+    return primary, set(a) - primary
+
+
+def _shared_choices(method_class: type, name: str) -> list[Any]:
+    """The dropdown options of a shared choice option (``init``), from the declaration."""
+    option = method_class.options.get(name)
+    if isinstance(option, Option) and option.kind == "choice":
+        return dropdown_options(option)
+    # TRANSITION: a method whose options are bare defaults says its choices with option_choices().
+    if name not in method_class.options:
+        return []
+    return method_class.option_choices(name) or [method_class.defaults()[name]]
+
+
 class Playground(Widget):
     """Train a model with any registered method and watch loss and spectra move.
 
-    Every keyword is also a control (and a key of ``.state``). ``ghost=False`` skips the full-rank
-    reference run. The buttons are methods too: :meth:`play`, :meth:`pause`, :meth:`step`,
-    :meth:`reset`. Only one Playground trains at a time: creating or playing one pauses the others
-    (two training threads would only halve each other's speed on a laptop CPU).
+    Every keyword is also a control (and a key of ``.state``), and so is every option the method
+    declares: ``Playground(method="lora", alpha=16, rslora=True)``; ``None`` for an option that
+    allows it (its "auto" box). A method option named like a keyword of the Playground is
+    ``method_<name>`` (``method_seed``); options the period knob sets have no control of their own.
+    ``ghost=False`` skips the full-rank reference run. The buttons are methods too: :meth:`play`,
+    :meth:`pause`, :meth:`step`, :meth:`reset`. Only one Playground trains at a time: creating or
+    playing one pauses the others (two training threads would only halve each other's speed on a
+    laptop CPU).
     """
 
-    def __init__(self, scenario: str = "rotated digits (fine-tune)", method: str = "lora", rank: int = 4,
-                 sparsity: float = 0.05, init: str = "default", period: int | None = None, lr: float | None = None,
-                 steps: int | None = None, layer: str | None = None, log_y: bool = True, seed: int = 0,
-                 ghost: bool = True, live: bool | None = None, hide: Iterable[str] = ()):
+    def __init__(self, scenario: str = "rotated digits (fine-tune)", method: str = "lora", rank: int | None = 4,
+                 sparsity: float | None = 0.05, init: Any = "default", period: int | None = None,
+                 lr: float | None = None, steps: int | None = None, layer: str | None = None, log_y: bool = True,
+                 seed: int = 0, ghost: bool = True, live: bool | None = None, hide: Iterable[str] = (),
+                 **options: Any):
         super().__init__(live=live, hide=hide)
         if scenario not in SCENARIOS:
             raise ValueError(f"scenario={scenario!r} is not one of {', '.join(SCENARIOS)}")
-        sl.method_class(method)  # unknown method: a clear error now, not in a callback
+        method_class = sl.method_class(method)  # unknown method: a clear error now, not in a callback
+        self._check_option_keywords(method_class, options)
         spec = SCENARIOS[scenario]
         self.seed, self.ghost = seed, ghost
         self._data_lock = threading.Lock()
         self._last_draw = 0.0
         self.session: TrainingSession | None = None
         self.reference: sl.Run | None = None
+        self._rank_bounds: dict[str, int] = {}
 
         c = self.controls
         c["scenario"] = W.Dropdown(options=list(SCENARIOS), value=scenario, description="task")
         c["method"] = W.Dropdown(options=sl.methods(), value=method, description="method")
-        c["rank"] = W.IntSlider(value=rank, min=1, max=max(rank, 64), description="rank", continuous_update=False)
-        c["sparsity"] = W.FloatSlider(value=sparsity, min=0.01, max=1.0, step=0.01, description="sparsity",
-                                      continuous_update=False)
-        c["init"] = W.Dropdown(options=sorted(LORA_INITS), value=init, description="init")
+        rank_shown = 4 if rank is None else rank
+        c["rank"] = W.IntSlider(value=rank_shown, min=1, max=max(rank_shown, 64), description="rank",
+                                continuous_update=False)
+        c["sparsity"] = W.FloatSlider(value=0.05 if sparsity is None else sparsity, min=0.01, max=1.0, step=0.01,
+                                      description="sparsity", continuous_update=False)
+        init_choices = _shared_choices(method_class, "init") or sorted(LORA_INITS)
+        init_values = [choice[1] if isinstance(choice, tuple) else choice for choice in init_choices]
+        shown = init
+        if shown not in init_values:  # LoRA's "default" for a method with other inits (SVFT's): its own default
+            shown = method_class.defaults().get("init")
+            shown = shown if shown in init_values else init_values[0]
+        c["init"] = W.Dropdown(options=init_choices, value=shown, description="init")
+        # "auto" (None) for a shared option, shown only for a method whose declaration allows None.
+        self.auto: dict[str, W.Checkbox] = {
+            name: W.Checkbox(value=value is None, description="auto", indent=False,
+                             layout=W.Layout(width="auto", display="none"))
+            for name, value in (("rank", rank), ("sparsity", sparsity), ("init", init))}
         # One knob for every method with periodic work (ReLoRA's restarts, GaLore's projection
         # updates, SST's resampling): short enough by default that a run shows several periods.
         c["period"] = W.BoundedIntText(value=period or sl.pick(ci=25, cpu=50, gpu=200), min=1, max=10**6,
@@ -97,6 +156,17 @@ class Playground(Widget):
         self.figure = self.make_figure(self._empty_figure())
         for name in STRUCTURAL:
             c[name].observe(lambda change, n=name: self._rebuild_on_change(n), names="value")
+        for name, box in self.auto.items():
+            box.observe(lambda change, n=name: self._on_auto(n), names="value")
+        # The method's other options: key -> (option name, declaration), their controls, and the last
+        # value each key held (with the period then), so that a switch to another method and back keeps
+        # what was set.
+        self._option_specs: dict[str, tuple[str, Option]] = {}
+        self._values: dict[str, Any] = dict(options)
+        self._value_period: dict[str, int] = dict.fromkeys(options, c["period"].value)
+        self._options_row = W.HBox(layout=W.Layout(flex_flow="row wrap"))
+        self._built: tuple[type, int] | None = None
+        self._build_option_controls(method_class, c["period"].value)
         c["lr"].observe(lambda change: self._guard("changing lr", self._apply_lr), names="value")
         for name in ("layer", "log_y"):  # (not while reset() refills them: it draws once at its end)
             c[name].observe(lambda change: None if self._building else self._guard("redrawing", self.draw),
@@ -106,6 +176,111 @@ class Playground(Widget):
             other.pause()
         _PLAYGROUNDS.add(self)
         self.reset()
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def state(self) -> dict[str, Any]:
+        """The controls' values, None where an option's "auto" box is ticked."""
+        state = super().state
+        for key, box in self.auto.items():
+            if key in state and box.value:
+                state[key] = None
+        return state
+
+    def hide(self, *names: str) -> "Playground":
+        super().hide(*names)
+        for name in names:
+            if name in self.auto:
+                self.auto[name].layout.display = "none"
+        return self
+
+    # -- the method's options ----------------------------------------------------------------------
+    @staticmethod
+    def _own_options(method_class: type) -> dict[str, tuple[str, Option]]:
+        """key -> (name, declaration) of the options that get a control of their own: all the declared
+        ones but the shared knobs and what the period knob sets."""
+        primary, _ = period_driven(method_class)
+        return {option_key(name): (name, option) for name, option in declared(method_class).items()
+                if name not in SHARED_OPTIONS and name not in primary}
+
+    def _check_option_keywords(self, method_class: type, options: dict[str, Any]) -> None:
+        own = self._own_options(method_class)
+        unknown = sorted(set(options) - set(own))
+        if unknown:
+            primary, _ = period_driven(method_class)
+            by_period = f"; the period knob sets {', '.join(sorted(primary))}" if primary else ""
+            raise TypeError(f"Playground(method={method_class.name!r}) got unknown keyword(s) {', '.join(unknown)}; "
+                            f"the method's other options are: {', '.join(own) or 'none'} (rank, sparsity "
+                            f"and init are keywords of their own{by_period})")
+        for key, value in options.items():
+            name, option = own[key]
+            option.validate(f"Playground(method={method_class.name!r})", name, value)
+
+    def _build_option_controls(self, method_class: type, period: int) -> None:
+        """Replace the option row with the controls of ``method_class``'s options (on a method switch only)."""
+        held = {key: value for key, value in self.state.items() if key in self._option_specs}
+        self._values.update(held)
+        self._value_period.update(dict.fromkeys(held, self._built[1] if self._built else period))
+        for key in self._option_specs:
+            self.controls.pop(key).close()
+            box = self.auto.pop(key, None)
+            if box is not None:
+                box.close()
+        own = self._own_options(method_class)
+        clash = sorted(set(own) & set(self.controls))
+        if clash:
+            raise ValueError(f"method {method_class.name!r}: option(s) {', '.join(clash)} would take the "
+                             f"Playground's control(s) of that name")
+        _, companions = period_driven(method_class)
+        derived = method_class.period_options(period) or {}
+        row = []
+        for key, (name, option) in own.items():
+            value = self._values.get(key, option.default)
+            if name in companions and self._value_period.get(key) != period:
+                value = derived[name]  # set for another period: follow this one (a warm-up shorter than it)
+            if not fits(option, value):  # what another method's option of that name held
+                value = option.default
+            control = value_control(name, option, value)
+            control.observe(lambda change, k=key: self._rebuild_on_change(k), names="value")
+            self.controls[key] = control
+            row.append(control)
+            if needs_auto(option):
+                box = self.auto[key] = auto_checkbox(option, value)
+                control.disabled = box.value
+                box.observe(lambda change, k=key: self._on_auto(k), names="value")
+                row.append(box)
+            if key in self._hidden:
+                for widget in (control, self.auto.get(key)):
+                    if widget is not None:
+                        widget.layout.display = "none"
+        self._option_specs = own
+        self._options_row.children = row
+        self._built = (method_class, period)
+
+    def _sync_companions(self, method_class: type, period: int) -> None:
+        """A new period: options derived from it (a warm-up) follow; the user may change them after."""
+        derived = method_class.period_options(period) or {}
+        for key, (name, option) in self._option_specs.items():
+            if name in derived and fits(option, derived[name]):
+                self.controls[key].value = derived[name]
+                if key in self.auto:
+                    self.auto[key].value = False
+        self._built = (method_class, period)
+
+    def _on_auto(self, key: str) -> None:
+        """An "auto" box: the option is None while ticked (its number box greyed out)."""
+        self.controls[key].disabled = self.auto[key].value
+        self._rebuild_on_change(key)
+
+    def session_options(self) -> dict[str, Any]:
+        """The keywords the next run passes to ``apply``: the shared knobs the method has, what the
+        period knob sets, and the method's other options."""
+        state = self.state
+        method_class = sl.method_class(state["method"])
+        options = {k: state[k] for k in SHARED_OPTIONS if k in method_class.options}
+        options.update(method_class.period_options(state["period"]) or {})
+        options.update({name: state[key] for key, (name, _) in self._option_specs.items()})
+        return options
 
     # -- the four buttons ------------------------------------------------------------------------
     def play(self) -> None:
@@ -159,11 +334,9 @@ class Playground(Widget):
         self.status.value = ""
         state = self.state
         spec = SCENARIOS[state["scenario"]]
-        self._sync_controls(spec, state["method"])
+        self._sync_controls(spec, state["method"], state["period"])
         state = self.state
-        method_class = sl.method_class(state["method"])
-        options = {k: state[k] for k in ("rank", "sparsity", "init") if k in method_class.options}
-        options.update(method_class.period_options(state["period"]) or {})
+        options = self.session_options()
         with self._data_lock:
             self.history = {"step": [], "loss": [], "val_step": [], "val_loss": [], "metric": []}
         self.session = None
@@ -300,34 +473,61 @@ class Playground(Widget):
         if self.session is not None:
             self.session.set_lr(self.controls["lr"].value)
 
-    def _sync_controls(self, spec, method: str) -> None:
-        """Show only the knobs the method has; bound the rank by the smallest targeted layer."""
-        options = sl.method_class(method).options
-        layers = sl.resolve_targets(spec.make_task().make_model(), list(spec.targets) if spec.targets else None)
-        max_rank = min(min(m.out_features, m.in_features) for m in layers.values())
+    def _sync_controls(self, spec, method: str, period: int) -> None:
+        """Show only the knobs the method has; bound the rank by the smallest targeted layer; rebuild
+        the method's option row when the method changed, and its period-derived options when the period did."""
+        method_class = sl.method_class(method)
+        options = method_class.options
+        if self._built is None or self._built[0] is not method_class:
+            self._build_option_controls(method_class, period)
+        elif self._built[1] != period:
+            self._sync_companions(method_class, period)
+        max_rank = self._rank_bound(spec)
+        declared_rank = options.get("rank")
+        if isinstance(declared_rank, Option) and isinstance(declared_rank.high, (int, float)):
+            max_rank = min(max_rank, int(declared_rank.high))
         rank = self.controls["rank"]
         with rank.hold_trait_notifications():
             rank.max = max_rank
             rank.value = min(rank.value, max_rank)
-        for name in ("rank", "sparsity", "init"):
+        for name in SHARED_OPTIONS:
+            option = options.get(name)
+            self.controls[name].tooltip = tooltip(option) if isinstance(option, Option) else None
             if name not in self._hidden:
                 self.controls[name].layout.display = None if name in options else "none"
+            box = self.auto.get(name)
+            if box is not None:  # "auto" only where this method's declaration allows None
+                noneable = isinstance(option, Option) and needs_auto(option)
+                if not noneable:
+                    box.value = False
+                box.description = f"auto: {option.none}" if noneable else "auto"
+                box.layout.display = None if noneable and name not in self._hidden else "none"
+                self.controls[name].disabled = box.value
+        primary, companions = period_driven(method_class)
         if "period" not in self._hidden:
-            has_period = sl.method_class(method).period_options(1) is not None
-            self.controls["period"].layout.display = None if has_period else "none"
+            self.controls["period"].layout.display = None if primary or companions else "none"
+        self.controls["period"].tooltip = f"sets {', '.join(sorted(primary | companions))}" if primary else None
         if "init" in options:  # each method has its own initializations (LoRA's table, SVFT's ...)
             init = self.controls["init"]
-            choices = sl.method_class(method).option_choices("init") or [options["init"]]
+            choices = _shared_choices(method_class, "init")
             if list(init.options) != choices:  # inside reset(): the observers do not re-enter
                 current = init.value
+                values = [c[1] if isinstance(c, tuple) else c for c in choices]
                 init.options = choices
-                init.value = current if current in choices else options["init"]
+                init.value = current if current in values else method_class.defaults()["init"]
         layer = self.controls["layer"]
         if list(layer.options) != list(spec.layers):
             # Not inside hold_trait_notifications: there the old value is validated against the new
             # options, and a scenario whose layers have other names (digits → tiny GPT) failed.
             layer.options = list(spec.layers)
             layer.value = spec.layers[0]
+
+    def _rank_bound(self, spec) -> int:
+        """min(out, in) over the layers the scenario adapts (built once per scenario: not on every reset)."""
+        if spec.name not in self._rank_bounds:
+            layers = sl.resolve_targets(spec.make_task().make_model(), list(spec.targets) if spec.targets else None)
+            self._rank_bounds[spec.name] = min(min(m.out_features, m.in_features) for m in layers.values())
+        return self._rank_bounds[spec.name]
 
     def _update_counts(self) -> None:
         s = self.session
@@ -350,6 +550,12 @@ class Playground(Widget):
 
     def control_panel(self) -> W.Widget:
         buttons = W.HBox(list(self.buttons.values()))
-        return W.VBox([W.HBox(list(self.controls.values()), layout=W.Layout(flex_flow="row wrap")),
+        fixed = []
+        for name, control in self.controls.items():
+            if name not in self._option_specs:  # those live in the option row, rebuilt on a method switch
+                fixed.append(control)
+                if name in self.auto:
+                    fixed.append(self.auto[name])
+        return W.VBox([W.HBox(fixed, layout=W.Layout(flex_flow="row wrap")), self._options_row,
                        W.HBox([buttons, self.counts])])
 

@@ -165,6 +165,37 @@ def table(declared: dict[str, Option]) -> list[dict[str, str]]:
             for name, o in declared.items()]
 
 
+class OptionTable:
+    """Rows of :func:`table` that show themselves: an HTML table in a notebook (``_repr_html_``), aligned
+    text in a terminal (``str``). Columns: option, default, allowed, help. ``rows`` stays a list of dicts."""
+
+    columns = ("option", "default", "allowed", "help")
+
+    def __init__(self, rows: list[dict[str, str]], title: str | None = None):
+        self.rows = rows
+        self.title = title
+
+    def __str__(self) -> str:
+        cells = [list(self.columns)] + [[row[c] for c in self.columns] for row in self.rows]
+        widths = [max(len(line[i]) for line in cells) for i in range(len(self.columns))]
+        lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells]
+        lines.insert(1, "  ".join("-" * width for width in widths))
+        return "\n".join(([self.title] if self.title else []) + (lines if self.rows else ["(no options)"]))
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th style='text-align:left'>{c}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{_html(row[c])}</td>" for c in self.columns)
+                       + "</tr>" for row in self.rows)
+        caption = f"<caption style='text-align:left'>{_html(self.title)}</caption>" if self.title else ""
+        return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 # Options many methods share, declared once so they read the same everywhere.
 
 def rank_option(default: int = 8, help: str = "r, the rank of the update") -> Option:
@@ -181,4 +212,4 @@ def dropout_option() -> Option:
                   low=0, high=1, high_open=True)
 
 
-__all__ = ["Option", "validate", "where", "table", "rank_option", "alpha_option", "dropout_option"]
+__all__ = ["Option", "OptionTable", "validate", "where", "table", "rank_option", "alpha_option", "dropout_option"]
