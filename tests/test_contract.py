@@ -5,7 +5,8 @@ A method is one file: once it is registered, ``apply``'s validation, merging, co
 and resume, low precision, transformers' ``Conv1D``, the memory report and the Playground's session
 must work for it with no edit elsewhere. So the parametrization is ``registered()`` itself, and the
 bad inputs are generated from each method's ``Option`` declarations. ``ToyScale`` below, a method
-written in this file, proves it: it runs the whole contract by being registered.
+written in this file, proves it: it runs the whole contract by being registered — and so does the
+method a reader writes in the chapter "Your own method" (its cell is executed here, as the reader runs it).
 
 Toy sizes throughout (SmallMLP: fc1 32×20, fc2 12×32): the file runs in seconds.
 """
@@ -28,6 +29,9 @@ from spectrallab.methods.base import AdaptedLinear, LayerCounts, registered
 from spectrallab.methods.options import Option
 
 from conftest import SmallMLP, fingerprint, same_fingerprint
+from test_your_own_method_claims import chapter_namespace, method_cell
+
+CHAPTER_METHOD = "gated_lora"   # book/your_own_method.md's method, checked like the built-ins
 
 # -- a method written here: registering it is all it takes to be checked like the built-ins -------
 
@@ -84,9 +88,11 @@ class ToyScale(sl.Method):
 
 @pytest.fixture(autouse=True, scope="module")
 def toy_registered():
-    """``contract_toy`` is registered for this module's tests only (the registry is restored after)."""
+    """``contract_toy`` and the chapter's ``gated_lora`` are registered for this module's tests only
+    (the registry is restored after)."""
     before = registered()
     sl.register(TOY)(ToyScale)
+    register_the_chapters_method()
     yield
     base._REGISTRY.clear()
     base._REGISTRY.update(before)
@@ -199,8 +205,14 @@ def bad_values(option: Option) -> list[tuple[str, object, type[Exception], list[
 # out again at once: modules collected after this one parametrize over the built-in registry only
 # (`toy_registered` puts it back for this module's tests).
 
+def register_the_chapters_method() -> None:
+    """Run book/your_own_method.md's method cell, as a reader does: it registers "gated_lora"."""
+    exec(compile(method_cell(), "book/your_own_method.md", "exec"), chapter_namespace())
+
+
 _BUILT_IN = registered()
 sl.register(TOY)(ToyScale)
+register_the_chapters_method()
 METHODS = sorted(registered())
 OPTION_CASES = [pytest.param(method, name, value, error, phrases, id=f"{method}-{name}-{label}")
                 for method in METHODS
@@ -212,8 +224,8 @@ base._REGISTRY.update(_BUILT_IN)
 LAYERS = ("fc1", "fc2")
 
 
-def test_the_matrix_holds_every_built_in_method_and_the_toy():
-    assert set(METHODS) == set(_BUILT_IN) | {TOY} and TOY not in _BUILT_IN
+def test_the_matrix_holds_every_built_in_method_the_toy_and_the_chapters_method():
+    assert set(METHODS) == set(_BUILT_IN) | {TOY, CHAPTER_METHOD} and not {TOY, CHAPTER_METHOD} & set(_BUILT_IN)
     assert registered()[TOY] is ToyScale
 
 

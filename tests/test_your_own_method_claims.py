@@ -3,7 +3,7 @@
 The method under test is the chapter's own cell — found in the chapter source by its class line and
 executed here — so what is checked is what a reader runs; the registry is restored afterwards.
 
-* The cell that defines the method stays at most 30 lines (the chapter promises it).
+* The cell that defines the method stays at most 35 lines (the chapter promises it).
 * The layer computes ``x Wᵀ + b + g·s·(x Aᵀ) Bᵀ`` (outputs and gradients); at step 0 it is the base
   layer and only ``B`` has a gradient; with the gate closed (g = 0) as well as B = 0 no factor ever
   gets one (the zero-zero trap the chapter walks into).
@@ -40,7 +40,7 @@ from torch import nn
 
 import spectrallab as sl
 from conftest import PRETRAIN_STEPS, ROOT
-from spectrallab.methods.base import _REGISTRY, registered
+from spectrallab.methods.base import _REGISTRY, LayerCounts, registered
 from spectrallab.methods.lora import LoRA, LoRALinear
 
 CHAPTER = ROOT / "book" / "your_own_method.md"
@@ -59,11 +59,17 @@ def method_cell() -> str:
     return cells[0]
 
 
+def chapter_namespace() -> dict:
+    """What the chapter's method cell needs from the chapter's imports."""
+    return {"torch": torch, "nn": nn, "F": F, "sl": sl, "LoRA": LoRA, "LoRALinear": LoRALinear,
+            "LayerCounts": LayerCounts}
+
+
 @pytest.fixture(scope="module")
 def chapter():
     """The chapter's method cell executed (it registers "gated_lora"); the registry restored afterwards."""
     before = registered()
-    namespace = {"torch": torch, "nn": nn, "F": F, "sl": sl, "LoRA": LoRA, "LoRALinear": LoRALinear}
+    namespace = chapter_namespace()
     exec(compile(method_cell(), str(CHAPTER), "exec"), namespace)
     assert sl.method_class("gated_lora") is namespace["GatedLoRA"]
     yield namespace
@@ -71,10 +77,10 @@ def chapter():
     _REGISTRY.update(before)
 
 
-def test_the_method_cell_is_at_most_30_lines():
+def test_the_method_cell_is_at_most_35_lines():
     source = method_cell()
     lines = source.split("\n")
-    assert len(lines) <= 30, f"the method cell has {len(lines)} lines; the chapter promises at most 30"
+    assert len(lines) <= 35, f"the method cell has {len(lines)} lines; the chapter promises at most 35"
     assert '@sl.register("gated_lora")' in source and "def as_lora" in source
     assert len(lines) >= 10, "the marker found the wrong cell"
 
