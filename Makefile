@@ -23,7 +23,7 @@ help:
 	@echo "make book   execute every chapter and build the HTML book (_build/html/index.html)"
 	@echo "            FORCE=1: re-execute every chapter; AUDIENCE=student: the edition without solutions"
 	@echo "make handouts  a student and an instructor notebook per chapter (_build/handouts/)"
-	@echo "make test   the whole test suite (unit, PEFT cross-checks, chapters, book, browser)"
+	@echo "make test   ruff, then the whole test suite (unit, contract, PEFT cross-checks, chapters, book, browser)"
 	@echo "make lab    JupyterLab on the book; chapters open as notebooks"
 	@echo "make bench  speed benchmarks (ratios against a peer, recorded in benchmarks/results/)"
 
@@ -67,6 +67,9 @@ handouts: $(STAMP)
 	$(PY) book/_ext/handouts.py _build/handouts
 
 test: $(STAMP) system-deps
+	@# Lint and format first (ruff; settings in pyproject.toml): seconds, and the suite needs minutes.
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	SPECTRALLAB_PROFILE=ci $(PY) -m pytest -ra $(PYTEST_ARGS)
 
 lab: $(STAMP)

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from common import record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,19 +45,34 @@ def main(profile: str = "ci", only: list[str] | None = None) -> dict:
         notebook = jupytext.read(chapter)
         with tempfile.TemporaryDirectory() as cwd:
             start = time.perf_counter()
-            NotebookClient(notebook, timeout=900, kernel_name="python3",
-                           resources={"metadata": {"path": cwd}}).execute()
+            NotebookClient(
+                notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": cwd}}
+            ).execute()
             times[chapter.stem] = round(time.perf_counter() - start, 1)
-        print(f"{chapter.stem:>22}: {times[chapter.stem]:6.1f} s  = {times[chapter.stem] / budget['chapter']:.2f}"
-              f" of the {budget['chapter']} s chapter budget (profile {profile})", flush=True)
+        print(
+            f"{chapter.stem:>22}: {times[chapter.stem]:6.1f} s  = {times[chapter.stem] / budget['chapter']:.2f}"
+            f" of the {budget['chapter']} s chapter budget (profile {profile})",
+            flush=True,
+        )
     total = round(sum(times.values()), 1)
     worst = max(times, key=times.get)
-    summary = {"profile": profile, "seconds": times, "total_seconds": total, "budget": budget,
-               "slowest": worst, "slowest_share_of_chapter_budget": round(times[worst] / budget["chapter"], 2),
-               "total_share_of_book_budget": round(total / budget["book"], 2) if budget["book"] else None}
-    print(f"total {total:.0f} s; slowest {worst} at {summary['slowest_share_of_chapter_budget']:.2f} of its budget"
-          + (f"; {summary['total_share_of_book_budget']:.2f} of the {budget['book']} s book budget"
-             if budget["book"] else ""))
+    summary = {
+        "profile": profile,
+        "seconds": times,
+        "total_seconds": total,
+        "budget": budget,
+        "slowest": worst,
+        "slowest_share_of_chapter_budget": round(times[worst] / budget["chapter"], 2),
+        "total_share_of_book_budget": round(total / budget["book"], 2) if budget["book"] else None,
+    }
+    print(
+        f"total {total:.0f} s; slowest {worst} at {summary['slowest_share_of_chapter_budget']:.2f} of its budget"
+        + (
+            f"; {summary['total_share_of_book_budget']:.2f} of the {budget['book']} s book budget"
+            if budget["book"]
+            else ""
+        )
+    )
     if only:
         summary["only"] = only
         print("(a subset: not recorded)")

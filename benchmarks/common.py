@@ -8,8 +8,8 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -19,17 +19,26 @@ def machine() -> dict:
 
     cpu = platform.processor() or ""
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
-def interleaved(candidates: dict[str, Callable[[], None]], rounds: int = 7, reps: int = 20,
-                warmup: int = 5) -> dict[str, float]:
+def interleaved(
+    candidates: dict[str, Callable[[], None]], rounds: int = 7, reps: int = 20, warmup: int = 5
+) -> dict[str, float]:
     """Median seconds per call of each candidate, measured in alternating rounds so that load
     changes on the machine hit every candidate alike."""
     for fn in candidates.values():
@@ -59,8 +68,13 @@ def train_step(model, task, batch, opt) -> Callable[[], None]:
 
 def record(name: str, result: dict) -> Path:
     RESULTS.mkdir(exist_ok=True)
-    result = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
-              "git": _git_head(), **result}
+    result = {
+        "benchmark": name,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine(),
+        "git": _git_head(),
+        **result,
+    }
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
@@ -68,7 +82,8 @@ def record(name: str, result: dict) -> Path:
 
 def _git_head() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=RESULTS.parent, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None

@@ -28,13 +28,14 @@ import torch
 
 os.environ.setdefault("SPECTRALLAB_PROFILE", "cpu")
 from common import interleaved, record, train_step  # noqa: E402
+
 import spectrallab as sl  # noqa: E402
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "no optional CPU kernels" on import
 from galore_torch import GaLoreAdamW as ReferenceGaLoreAdamW  # noqa: E402
 
 TARGETS = ["qkv", "proj", "fc1", "fc2"]
-SETTINGS = dict(lr=1e-3, eps=1e-8, weight_decay=1e-2)   # spectrallab's defaults, given to both
+SETTINGS = dict(lr=1e-3, eps=1e-8, weight_decay=1e-2)  # spectrallab's defaults, given to both
 
 
 def pair(base, task, rank: int, gap: int):
@@ -45,9 +46,14 @@ def pair(base, task, rank: int, gap: int):
     names = {n for n in sl.adapted_layers(ours)}
     galore = [m.weight for n, m in reference.named_modules() if n in names]
     regular = [p for p in reference.parameters() if all(p is not w for w in galore)]
-    ref_opt = ReferenceGaLoreAdamW([{"params": regular}, {"params": galore, "rank": rank, "update_proj_gap": gap,
-                                                          "scale": 0.25, "proj_type": "std"}],
-                                   no_deprecation_warning=True, **SETTINGS)
+    ref_opt = ReferenceGaLoreAdamW(
+        [
+            {"params": regular},
+            {"params": galore, "rank": rank, "update_proj_gap": gap, "scale": 0.25, "proj_type": "std"},
+        ],
+        no_deprecation_warning=True,
+        **SETTINGS,
+    )
     assert len(opt.param_groups[1]["params"]) == len(galore) == 4 * task.n_layer
     return (ours, opt), (reference, ref_opt)
 
@@ -60,7 +66,7 @@ def rotating(candidates: dict, rounds: int, reps: int, warmup: int = 3) -> dict[
             fn()
     names, samples = list(candidates), {name: [] for name in candidates}
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name, seconds in interleaved({n: candidates[n] for n in order}, rounds=1, reps=reps, warmup=0).items():
             samples[name].append(seconds)
     return {name: statistics.median(values) for name, values in samples.items()}
@@ -83,26 +89,38 @@ def main() -> dict:
 
     (ours, opt), (ref, ref_opt) = pair(base, task, rank, gap=200)
     _, (control, control_opt) = pair(base, task, rank, gap=200)
-    results["train_step"] = rotating({"spectrallab": train_step(ours, task, batch, opt),
-                                      "galore_torch": train_step(ref, task, batch, ref_opt),
-                                      "galore_torch_again": train_step(control, task, batch, control_opt)},
-                                     rounds=15, reps=3)
+    results["train_step"] = rotating(
+        {
+            "spectrallab": train_step(ours, task, batch, opt),
+            "galore_torch": train_step(ref, task, batch, ref_opt),
+            "galore_torch_again": train_step(control, task, batch, control_opt),
+        },
+        rounds=15,
+        reps=3,
+    )
     (ours, opt), (ref, ref_opt) = pair(base, task, rank, gap=200)
-    results["optimizer_step"] = rotating({"spectrallab": step_only(ours, task, batch, opt),
-                                          "galore_torch": step_only(ref, task, batch, ref_opt)},
-                                         rounds=10, reps=20)
+    results["optimizer_step"] = rotating(
+        {"spectrallab": step_only(ours, task, batch, opt), "galore_torch": step_only(ref, task, batch, ref_opt)},
+        rounds=10,
+        reps=20,
+    )
     (ours, opt), (ref, ref_opt) = pair(base, task, rank, gap=1)
-    results["optimizer_step_svd"] = rotating({"spectrallab": step_only(ours, task, batch, opt),
-                                              "galore_torch": step_only(ref, task, batch, ref_opt)},
-                                             rounds=10, reps=5, warmup=2)
+    results["optimizer_step_svd"] = rotating(
+        {"spectrallab": step_only(ours, task, batch, opt), "galore_torch": step_only(ref, task, batch, ref_opt)},
+        rounds=10,
+        reps=5,
+        warmup=2,
+    )
 
     out = {"model": task.config(), "rank": rank, "targets": TARGETS, "scale": 0.25, **SETTINGS, "ms": {}, "ratio": {}}
     for name, times in results.items():
         ratio = times["spectrallab"] / times["galore_torch"]
         out["ms"][name] = {k: v * 1e3 for k, v in times.items()}
         out["ratio"][name] = ratio
-        print(f"GaLore {name:>18}: spectrallab {times['spectrallab'] * 1e3:8.2f} ms, galore-torch "
-              f"{times['galore_torch'] * 1e3:8.2f} ms, ratio {ratio:.3f} (goal <= 1.0)")
+        print(
+            f"GaLore {name:>18}: spectrallab {times['spectrallab'] * 1e3:8.2f} ms, galore-torch "
+            f"{times['galore_torch'] * 1e3:8.2f} ms, ratio {ratio:.3f} (goal <= 1.0)"
+        )
     # The same galore-torch setup timed twice: how far apart two identical candidates land on this
     # machine now. A train_step ratio within this of 1.0 is noise (forward and backward are identical).
     out["noise_ratio_train_step"] = results["train_step"]["galore_torch_again"] / results["train_step"]["galore_torch"]

@@ -30,12 +30,12 @@ SWEEP_SEEDS = (100, 101)
 # cpu and an eighth in gpu (wider models and longer runs want smaller rates).
 PRIOR_CI = {"full": 1e-2, "lora": 1e-2, "relora": 4e-2, "galore": 8e-2, "sltrain": 4e-2, "sst": 4e-2}
 PRIOR_SCALE = {"ci": 1.0, "cpu": 0.5, "gpu": 0.125}
-GRID = (-2, -1, 0, 1, 2)            # powers of 2 around the centre
+GRID = (-2, -1, 0, 1, 2)  # powers of 2 around the centre
 MAX_EXTENSIONS = 2
 
 
 def rate(centre: float, power: int) -> float:
-    return float(f"{centre * 2.0 ** power:.3g}")     # round: the rates are read and typed by people
+    return float(f"{centre * 2.0**power:.3g}")  # round: the rates are read and typed by people
 
 
 def summarize(entries: list[dict], methods) -> dict:
@@ -45,17 +45,21 @@ def summarize(entries: list[dict], methods) -> dict:
         for e in entries:
             if e["method"] == method:
                 by_lr.setdefault(e["lr"], []).append(e)
-        table[method] = {lr: {"mean_val_loss": sum(e["val_loss"] for e in es) / len(es),
-                              "spread_val_loss": max(e["val_loss"] for e in es) - min(e["val_loss"] for e in es),
-                              "seeds": [e["seed"] for e in es]}
-                         for lr, es in sorted(by_lr.items())}
+        table[method] = {
+            lr: {
+                "mean_val_loss": sum(e["val_loss"] for e in es) / len(es),
+                "spread_val_loss": max(e["val_loss"] for e in es) - min(e["val_loss"] for e in es),
+                "seeds": [e["seed"] for e in es],
+            }
+            for lr, es in sorted(by_lr.items())
+        }
     return table
 
 
 def main(profile: str, methods: list[str] | None = None, resume: bool = False) -> dict:
     import os
 
-    os.environ["SPECTRALLAB_PROFILE"] = profile     # only the task's device choice reads it; sizes are explicit
+    os.environ["SPECTRALLAB_PROFILE"] = profile  # only the task's device choice reads it; sizes are explicit
     import torch
 
     from spectrallab.experiments import head_to_head
@@ -78,11 +82,17 @@ def main(profile: str, methods: list[str] | None = None, resume: bool = False) -
     def save(complete: bool) -> dict:
         table = summarize(entries, setup.methods)
         best = {m: min(t, key=lambda lr: t[lr]["mean_val_loss"]) for m, t in table.items() if t}
-        result = {"profile": profile, "complete": complete, "settings": settings, "sweep_seeds": list(SWEEP_SEEDS),
-                  "selection": "lowest mean final validation loss over the sweep seeds",
-                  "grid": "centre * 2**k, k in -2..2, extended at an edge up to twice",
-                  "best": best, "table": {m: {f"{lr:g}": v for lr, v in t.items()} for m, t in table.items()},
-                  "runs": entries}
+        result = {
+            "profile": profile,
+            "complete": complete,
+            "settings": settings,
+            "sweep_seeds": list(SWEEP_SEEDS),
+            "selection": "lowest mean final validation loss over the sweep seeds",
+            "grid": "centre * 2**k, k in -2..2, extended at an edge up to twice",
+            "best": best,
+            "table": {m: {f"{lr:g}": v for lr, v in t.items()} for m, t in table.items()},
+            "runs": entries,
+        }
         record(name, result)
         return result
 
@@ -95,20 +105,29 @@ def main(profile: str, methods: list[str] | None = None, resume: bool = False) -
                 continue
             wall, cpu = time.perf_counter(), time.process_time()
             run, _, _ = setup.pretrain(task, method, lr, seed)
-            entry = {"method": method, "lr": lr, "seed": seed, "val_loss": run.final("val_loss"),
-                     "perplexity": run.final("perplexity"), "wall_s": round(time.perf_counter() - wall, 2),
-                     "cpu_s": round(time.process_time() - cpu, 2)}
+            entry = {
+                "method": method,
+                "lr": lr,
+                "seed": seed,
+                "val_loss": run.final("val_loss"),
+                "perplexity": run.final("perplexity"),
+                "wall_s": round(time.perf_counter() - wall, 2),
+                "cpu_s": round(time.process_time() - cpu, 2),
+            }
             entries.append(entry)
             losses.append(entry["val_loss"])
             save(complete=False)
-            print(f"{method:>8} lr {lr:<8g} seed {seed}: val loss {entry['val_loss']:.4f}  "
-                  f"({entry['wall_s']:.1f} s wall, {entry['cpu_s']:.1f} s cpu)", flush=True)
+            print(
+                f"{method:>8} lr {lr:<8g} seed {seed}: val loss {entry['val_loss']:.4f}  "
+                f"({entry['wall_s']:.1f} s wall, {entry['cpu_s']:.1f} s cpu)",
+                flush=True,
+            )
         return sum(losses) / len(losses) if all(map(math.isfinite, losses)) else math.inf
 
     for method in chosen:
         powers = list(GRID)
         means = {k: run_rate(method, rate(centre[method], k)) for k in powers}
-        for _ in range(MAX_EXTENSIONS):                   # grow the grid while the best is at its edge
+        for _ in range(MAX_EXTENSIONS):  # grow the grid while the best is at its edge
             best = min(means, key=means.get)
             if best == min(means):
                 k = best - 1

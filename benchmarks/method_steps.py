@@ -13,6 +13,7 @@ import torch
 
 os.environ.setdefault("SPECTRALLAB_PROFILE", "cpu")
 from common import interleaved, record, train_step  # noqa: E402
+
 import spectrallab as sl  # noqa: E402
 
 TARGETS = ["qkv", "proj", "fc1", "fc2"]
@@ -33,8 +34,13 @@ def main() -> dict:
     relative = {m: t / times["lora"] for m, t in times.items()}
     for m in sorted(relative, key=relative.get):
         print(f"{m:>9}: {times[m] * 1e3:7.1f} ms/step  ({relative[m]:.2f}× LoRA)")
-    result = {"model": task.config(), "rank": 8, "targets": TARGETS, "ms_per_step": {m: t * 1e3 for m, t in times.items()},
-              "relative_to_lora": relative}
+    result = {
+        "model": task.config(),
+        "rank": 8,
+        "targets": TARGETS,
+        "ms_per_step": {m: t * 1e3 for m, t in times.items()},
+        "relative_to_lora": relative,
+    }
     print(f"recorded in {record('method_steps', result)}")
     return result
 

@@ -13,11 +13,11 @@ import statistics
 import time
 
 import torch
+from common import record
+from peft import LoraConfig, get_peft_model  # noqa: E402
 from torch import nn
 
-from common import record
 import spectrallab as sl  # noqa: E402
-from peft import LoraConfig, get_peft_model  # noqa: E402
 
 RANK, NITER = 16, 4
 
@@ -46,17 +46,33 @@ def main(sizes=(1024, 2048, 4096)) -> dict:
         torch.manual_seed(0)
         base = One(n)
         rounds = 3 if n >= 4096 else 5
-        ours = timed(lambda: sl.apply(copy.deepcopy(base), "pissa", rank=RANK, svd="randomized", n_iter=NITER,
-                                      oversample=0), rounds)
-        theirs = timed(lambda: get_peft_model(copy.deepcopy(base), LoraConfig(
-            r=RANK, lora_alpha=RANK, target_modules=["fc"], init_lora_weights=f"pissa_niter_{NITER}")), rounds)
-        exact = timed(lambda: sl.apply(copy.deepcopy(base), "pissa", rank=RANK), 1)
-        copy_only = timed(lambda: copy.deepcopy(base), rounds)  # both sides pay for the copy
+        ours = timed(
+            lambda base=base: sl.apply(
+                copy.deepcopy(base), "pissa", rank=RANK, svd="randomized", n_iter=NITER, oversample=0
+            ),
+            rounds,
+        )
+        theirs = timed(
+            lambda base=base: get_peft_model(
+                copy.deepcopy(base),
+                LoraConfig(r=RANK, lora_alpha=RANK, target_modules=["fc"], init_lora_weights=f"pissa_niter_{NITER}"),
+            ),
+            rounds,
+        )
+        exact = timed(lambda base=base: sl.apply(copy.deepcopy(base), "pissa", rank=RANK), 1)
+        copy_only = timed(lambda base=base: copy.deepcopy(base), rounds)  # both sides pay for the copy
         ratio = (ours - copy_only) / (theirs - copy_only)
-        results[n] = {"spectrallab_s": ours, "peft_s": theirs, "exact_svd_s": exact, "deepcopy_s": copy_only,
-                      "ratio_spectrallab_over_peft": ratio}
-        print(f"{n}×{n}, r={RANK}, niter={NITER}: spectrallab {ours:.3f} s, PEFT {theirs:.3f} s "
-              f"(ratio {ratio:.2f}, copy excluded); exact-SVD PiSSA {exact:.2f} s")
+        results[n] = {
+            "spectrallab_s": ours,
+            "peft_s": theirs,
+            "exact_svd_s": exact,
+            "deepcopy_s": copy_only,
+            "ratio_spectrallab_over_peft": ratio,
+        }
+        print(
+            f"{n}×{n}, r={RANK}, niter={NITER}: spectrallab {ours:.3f} s, PEFT {theirs:.3f} s "
+            f"(ratio {ratio:.2f}, copy excluded); exact-SVD PiSSA {exact:.2f} s"
+        )
     print(f"recorded in {record('pissa_init', {'rank': RANK, 'n_iter': NITER, 'sizes': results})}")
     return results
 

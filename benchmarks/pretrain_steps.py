@@ -22,6 +22,7 @@ import torch
 
 os.environ.setdefault("SPECTRALLAB_PROFILE", "cpu")
 from common import interleaved, record  # noqa: E402
+
 import spectrallab as sl  # noqa: E402
 
 TARGETS = ["qkv", "proj", "fc1", "fc2"]
@@ -113,11 +114,18 @@ def sst_periodic_share(task, rank: int, sst_ms_per_step: float, reps: int = 5) -
     period = 200
     amortized = resample_ms / period + resvd_ms / (period * periods_per_round)
     share = amortized / sst_ms_per_step
-    print(f"SST periodic work at the paper's schedule (T3 = {period}, {periods_per_round} periods per round): "
-          f"resample {resample_ms:.2f} ms, re-SVD {resvd_ms:.2f} ms per event over all layers -> "
-          f"{share:.3%} of training time (paper: 0.5-0.8 % for SVD)")
-    return {"resample_ms": resample_ms, "resvd_ms": resvd_ms, "period": period,
-            "periods_per_round": periods_per_round, "share_of_step_time": share}
+    print(
+        f"SST periodic work at the paper's schedule (T3 = {period}, {periods_per_round} periods per round): "
+        f"resample {resample_ms:.2f} ms, re-SVD {resvd_ms:.2f} ms per event over all layers -> "
+        f"{share:.3%} of training time (paper: 0.5-0.8 % for SVD)"
+    )
+    return {
+        "resample_ms": resample_ms,
+        "resvd_ms": resvd_ms,
+        "period": period,
+        "periods_per_round": periods_per_round,
+        "share_of_step_time": share,
+    }
 
 
 def main() -> dict:

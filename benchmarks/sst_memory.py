@@ -47,8 +47,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TARGETS = ["qkv", "proj", "fc1", "fc2"]
 CONFIGS = ["full", "lora", "sst", "sst_autograd"]
-LABELS = {"full": "full rank", "lora": "LoRA", "sst": "SST (its backward)",
-          "sst_autograd": "SST via plain autograd (previous forward)"}
+LABELS = {
+    "full": "full rank",
+    "lora": "LoRA",
+    "sst": "SST (its backward)",
+    "sst_autograd": "SST via plain autograd (previous forward)",
+}
 
 
 def use_plain_autograd() -> None:
@@ -65,8 +69,14 @@ def use_plain_autograd() -> None:
 def memory_task(args):
     import spectrallab as sl
 
-    return sl.task("chargpt", n_chars=200_000, d_model=args.d_model, n_layer=args.n_layer,
-                   n_head=args.d_model // 64, context=args.context)
+    return sl.task(
+        "chargpt",
+        n_chars=200_000,
+        d_model=args.d_model,
+        n_layer=args.n_layer,
+        n_head=args.d_model // 64,
+        context=args.context,
+    )
 
 
 def build(task, config: str, rank: int, device: str):
@@ -135,9 +145,17 @@ def child(args) -> None:
         peak, how = _resident_MiB("VmHWM"), "VmHWM after clear_refs"
     else:  # ru_maxrss: KiB on Linux, the peak since the process started
         peak, how = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "ru_maxrss (not resettable)"
-    out = {"config": args.child, "device": device, "total_MiB": peak, "step_MiB": peak - before,
-           "before_MiB": before, "peak_from": how, "s_per_step": statistics.median(times[1:] or times),
-           "tokens_per_batch": task.batch_size * task.context, "loss": float(loss.detach())}
+    out = {
+        "config": args.child,
+        "device": device,
+        "total_MiB": peak,
+        "step_MiB": peak - before,
+        "before_MiB": before,
+        "peak_from": how,
+        "s_per_step": statistics.median(times[1:] or times),
+        "tokens_per_batch": task.batch_size * task.context,
+        "loss": float(loss.detach()),
+    }
     if device == "cuda":
         out["cuda_step_MiB"] = (torch.cuda.max_memory_allocated() - cuda_before) / 2**20
         out["cuda_total_MiB"] = torch.cuda.max_memory_allocated() / 2**20
@@ -147,25 +165,40 @@ def child(args) -> None:
 def memory_table(args) -> dict:
     results = {}
     for config in CONFIGS:
-        command = [sys.executable, __file__, "--child", config] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-            if k in ("d_model", "n_layer", "context", "batch", "rank", "steps")] + (["--cpu"] if args.cpu else [])
+        command = (
+            [sys.executable, __file__, "--child", config]
+            + [
+                f"--{k.replace('_', '-')}={v}"
+                for k, v in vars(args).items()
+                if k in ("d_model", "n_layer", "context", "batch", "rank", "steps")
+            ]
+            + (["--cpu"] if args.cpu else [])
+        )
         done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
         if done.returncode:
             raise RuntimeError(f"{config} failed:\n{done.stderr}")
         results[config] = json.loads(done.stdout.strip().splitlines()[-1])
     first = results["full"]
-    print(f"tiny GPT d_model {args.d_model}, {args.n_layer} blocks, {first['tokens_per_batch']} tokens per batch, "
-          f"rank {args.rank}, {args.steps} AdamW steps, device {first['device']}; peak from {first['peak_from']}")
+    print(
+        f"tiny GPT d_model {args.d_model}, {args.n_layer} blocks, {first['tokens_per_batch']} tokens per batch, "
+        f"rank {args.rank}, {args.steps} AdamW steps, device {first['device']}; peak from {first['peak_from']}"
+    )
     keys = ["step_MiB", "total_MiB"] + (["cuda_step_MiB", "cuda_total_MiB"] if "cuda_step_MiB" in first else [])
     for config, r in results.items():
         cells = "  ".join(f"{key} {r[key]:8.1f} ({r[key] / first[key]:.2f}×)" for key in keys)
-        print(f"{LABELS[config]:>42}: {cells}  {r['s_per_step']:.2f} s/step ({r['s_per_step'] / first['s_per_step']:.2f}×)")
+        step_ratio = r["s_per_step"] / first["s_per_step"]
+        print(f"{LABELS[config]:>42}: {cells}  {r['s_per_step']:.2f} s/step ({step_ratio:.2f}×)")
     ratios = {config: {key: r[key] / first[key] for key in keys + ["s_per_step"]} for config, r in results.items()}
     saving = {key: results["sst"][key] / results["sst_autograd"][key] for key in keys}
     print("SST's backward vs plain autograd: " + ", ".join(f"{k} {v:.2f}×" for k, v in saving.items()))
-    return {"model": memory_task(args).config() | {"batch_size": args.batch}, "rank": args.rank, "steps": args.steps,
-            "results": results, "relative_to_full": ratios, "sst_over_sst_autograd": saving}
+    return {
+        "model": memory_task(args).config() | {"batch_size": args.batch},
+        "rank": args.rank,
+        "steps": args.steps,
+        "results": results,
+        "relative_to_full": ratios,
+        "sst_over_sst_autograd": saving,
+    }
 
 
 def step_times(args) -> dict:
@@ -194,17 +227,23 @@ def step_times(args) -> dict:
         if config == "sst_autograd":  # only these layers' forward, so that both SST runs coexist
             for layer in sl.adapted_layers(model).values():
                 layer.forward = (lambda self: lambda x: F.linear(x, self.effective_weight(), self.bias))(layer)
-        assert all(isinstance(l, SSTLayer) for l in sl.adapted_layers(model).values())
+        assert all(isinstance(layer, SSTLayer) for layer in sl.adapted_layers(model).values())
         steps[config] = train_step(model, task, batch, sl.optimizer(model, lr=1e-4))
     times = interleaved(steps, rounds=args.rounds, reps=3, warmup=2)
     relative = {c: t / times["full"] for c, t in times.items()}
-    print(f"step time, tiny GPT d_model 128, 4 blocks, {task.batch_size * task.context} tokens, rank 8, "
-          f"{args.rounds} interleaved rounds (medians):")
+    print(
+        f"step time, tiny GPT d_model 128, 4 blocks, {task.batch_size * task.context} tokens, rank 8, "
+        f"{args.rounds} interleaved rounds (medians):"
+    )
     for c, t in times.items():
         print(f"{LABELS[c]:>42}: {t * 1e3:7.1f} ms/step ({relative[c]:.3f}× full)")
-    return {"model": task.config() | {"batch_size": task.batch_size}, "rank": 8,
-            "ms_per_step": {c: t * 1e3 for c, t in times.items()}, "relative_to_full": relative,
-            "sst_over_sst_autograd": times["sst"] / times["sst_autograd"]}
+    return {
+        "model": task.config() | {"batch_size": task.batch_size},
+        "rank": 8,
+        "ms_per_step": {c: t * 1e3 for c, t in times.items()},
+        "relative_to_full": relative,
+        "sst_over_sst_autograd": times["sst"] / times["sst_autograd"],
+    }
 
 
 def main() -> None:

@@ -23,9 +23,9 @@ import statistics
 import time
 
 import plotly.graph_objects as go
+from common import machine, record
 from jupyter_client.manager import start_new_kernel
 
-from common import machine, record
 from spectrallab.widgets import SpectrumExplorer
 
 ROUNDS, CHANGES_PER_ROUND, WARMUP = 5, 40, 10
@@ -109,8 +109,11 @@ def main() -> dict:
     static, static_build = in_process(live=False)
     live, live_build = in_process(live=True)
     kernel = KernelExplorer()
-    changers = {"static": lambda ranks: rank_changes(static, ranks), "live": lambda ranks: rank_changes(live, ranks),
-                "kernel": kernel.rank_changes}
+    changers = {
+        "static": lambda ranks: rank_changes(static, ranks),
+        "live": lambda ranks: rank_changes(live, ranks),
+        "kernel": kernel.rank_changes,
+    }
     build_ms = {"static": static_build * 1e3, "live": live_build * 1e3, "kernel": kernel.build_seconds * 1e3}
     k = static.controls["rank"].max
     try:
@@ -123,15 +126,26 @@ def main() -> dict:
     finally:
         kernel.close()
 
-    ms = {mode: {"median": statistics.median(s) * 1e3, "p90": statistics.quantiles(s, n=10)[-1] * 1e3,
-                 "max": max(s) * 1e3, "changes": len(s)} for mode, s in samples.items()}
+    ms = {
+        mode: {
+            "median": statistics.median(s) * 1e3,
+            "p90": statistics.quantiles(s, n=10)[-1] * 1e3,
+            "max": max(s) * 1e3,
+            "changes": len(s),
+        }
+        for mode, s in samples.items()
+    }
     info = machine()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    print(f"SpectrumExplorer rank change, {k}×{k} matrix, on {info['cpu']} ({info['cores']} cores, "
-          f"{info['torch_threads']} torch threads, torch {info['torch']}; load average {load:.2f}):")
+    print(
+        f"SpectrumExplorer rank change, {k}×{k} matrix, on {info['cpu']} ({info['cores']} cores, "
+        f"{info['torch_threads']} torch threads, torch {info['torch']}; load average {load:.2f}):"
+    )
     for mode, m in ms.items():
-        print(f"  {mode:6s}: median {m['median']:.1f} ms, p90 {m['p90']:.1f} ms, max {m['max']:.1f} ms "
-              f"over {m['changes']} changes (goal < 100 ms); built (SVD once) in {build_ms[mode]:.0f} ms")
+        print(
+            f"  {mode:6s}: median {m['median']:.1f} ms, p90 {m['p90']:.1f} ms, max {m['max']:.1f} ms "
+            f"over {m['changes']} changes (goal < 100 ms); built (SVD once) in {build_ms[mode]:.0f} ms"
+        )
     result = {"matrix": f"{k}x{k} demo", "ms_per_rank_change": ms, "build_ms": build_ms, "load_average": load}
     print(f"recorded in {record('widget_latency', result)}")
     return result

@@ -14,6 +14,7 @@ import time
 os.environ.setdefault("SPECTRALLAB_PROFILE", "cpu")
 
 from common import record  # noqa: E402
+
 from spectrallab.widgets import Playground  # noqa: E402
 from spectrallab.widgets.session import SCENARIOS, TrainingSession  # noqa: E402
 
@@ -58,12 +59,22 @@ def main() -> dict:
         steps, frames = live_steps_per_second()
         live.append(steps)
         fps.append(frames)
-    b, l, f = statistics.median(bare), statistics.median(live), statistics.median(fps)
-    cost = 1 - l / b
-    print(f"{METHOD} rank {RANK} on {SCENARIO}: {b:.0f} steps/s bare, {l:.0f} steps/s with the live view "
-          f"({cost:.1%} of throughput; goal < 20%), {f:.1f} frames/s drawn")
-    result = {"scenario": SCENARIO, "method": METHOD, "rank": RANK, "steps": STEPS, "steps_per_s_bare": b,
-              "steps_per_s_live": l, "live_view_cost": cost, "frames_per_s": f}
+    bare_rate, live_rate, frame_rate = statistics.median(bare), statistics.median(live), statistics.median(fps)
+    cost = 1 - live_rate / bare_rate
+    print(
+        f"{METHOD} rank {RANK} on {SCENARIO}: {bare_rate:.0f} steps/s bare, {live_rate:.0f} steps/s with the "
+        f"live view ({cost:.1%} of throughput; goal < 20%), {frame_rate:.1f} frames/s drawn"
+    )
+    result = {
+        "scenario": SCENARIO,
+        "method": METHOD,
+        "rank": RANK,
+        "steps": STEPS,
+        "steps_per_s_bare": bare_rate,
+        "steps_per_s_live": live_rate,
+        "live_view_cost": cost,
+        "frames_per_s": frame_rate,
+    }
     print(f"recorded in {record('widget_throughput', result)}")
     return result
 

@@ -46,9 +46,19 @@ def checkpointed_run(checkpoint, mode: str = "run"):
     model = task.make_model(seed=0)
     sl.apply(model, "sst", rank=4, resample_every=5, warmup=2, periods_per_round=2, seed=0)
     pause = (lambda event: time.sleep(0.1)) if mode == "slow" else None
-    run = sl.fit(model, task, STEPS, lr=1e-2, schedule=sl.warmup_cosine(STEPS, warmup=3), eval_every=5,
-                 checkpoint=checkpoint, checkpoint_every=EVERY, on_event=pause, name="checkpointed",
-                 progress="off")
+    run = sl.fit(
+        model,
+        task,
+        STEPS,
+        lr=1e-2,
+        schedule=sl.warmup_cosine(STEPS, warmup=3),
+        eval_every=5,
+        checkpoint=checkpoint,
+        checkpoint_every=EVERY,
+        on_event=pause,
+        name="checkpointed",
+        progress="off",
+    )
     return model, run
 
 

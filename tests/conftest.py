@@ -110,8 +110,10 @@ def fingerprint(model: nn.Module) -> dict:
 def same_fingerprint(a: dict, b: dict) -> bool:
     if a["modules"] != b["modules"] or a["attrs"] != b["attrs"] or a["params"].keys() != b["params"].keys():
         return False
-    return all(torch.equal(a["params"][n][0], b["params"][n][0]) and a["params"][n][1] == b["params"][n][1]
-               for n in a["params"])
+    return all(
+        torch.equal(a["params"][n][0], b["params"][n][0]) and a["params"][n][1] == b["params"][n][1]
+        for n in a["params"]
+    )
 
 
 def assert_rejected_and_unchanged(method: str, options: dict, error: type[Exception], message: str) -> None:
@@ -130,6 +132,7 @@ def assert_rejected_and_unchanged(method: str, options: dict, error: type[Except
 # (Here and not in a test module: a fixture imported into a second module is a second fixture, and
 # the book would be built twice.)
 
+
 @pytest.fixture(scope="session")
 def book_cache(tmp_path_factory) -> Path:
     """One execution cache for the session's book builds: the student build re-uses what the
@@ -141,9 +144,22 @@ def build_book(out: Path, cache: Path, audience: str) -> str:
     """Build the book into ``out`` (-W) for ``audience``; returns the build log."""
     env = {**os.environ, "SPECTRALLAB_BOOK_CACHE": str(cache), "SPECTRALLAB_AUDIENCE": audience}
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "--all", "-W", "-n",
-         "--keep-going", "--path-output", str(out)],
-        capture_output=True, text=True, timeout=1800, env=env)
+        [
+            str(Path(sys.executable).parent / "jupyter-book"),
+            "build",
+            str(ROOT),
+            "--all",
+            "-W",
+            "-n",
+            "--keep-going",
+            "--path-output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=env,
+    )
     log = result.stdout + result.stderr
     ARTIFACTS.mkdir(exist_ok=True)
     name = "book-build.log" if audience == "instructor" else f"book-build-{audience}.log"
@@ -166,8 +182,11 @@ def built_student_book(built_book, tmp_path_factory, book_cache) -> Path:
     execution cache, so it executes nothing: the HTML directory."""
     out = tmp_path_factory.mktemp("student-book")
     log = build_book(out, book_cache, "student")
-    caches = {re.search(r"Using jupyter-cache at: (\S+)", text).group(1)
-              for text in (log, (ARTIFACTS / "book-build.log").read_text()) if "Using jupyter-cache at:" in text}
+    caches = {
+        re.search(r"Using jupyter-cache at: (\S+)", text).group(1)
+        for text in (log, (ARTIFACTS / "book-build.log").read_text())
+        if "Using jupyter-cache at:" in text
+    }
     assert len(caches) == 1, f"the two builds used different execution caches (did src/ or widgets/ change?): {caches}"
     assert "Executing notebook" not in log, "the student build executed a chapter instead of using the cache"
     return out / "_build" / "html"

@@ -12,8 +12,14 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from transformers import (BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel,  # noqa: E402
-                          LlamaConfig, LlamaForCausalLM)
+from transformers import (  # noqa: E402 (after importorskip: only when transformers is there)
+    BertConfig,
+    BertForMaskedLM,
+    GPT2Config,
+    GPT2LMHeadModel,  # noqa: E402
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 from transformers.pytorch_utils import Conv1D  # noqa: E402,F401  (re-exported for the tests)
 
 VOCAB = 100
@@ -21,22 +27,46 @@ _IDS = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
 
 
 def tiny_gpt2(**overrides) -> GPT2LMHeadModel:
-    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=32, resid_pdrop=0.0,
-                        embd_pdrop=0.0, attn_pdrop=0.0, **{**_IDS, **overrides})
+    config = GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        vocab_size=VOCAB,
+        n_positions=32,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        **{**_IDS, **overrides},
+    )
     return GPT2LMHeadModel(config)
 
 
 def tiny_llama(**overrides) -> LlamaForCausalLM:
-    config = LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
-                         num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=32,
-                         **{**_IDS, **overrides})
+    config = LlamaConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=32,
+        **{**_IDS, **overrides},
+    )
     return LlamaForCausalLM(config)
 
 
 def tiny_bert(**overrides) -> BertForMaskedLM:
-    config = BertConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
-                        vocab_size=VOCAB, max_position_embeddings=32, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0, **{**_IDS, **overrides})
+    config = BertConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        **{**_IDS, **overrides},
+    )
     return BertForMaskedLM(config)
 
 

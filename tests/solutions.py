@@ -98,7 +98,9 @@ def read(path: Path) -> Solutions:
                 mode = fence
                 result.count += 1
             else:
-                label = next((EXERCISE_LABEL.match(l) for l in lines[i + 1:i + 4] if EXERCISE_LABEL.match(l)), None)
+                label = next(
+                    (EXERCISE_LABEL.match(after) for after in lines[i + 1 : i + 4] if EXERCISE_LABEL.match(after)), None
+                )
                 result.exercises.append(label.group(1) if label else "")
                 outside_lines.append(line)
             i += 1

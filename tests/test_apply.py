@@ -10,10 +10,9 @@ import torch
 from torch import nn
 
 import spectrallab as sl
+from conftest import ThreeLayers, fingerprint, same_fingerprint
 from spectrallab.methods.base import AdaptedLinear
 from spectrallab.methods.lora import LoRALinear
-
-from conftest import ThreeLayers, fingerprint, same_fingerprint
 
 LINEARS = ["encoder.fc1", "encoder.fc2", "head"]
 
@@ -69,12 +68,15 @@ def test_freeze_others_override(model):
     assert not model.encoder["fc1"].weight.requires_grad  # the base weight under LoRA is frozen
 
 
-@pytest.mark.parametrize("targets, expected", [
-    (["fc1"], ["encoder.fc1"]),
-    (["encoder.fc2", "head"], ["encoder.fc2", "head"]),
-    (r"encoder\.fc\d", ["encoder.fc1", "encoder.fc2"]),
-    (r"head", ["head"]),
-])
+@pytest.mark.parametrize(
+    "targets, expected",
+    [
+        (["fc1"], ["encoder.fc1"]),
+        (["encoder.fc2", "head"], ["encoder.fc2", "head"]),
+        (r"encoder\.fc\d", ["encoder.fc1", "encoder.fc2"]),
+        (r"head", ["head"]),
+    ],
+)
 def test_targets_by_suffix_list_or_full_regex(model, targets, expected):
     sl.apply(model, "lora", rank=2, targets=targets)
     assert sorted(sl.adapted_layers(model)) == expected
@@ -163,6 +165,7 @@ def test_apply_is_deterministic_under_a_seed():
         torch.manual_seed(123)
         m = ThreeLayers()
         return sl.apply(m, "lora", rank=4)
+
     a, b = build(), build()
     for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
         assert na == nb and torch.equal(pa, pb)
@@ -187,7 +190,8 @@ def test_optimizer_is_a_real_adamw_over_trainable_parameters(model, ids):
     sched = torch.optim.lr_scheduler.StepLR(opt, 1)  # schedulers accept it
     before = model.head.effective_weight().detach().clone()
     model(ids).square().mean().backward()
-    opt.step(); sched.step()
+    opt.step()
+    sched.step()
     assert not torch.equal(model.head.effective_weight(), before)
     assert isinstance(sl.optimizer(model, optimizer="sgd", lr=0.1, momentum=0.9), torch.optim.SGD)
 
@@ -205,7 +209,11 @@ BAD_INPUTS = [
     (dict(method="lora", rank=0), ValueError, r"layer 'encoder.fc1'.*rank=0.*\[1, 16\]"),
     (dict(method="lora", rank=17, targets=["fc1"]), ValueError, r"'encoder.fc1' \(32×16\): rank=17.*\[1, 16\]"),
     (dict(method="lora", rank=9, targets=["fc1", "head"]), ValueError, r"'head' \(8×16\): rank=9.*\[1, 8\]"),
-    (dict(method="lora", rank=2.5), TypeError, r"layers .encoder.fc1.*: rank must be an int in \[1, min\(out, in\)\], got 2.5"),
+    (
+        dict(method="lora", rank=2.5),
+        TypeError,
+        r"layers .encoder.fc1.*: rank must be an int in \[1, min\(out, in\)\], got 2.5",
+    ),
     (dict(method="lora", rank=4, alpha=-1.0), ValueError, r"alpha=-1.0 is outside the allowed range \(0, inf\)"),
     (dict(method="lora", rank=4, init="pisa"), ValueError, r"init='pisa' is not one of"),
     (dict(method="lora", rank=4, dropout=1.5), ValueError, r"dropout=1.5 is outside the allowed range \[0, 1\)"),

@@ -34,8 +34,10 @@ kernelspec:
 
 
 def chapter(log: Path, name: str, body: str = "") -> str:
-    return (HEADER + f"\n# Chapter {name}\n\n```{{code-cell}} ipython3\n"
-            f"with open({str(log)!r}, 'a') as f:\n    f.write({name!r} + '\\n')\n{body}print('ran {name}')\n```\n")
+    return (
+        HEADER + f"\n# Chapter {name}\n\n```{{code-cell}} ipython3\n"
+        f"with open({str(log)!r}, 'a') as f:\n    f.write({name!r} + '\\n')\n{body}print('ran {name}')\n```\n"
+    )
 
 
 @pytest.fixture
@@ -55,8 +57,13 @@ def tiny_book(tmp_path):
 
 def build(root: Path, **env) -> subprocess.CompletedProcess:
     environment = {**os.environ, "SPECTRALLAB_BOOK_CACHE": str(root / "cache"), **env}
-    return subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(root), "-W", "-n",
-                           "--keep-going"], capture_output=True, text=True, timeout=600, env=environment)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "jupyter-book"), "build", str(root), "-W", "-n", "--keep-going"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=environment,
+    )
 
 
 def executed(log: Path) -> list[str]:

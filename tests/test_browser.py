@@ -12,9 +12,9 @@ import shutil
 import time
 
 import pytest
+from test_chapters import CHAPTERS
 
 from conftest import ROOT
-from test_chapters import CHAPTERS
 
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -39,9 +39,18 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--disable-quic", "--window-size=1280,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+        "--window-size=1280,1000",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -75,19 +84,24 @@ def test_chapter_page_renders_figures_and_math_without_console_errors(browser, b
     browser.get(page.as_uri())
 
     if expected_figures:
-        drawn = wait_for(browser, f"""
+        drawn = wait_for(
+            browser,
+            f"""
             const DRAWN = {DRAWN_TRACE!r};
             const divs = document.querySelectorAll('.js-plotly-plot');
             return divs.length >= {expected_figures} &&
                    [...divs].every(d => d._fullLayout && d.querySelector(DRAWN) !== null)
-                   ? divs.length : 0;""")
+                   ? divs.length : 0;""",
+        )
         assert drawn >= expected_figures, f"{chapter.stem}: {expected_figures} plotly figures expected, drawn: {drawn}"
         traces = browser.execute_script(
-            "return [...document.querySelectorAll('.js-plotly-plot')].map(d => d.data.length);")
+            "return [...document.querySelectorAll('.js-plotly-plot')].map(d => d.data.length);"
+        )
         assert all(n > 0 for n in traces), f"{chapter.stem}: a figure has no data traces"
     if has_math:
-        assert wait_for(browser, "return document.querySelectorAll('mjx-container').length"), \
+        assert wait_for(browser, "return document.querySelectorAll('mjx-container').length"), (
             f"{chapter.stem}: math was not typeset"
+        )
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / f"page-{chapter.stem}.png"))
     errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]

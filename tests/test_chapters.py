@@ -6,17 +6,14 @@ Execution times are recorded in test-artifacts/."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from solutions import MIN_RUN, handouts, html_text, prose_runs, read
 
 from conftest import ARTIFACTS, ROOT
-from solutions import MIN_RUN, handouts, html_text, prose_runs, read
 
 CHAPTERS = sorted((ROOT / "book").glob("*.md"))
 
@@ -28,8 +25,9 @@ def test_chapter_executes(chapter: Path, tmp_path):
 
     notebook = handouts().instructor_notebook(chapter)  # the chapter's code cells, solutions included
     assert notebook.metadata.get("kernelspec", {}).get("name") == "python3", "chapter header needs a kernelspec"
-    client = NotebookClient(notebook, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     start = time.perf_counter()
     client.execute()  # raises CellExecutionError, with the cell and traceback, on any failing cell
     elapsed = time.perf_counter() - start
@@ -102,8 +100,10 @@ def test_book_numbers_exercises_as_the_handouts_name_them(built_book):
         if not parsed.exercises:
             continue
         page = BeautifulSoup((built_book / chapter.relative_to(ROOT).with_suffix(".html")).read_text(), "html.parser")
-        shown = [(box.get("id"), " ".join(box.select_one(".admonition-title").get_text().split()))
-                 for box in page.select("div.exercise")]
+        shown = [
+            (box.get("id"), " ".join(box.select_one(".admonition-title").get_text().split()))
+            for box in page.select("div.exercise")
+        ]
         named = [(e.label, f"Exercise {e.name}") for e in parsed.exercises]
         assert [(label, title.split(" (")[0]) for label, title in shown] == named, chapter.stem
         checked += len(named)

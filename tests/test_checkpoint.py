@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpointed_run import EVERY, STEPS, checkpointed_run
 
 import spectrallab as sl
 from spectrallab import checkpoint as ck
 from spectrallab.runs import Run, load_runs
-
-from checkpointed_run import EVERY, STEPS, checkpointed_run
 
 SCRIPT = Path(__file__).with_name("checkpointed_run.py")
 
@@ -34,8 +33,12 @@ def reference(tmp_path_factory):
 
 def child(out: Path, checkpoint: Path, mode: str, home: Path) -> subprocess.Popen:
     env = {**os.environ, "SPECTRALLAB_HOME": str(home), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parent)}
-    return subprocess.Popen([sys.executable, str(SCRIPT), str(out), str(checkpoint), mode], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(out), str(checkpoint), mode],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def assert_same_weights(state: dict, expected: dict) -> None:
@@ -78,17 +81,17 @@ def test_a_kill_in_the_middle_of_a_write_leaves_the_previous_checkpoint(tmp_path
     proc = child(out, checkpoint, "die-mid-write", tmp_path)
     output = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == -signal.SIGKILL, output
-    (partial,) = tmp_path.glob(".run.pt.*.tmp")          # half a checkpoint, fsynced, never renamed
+    (partial,) = tmp_path.glob(".run.pt.*.tmp")  # half a checkpoint, fsynced, never renamed
     assert 0 < partial.stat().st_size < checkpoint.stat().st_size
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 (torch raises another type per truncation point)
         torch.load(partial, weights_only=True)
-    assert torch.load(checkpoint, weights_only=True)["step"] == EVERY   # the first one, intact
+    assert torch.load(checkpoint, weights_only=True)["step"] == EVERY  # the first one, intact
 
     monkeypatch.setenv("SPECTRALLAB_HOME", str(tmp_path))
-    model, run = checkpointed_run(checkpoint)            # resumes (in this process) from step EVERY
+    model, run = checkpointed_run(checkpoint)  # resumes (in this process) from step EVERY
     assert_same_weights(model.state_dict(), expected)
     assert run.loss == expected_run.loss and run.evals == expected_run.evals
-    assert not partial.exists()                          # the stale temporary was removed
+    assert not partial.exists()  # the stale temporary was removed
 
 
 def test_in_process_interruption_and_resume_yield_the_expected_events(tmp_path, reference, home):
@@ -100,8 +103,14 @@ def test_in_process_interruption_and_resume_yield_the_expected_events(tmp_path, 
         model = task.make_model(seed=0)
         return sl.apply(model, "sst", rank=4, resample_every=5, warmup=2, periods_per_round=2, seed=0)
 
-    kwargs = dict(lr=1e-2, schedule=sl.warmup_cosine(STEPS, warmup=3), eval_every=5, checkpoint=checkpoint,
-                  checkpoint_every=EVERY, name="checkpointed")
+    kwargs = dict(
+        lr=1e-2,
+        schedule=sl.warmup_cosine(STEPS, warmup=3),
+        eval_every=5,
+        checkpoint=checkpoint,
+        checkpoint_every=EVERY,
+        name="checkpointed",
+    )
     events = []
     for event in sl.train(setup(), task, STEPS, **kwargs):  # a widget's Pause: stop consuming at step 10
         events.append(event.step)
@@ -141,7 +150,7 @@ def test_a_failed_write_leaves_the_previous_file(tmp_path, monkeypatch):
         run.save(tmp_path)
     monkeypatch.undo()
     assert path.read_text() == before and json.loads(before)["loss"] == [1.0, 2.0]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]   # no temporary left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary left behind
 
     target = tmp_path / "state.pt"
     ck.atomic_save({"x": torch.arange(3)}, target)

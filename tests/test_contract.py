@@ -20,20 +20,20 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from test_your_own_method_claims import chapter_namespace, method_cell
 from torch import nn
 
 import spectrallab as sl
+from conftest import SmallMLP, fingerprint, same_fingerprint
 from spectrallab.checkpoint import atomic_save
 from spectrallab.methods import base
 from spectrallab.methods.base import AdaptedLinear, LayerCounts, registered
 from spectrallab.methods.options import Option
 
-from conftest import SmallMLP, fingerprint, same_fingerprint
-from test_your_own_method_claims import chapter_namespace, method_cell
-
-CHAPTER_METHOD = "gated_lora"   # book/your_own_method.md's method, checked like the built-ins
+CHAPTER_METHOD = "gated_lora"  # book/your_own_method.md's method, checked like the built-ins
 
 # -- a method written here: registering it is all it takes to be checked like the built-ins -------
+
 
 class ToyScaleLinear(AdaptedLinear):
     """``W' = diag(1 + s) W`` (``side="rows"``, s ∈ R^m) or ``W diag(1 + s)`` (``"cols"``, s ∈ R^n),
@@ -46,8 +46,7 @@ class ToyScaleLinear(AdaptedLinear):
         self.weight = nn.Parameter(linear.weight.detach(), requires_grad=False)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=train_bias)
         size = linear.out_features if side == "rows" else linear.in_features
-        self.s = nn.Parameter(torch.full((size,), float(init), dtype=linear.weight.dtype,
-                                         device=linear.weight.device))
+        self.s = nn.Parameter(torch.full((size,), float(init), dtype=linear.weight.dtype, device=linear.weight.device))
 
     def effective_weight(self) -> torch.Tensor:
         scale = 1 + self.s
@@ -73,10 +72,15 @@ class ToyScale(sl.Method):
     """A scale per channel on a frozen weight (the test file's own method)."""
 
     options = {
-        "side": Option("rows", "which side of W the trained scale multiplies", kind="choice",
-                       choices=("rows", "cols")),
-        "init": Option(0.0, "s at the start (0: the pretrained function); 1 + s must stay > 0",
-                       kind="float", low=-1, high=1, low_open=True),
+        "side": Option("rows", "which side of W the trained scale multiplies", kind="choice", choices=("rows", "cols")),
+        "init": Option(
+            0.0,
+            "s at the start (0: the pretrained function); 1 + s must stay > 0",
+            kind="float",
+            low=-1,
+            high=1,
+            low_open=True,
+        ),
         "train_bias": Option(False, "train the layer's bias too", kind="bool"),
     }
     init_reads_weight = "it keeps W as it is"
@@ -100,8 +104,8 @@ def toy_registered():
 
 # -- options that fit the toy model, derived from the declarations -----------------------------------
 
-PERIOD = 3   # every periodic method does its work every 3 steps here (SST, ReLoRA, GaLore)
-RANK = 4     # a rank that fits every toy layer (min(out, in) = 12)
+PERIOD = 3  # every periodic method does its work every 3 steps here (SST, ReLoRA, GaLore)
+RANK = 4  # a rank that fits every toy layer (min(out, in) = 12)
 
 
 def options_for(method: str) -> dict:
@@ -125,8 +129,9 @@ def batch(i: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, tor
     return torch.randn(16, 20, generator=g).to(dtype), torch.randn(16, 12, generator=g).to(dtype)
 
 
-def train(model: nn.Module, opt: torch.optim.Optimizer, start: int, stop: int,
-          dtype: torch.dtype = torch.float32) -> None:
+def train(
+    model: nn.Module, opt: torch.optim.Optimizer, start: int, stop: int, dtype: torch.dtype = torch.float32
+) -> None:
     for i in range(start, stop):
         x, y = batch(i, dtype)
         loss = F.mse_loss(model(x), y)
@@ -145,6 +150,7 @@ def outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 # -- bad values, generated from an Option declaration --------------------------------------------
+
 
 def _below(option: Option):
     if option.kind == "int" or option.kind == "seed":
@@ -198,12 +204,12 @@ def bad_values(option: Option) -> list[tuple[str, object, type[Exception], list[
     return cases
 
 
-
 # -- the matrix: every registered method, the toy included --------------------------------------------
 #
 # The toy is registered while this module is collected, so that `registered()` lists it, and taken
 # out again at once: modules collected after this one parametrize over the built-in registry only
 # (`toy_registered` puts it back for this module's tests).
+
 
 def register_the_chapters_method() -> None:
     """Run book/your_own_method.md's method cell, as a reader does: it registers "gated_lora"."""
@@ -214,10 +220,13 @@ _BUILT_IN = registered()
 sl.register(TOY)(ToyScale)
 register_the_chapters_method()
 METHODS = sorted(registered())
-OPTION_CASES = [pytest.param(method, name, value, error, phrases, id=f"{method}-{name}-{label}")
-                for method in METHODS
-                for name, option in registered()[method].options.items() if isinstance(option, Option)
-                for label, value, error, phrases in bad_values(option)]
+OPTION_CASES = [
+    pytest.param(method, name, value, error, phrases, id=f"{method}-{name}-{label}")
+    for method in METHODS
+    for name, option in registered()[method].options.items()
+    if isinstance(option, Option)
+    for label, value, error, phrases in bad_values(option)
+]
 base._REGISTRY.clear()
 base._REGISTRY.update(_BUILT_IN)
 
@@ -238,8 +247,7 @@ def test_every_option_is_declared(method):
 
 
 @pytest.mark.parametrize("method, name, value, error, phrases", OPTION_CASES)
-def test_a_bad_option_is_refused_naming_layer_option_and_range_and_changes_nothing(method, name, value, error,
-                                                                                  phrases):
+def test_a_bad_option_is_refused_naming_layer_option_and_range_and_changes_nothing(method, name, value, error, phrases):
     torch.manual_seed(0)
     model = SmallMLP()
     before = fingerprint(model)
@@ -286,12 +294,13 @@ def test_deepcopy_computes_the_same_and_is_independent(method):
     x = probe()
     assert torch.equal(outputs(clone, x), outputs(model, x))
     assert_same_tensors(tensors(clone), tensors(model))
-    shared = {t.data_ptr() for t in model.state_dict().values() if t.numel()} & \
-             {t.data_ptr() for t in clone.state_dict().values() if t.numel()}
+    shared = {t.data_ptr() for t in model.state_dict().values() if t.numel()} & {
+        t.data_ptr() for t in clone.state_dict().values() if t.numel()
+    }
     assert not shared, "the copy shares storage with the original"
     snapshot = tensors(model)
     train(clone, sl.optimizer(clone, lr=1e-2), 2, 4)
-    assert_same_tensors(tensors(model), snapshot)             # training the copy leaves the original alone
+    assert_same_tensors(tensors(model), snapshot)  # training the copy leaves the original alone
     assert not torch.equal(outputs(clone, x), outputs(model, x))
 
 
@@ -299,7 +308,7 @@ def test_deepcopy_computes_the_same_and_is_independent(method):
 def test_state_dict_round_trip(method):
     trained = build(method)
     train(trained, sl.optimizer(trained, lr=1e-2), 0, 2)
-    fresh = build(method, seed=1)                             # another init: everything must come from the dict
+    fresh = build(method, seed=1)  # another init: everything must come from the dict
     fresh.load_state_dict(trained.state_dict())
     assert_same_tensors(tensors(fresh), tensors(trained))
     x = probe()
@@ -315,7 +324,7 @@ def test_resume_from_a_checkpoint_is_bit_identical(method, tmp_path):
     first_opt = sl.optimizer(first, lr=1e-2)
     train(first, first_opt, 0, K)
     path = atomic_save({"model": first.state_dict(), "optimizer": first_opt.state_dict()}, tmp_path / "ckpt.pt")
-    torch.manual_seed(7)                                      # dropout masks, random pruning: the same draws
+    torch.manual_seed(7)  # dropout masks, random pruning: the same draws
     train(first, first_opt, K, K + N)
 
     saved = torch.load(path, weights_only=True)
@@ -333,7 +342,7 @@ def test_resume_from_a_checkpoint_is_bit_identical(method, tmp_path):
         assert state.keys() == b["state"][i].keys()
         for key, value in state.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["state"][i][key])), (i, key)
-    untouched = tensors(build(method))                        # and the run really moved
+    untouched = tensors(build(method))  # and the run really moved
     assert any(not torch.equal(v, untouched[k]) for k, v in tensors(first).items())
 
 
@@ -356,10 +365,10 @@ def test_bfloat16_model_trains_with_finite_outputs(method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_a_conv1d_layer_is_adapted_trained_and_merged_back(method):
-    Conv1D = pytest.importorskip("transformers.pytorch_utils").Conv1D   # GPT-2's layer: y = x W + b
+    Conv1D = pytest.importorskip("transformers.pytorch_utils").Conv1D  # GPT-2's layer: y = x W + b
     f64 = torch.float64
     torch.manual_seed(0)
-    model = nn.Sequential(Conv1D(32, 20), nn.Tanh(), Conv1D(12, 32)).to(f64)   # Conv1D(out, in)
+    model = nn.Sequential(Conv1D(32, 20), nn.Tanh(), Conv1D(12, 32)).to(f64)  # Conv1D(out, in)
     sl.apply(model, method, **options_for(method))
     assert sorted(sl.adapted_layers(model)) == ["0", "2"]
     x = probe(f64)
@@ -378,7 +387,7 @@ def test_memory_formula_equals_the_measured_bytes(method):
     opt = sl.optimizer(model, lr=1e-3)
     x, y = batch(0)
     F.mse_loss(model(x), y).backward()
-    opt.step()                                                # the gradients stay: the report counts them
+    opt.step()  # the gradients stay: the report counts them
     for name, layer in sl.adapted_layers(model).items():
         assert layer.paper_counts() is not None, f"{method}: layer {name!r} has no paper_counts()"
     entry = sl.memory_report(model, opt).methods[method]
@@ -400,7 +409,7 @@ def test_a_playground_session_takes_steps(method, home):
     scenario = SCENARIOS[SCENARIO]
     session = TrainingSession(scenario, method, options_for(method), scenario.suggested_lr(method), steps=2)
     try:
-        events = [session.step() for _ in range(3)]           # the starting point (step 0), then two steps
+        events = [session.step() for _ in range(3)]  # the starting point (step 0), then two steps
     finally:
         session.close()
     assert session.error is None and session.done and session.step_count == 2

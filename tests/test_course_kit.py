@@ -10,9 +10,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from solutions import handouts, read
 
 from conftest import ROOT
-from solutions import handouts, read
 
 CHAPTERS = sorted((ROOT / "book").glob("*.md"))
 STUB = re.compile(r"^# Exercise (\d+) \((.+)\): write your solution here$")
@@ -37,15 +37,22 @@ def test_student_notebook_has_no_solution_and_one_stub_per_exercise(chapter):
     present = lines_of(notebook)
     leaked = [line for line in solutions.distinctive(solutions.code + solutions.text) if line in present]
     assert not leaked, f"{chapter.stem}: the student notebook shows solution lines: {leaked[:5]}"
-    stubs = [STUB.match(cell.source) for cell in notebook.cells
-             if cell.cell_type == "code" and cell.source.startswith("# Exercise")]
-    assert all(stubs), f"{chapter.stem}: malformed stub among {[c.source for c in notebook.cells if 'Exercise' in c.source]}"
+    stubs = [
+        STUB.match(cell.source)
+        for cell in notebook.cells
+        if cell.cell_type == "code" and cell.source.startswith("# Exercise")
+    ]
+    assert all(stubs), (
+        f"{chapter.stem}: malformed stub among {[c.source for c in notebook.cells if 'Exercise' in c.source]}"
+    )
     numbered = [(int(m.group(1)), m.group(2)) for m in stubs]
     assert numbered == [(n, label) for n, label in enumerate(solutions.exercises, 1)], chapter.stem
     for number in range(1, len(solutions.exercises) + 1):  # each stub right after its exercise
         exercise = position(notebook, rf"^\*\*Exercise {number}\*\*")
         stub = position(notebook, rf"^# Exercise {number} \(")
-        following = [position(notebook, rf"^\*\*Exercise {number + 1}\*\*")] if number < len(solutions.exercises) else []
+        following = (
+            [position(notebook, rf"^\*\*Exercise {number + 1}\*\*")] if number < len(solutions.exercises) else []
+        )
         assert exercise < stub and all(stub < f for f in following), f"{chapter.stem}: stub {number} out of place"
     for cell in notebook.cells:
         if cell.cell_type == "code":
@@ -67,7 +74,9 @@ def test_instructor_notebook_has_every_solution(chapter):
     assert [c.source for c in notebook.cells if c.cell_type == "code"] == source, "code cells changed"
     for number in range(1, len(solutions.exercises) + 1):
         assert position(notebook, rf"^\*\*Exercise {number}\*\*") <= position(notebook, rf"^\*\*Solution {number}\*\*")
-    assert len(re.findall(r"^\*\*Solution \d+\*\*", "\n".join(c.source for c in notebook.cells), re.M)) == solutions.count
+    assert (
+        len(re.findall(r"^\*\*Solution \d+\*\*", "\n".join(c.source for c in notebook.cells), re.M)) == solutions.count
+    )
     assert not RAW_MARKUP.search("\n".join(c.source for c in notebook.cells)), f"{chapter.stem}: raw directive markup"
     assert all(c.outputs == [] for c in notebook.cells if c.cell_type == "code")
     assert notebook.metadata["kernelspec"]["name"] == "python3"
@@ -96,7 +105,7 @@ def test_exercises_use_the_exercise_directives(chapter):
 
 def test_exercise_labels_are_unique_across_the_book():
     labels = [label for chapter in CHAPTERS for label in read(chapter).exercises]
-    assert len(labels) == len(set(labels)), sorted(l for l in labels if labels.count(l) > 1)
+    assert len(labels) == len(set(labels)), sorted(label for label in labels if labels.count(label) > 1)
     prefixes = {chapter.stem: {label.split("-", 1)[0] for label in read(chapter).exercises} for chapter in CHAPTERS}
     used = [prefix for values in prefixes.values() for prefix in values]
     assert len(used) == len(set(used)), f"two chapters share a label prefix: {prefixes}"
@@ -115,7 +124,9 @@ kernelspec:
 # Tiny
 
 """
-GOOD = HEADER + """```{code-cell} ipython3
+GOOD = (
+    HEADER
+    + """```{code-cell} ipython3
 x = 1
 ```
 
@@ -157,6 +168,7 @@ The second answer is entirely in words.
 ```{exercise-end}
 ```
 """
+)
 
 
 def chapter_file(tmp_path: Path, text: str, name: str = "tiny.md") -> Path:
@@ -172,8 +184,11 @@ def test_tiny_chapter_handouts(tmp_path):
     student_text = "\n".join(c.source for c in student.cells)
     instructor_text = "\n".join(c.source for c in instructor.cells)
     assert [c.source for c in student.cells if c.cell_type == "code"] == [
-        "x = 1", "# Exercise 1 (tiny-one): write your solution here",
-        "# Exercise 2 (tiny-two): write your solution here", "# Exercise 3 (tiny-three): write your solution here"]
+        "x = 1",
+        "# Exercise 1 (tiny-one): write your solution here",
+        "# Exercise 2 (tiny-two): write your solution here",
+        "# Exercise 3 (tiny-three): write your solution here",
+    ]
     for secret in ("distinctive first answer", "distinctive_answer", "entirely in words"):
         assert secret not in student_text and secret in instructor_text
     assert "**Exercise 1** — **First.** Compute it." in student_text
@@ -183,17 +198,33 @@ def test_tiny_chapter_handouts(tmp_path):
     assert not RAW_MARKUP.search(student_text) and not RAW_MARKUP.search(instructor_text)
 
 
-@pytest.mark.parametrize("broken, message", [
-    (GOOD.replace("```{solution-end}\n```\n", ""), r"solution-start\} tiny-one.*has no \{solution-end\}"),
-    (GOOD.replace("{solution} tiny-two", "{solution} tiny-twoo"), r"'tiny-twoo'.*names no exercise"),
-    (GOOD.replace("```{exercise-end}\n```\n\n```{solution-start}", "```{solution-start}"), r"tiny-one.*has no \{exercise-end\} before the \{solution-start\}"),
-    (GOOD.rstrip("\n").rsplit("```{exercise-end}", 1)[0], r"has no \{exercise-end\}"),
-    (GOOD.replace("```{solution-start} tiny-one", "```{solution-start}"), r"names no exercise"),
-    (GOOD.replace("The second answer is entirely in words.\n:::", "The second answer is entirely in words."),
-     r"never closed"),
-    (GOOD + "\n```{solution-end}\n```\n", r"\{solution-end\}.*without a \{solution-start\}"),
-], ids=["no-solution-end", "unknown-label", "exercise-not-ended", "no-exercise-end", "solution-without-label",
-        "plain-solution-not-closed", "stray-solution-end"])
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        (GOOD.replace("```{solution-end}\n```\n", ""), r"solution-start\} tiny-one.*has no \{solution-end\}"),
+        (GOOD.replace("{solution} tiny-two", "{solution} tiny-twoo"), r"'tiny-twoo'.*names no exercise"),
+        (
+            GOOD.replace("```{exercise-end}\n```\n\n```{solution-start}", "```{solution-start}"),
+            r"tiny-one.*has no \{exercise-end\} before the \{solution-start\}",
+        ),
+        (GOOD.rstrip("\n").rsplit("```{exercise-end}", 1)[0], r"has no \{exercise-end\}"),
+        (GOOD.replace("```{solution-start} tiny-one", "```{solution-start}"), r"names no exercise"),
+        (
+            GOOD.replace("The second answer is entirely in words.\n:::", "The second answer is entirely in words."),
+            r"never closed",
+        ),
+        (GOOD + "\n```{solution-end}\n```\n", r"\{solution-end\}.*without a \{solution-start\}"),
+    ],
+    ids=[
+        "no-solution-end",
+        "unknown-label",
+        "exercise-not-ended",
+        "no-exercise-end",
+        "solution-without-label",
+        "plain-solution-not-closed",
+        "stray-solution-end",
+    ],
+)
 def test_malformed_markup_is_a_clear_error(tmp_path, broken, message):
     path = chapter_file(tmp_path, broken)
     module = handouts()
@@ -204,8 +235,7 @@ def test_malformed_markup_is_a_clear_error(tmp_path, broken, message):
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
 def test_cli_writes_both_folders_for_the_real_book(tmp_path):
@@ -234,8 +264,9 @@ def test_cli_reads_a_synthetic_toc_and_fails_clearly_on_bad_markup(tmp_path):
     (book / "part").mkdir(parents=True)
     chapter_file(book, HEADER + "Intro.\n", "intro.md")
     chapter_file(book / "part", GOOD, "tiny.md")
-    (book / "_toc.yml").write_text("format: jb-book\nroot: intro\nparts:\n  - caption: One\n"
-                                   "    chapters:\n      - file: part/tiny\n")
+    (book / "_toc.yml").write_text(
+        "format: jb-book\nroot: intro\nparts:\n  - caption: One\n    chapters:\n      - file: part/tiny\n"
+    )
     result = run_cli(tmp_path / "out", "--root", book)
     assert result.returncode == 0, result.stderr
     for audience in ("student", "instructor"):

@@ -16,10 +16,9 @@ import torch
 from torch import nn
 
 import spectrallab as sl
+from conftest import SmallMLP, fingerprint, same_fingerprint, sgd_steps
 from spectrallab.methods.dora import DoRALinear
 from spectrallab.methods.vera import VeRA, VeRALinear, VeRAProjections
-
-from conftest import SmallMLP, fingerprint, same_fingerprint, sgd_steps
 
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, VeraConfig, get_peft_model  # noqa: E402
@@ -31,8 +30,11 @@ def base_model(seed: int = 0, bias: bool = True) -> SmallMLP:
 
 
 def peft_layers(peft_model, attr: str) -> dict[str, nn.Module]:
-    return {name.split(".")[-1]: m for name, m in peft_model.named_modules()
-            if isinstance(getattr(m, attr, None), nn.ParameterDict | nn.ModuleDict) and "default" in getattr(m, attr)}
+    return {
+        name.split(".")[-1]: m
+        for name, m in peft_model.named_modules()
+        if isinstance(getattr(m, attr, None), nn.ParameterDict | nn.ModuleDict) and "default" in getattr(m, attr)
+    }
 
 
 def trainable(model) -> int:
@@ -57,16 +59,27 @@ def assert_same_merged(ours, reference, base, x):
 
 # -- DoRA -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("rank, alpha, rslora, init, dropout", [
-    (4, 8, False, "default", 0.0),
-    (2, 6, True, "gaussian", 0.0),
-    (4, 4, False, "default", 0.25),  # dropout: PEFT's (and the official code's) training-mode formula
-])
+
+@pytest.mark.parametrize(
+    "rank, alpha, rslora, init, dropout",
+    [
+        (4, 8, False, "default", 0.0),
+        (2, 6, True, "gaussian", 0.0),
+        (4, 4, False, "default", 0.25),  # dropout: PEFT's (and the official code's) training-mode formula
+    ],
+)
 def test_dora_same_init_same_steps_as_peft(rank, alpha, rslora, init, dropout):
     base = base_model()
     ours = sl.apply(copy.deepcopy(base), "dora", rank=rank, alpha=alpha, rslora=rslora, init=init, dropout=dropout)
-    config = LoraConfig(r=rank, lora_alpha=alpha, use_rslora=rslora, use_dora=True, target_modules=["fc1", "fc2"],
-                        init_lora_weights=True if init == "default" else "gaussian", lora_dropout=dropout)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        use_rslora=rslora,
+        use_dora=True,
+        target_modules=["fc1", "fc2"],
+        init_lora_weights=True if init == "default" else "gaussian",
+        lora_dropout=dropout,
+    )
     reference = get_peft_model(copy.deepcopy(base), config)
 
     layers = peft_layers(reference, "lora_magnitude_vector")
@@ -110,8 +123,9 @@ def test_dora_is_the_base_model_at_init_for_every_lora_init():
     for init in sorted(LORA_INITS):
         ours = sl.apply(copy.deepcopy(base), "dora", rank=4, alpha=8, init=init)
         torch.testing.assert_close(ours(x), base(x), rtol=1e-5, atol=1e-5, msg=f"init={init}")
-        torch.testing.assert_close(ours.fc1.magnitude.detach(), base.fc1.weight.detach().norm(dim=1),
-                                   rtol=1e-5, atol=1e-5, msg=f"init={init}")
+        torch.testing.assert_close(
+            ours.fc1.magnitude.detach(), base.fc1.weight.detach().norm(dim=1), rtol=1e-5, atol=1e-5, msg=f"init={init}"
+        )
 
 
 def test_dora_norm_is_per_output_row_and_matches_the_dense_norm():
@@ -145,8 +159,11 @@ def test_dora_norm_is_detached_in_backward():
     G = torch.randn(8, 32, generator=g)  # loss = Σ G ⊙ fc1(x)
     (G * ours.fc1(x)).sum().backward()
     (G * reference.base_model.model.fc1(x)).sum().backward()
-    for mine_p, ref_p in ((mine.magnitude, ref.lora_magnitude_vector["default"].weight),
-                          (mine.lora_A, ref.lora_A["default"].weight), (mine.lora_B, ref.lora_B["default"].weight)):
+    for mine_p, ref_p in (
+        (mine.magnitude, ref.lora_magnitude_vector["default"].weight),
+        (mine.lora_A, ref.lora_A["default"].weight),
+        (mine.lora_B, ref.lora_B["default"].weight),
+    ):
         torch.testing.assert_close(mine_p.grad, ref_p.grad, rtol=1e-5, atol=1e-6)
 
     # by hand, with c = m / ‖V‖ a constant:  y = c ⊙ (x Vᵀ) + b,  V = W + sBA
@@ -184,12 +201,14 @@ def test_dora_rank_out_of_range_leaves_the_model_untouched(model):
 
 # -- VeRA -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("key", [0, 5])
 def test_vera_shared_matrices_are_peft_bit_for_bit(key):
     base = base_model()
     ours = sl.apply(copy.deepcopy(base), "vera", rank=6, projection_prng_key=key)
-    reference = get_peft_model(copy.deepcopy(base), VeraConfig(r=6, target_modules=["fc1", "fc2"],
-                                                               projection_prng_key=key))
+    reference = get_peft_model(
+        copy.deepcopy(base), VeraConfig(r=6, target_modules=["fc1", "fc2"], projection_prng_key=key)
+    )
     shared = ours.fc1.projections
     assert shared is ours.fc2.projections  # one module, one copy
     # sized by the largest in / out over the targets: fc1 is 32×20, fc2 12×32
@@ -206,16 +225,21 @@ def test_vera_shared_matrices_are_peft_bit_for_bit(key):
     assert not torch.equal(other.fc1.projections.A, shared.A)
 
 
-@pytest.mark.parametrize("rank, d_initial, dropout", [
-    (4, 0.1, 0.0),
-    (40, 0.5, 0.0),  # r larger than every layer dimension: allowed, as in the paper
-    (8, 0.1, 0.2),
-])
+@pytest.mark.parametrize(
+    "rank, d_initial, dropout",
+    [
+        (4, 0.1, 0.0),
+        (40, 0.5, 0.0),  # r larger than every layer dimension: allowed, as in the paper
+        (8, 0.1, 0.2),
+    ],
+)
 def test_vera_same_steps_as_peft(rank, d_initial, dropout):
     base = base_model()
     ours = sl.apply(copy.deepcopy(base), "vera", rank=rank, d_initial=d_initial, dropout=dropout)
-    reference = get_peft_model(copy.deepcopy(base), VeraConfig(r=rank, d_initial=d_initial, vera_dropout=dropout,
-                                                               target_modules=["fc1", "fc2"]))
+    reference = get_peft_model(
+        copy.deepcopy(base),
+        VeraConfig(r=rank, d_initial=d_initial, vera_dropout=dropout, target_modules=["fc1", "fc2"]),
+    )
     layers = peft_layers(reference, "vera_lambda_d")
     for name, ref in layers.items():
         mine = getattr(ours, name)
@@ -272,7 +296,11 @@ def test_vera_sharing_survives_dtype_and_copy():
     assert twin.fc1.projections is twin.fc2.projections and twin.fc1.projections is not model.fc1.projections
     assert not any(b.requires_grad for b in model.buffers())
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
-        "fc1.lambda_d", "fc1.lambda_b", "fc2.lambda_d", "fc2.lambda_b"}
+        "fc1.lambda_d",
+        "fc1.lambda_b",
+        "fc2.lambda_d",
+        "fc2.lambda_b",
+    }
 
 
 def test_vera_merge_after_training_keeps_the_function():
@@ -285,18 +313,21 @@ def test_vera_merge_after_training_keeps_the_function():
     torch.testing.assert_close(merged(x), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("options, error, message", [
-    ({"rank": 0}, ValueError, r"rank=0 is outside the allowed range \[1, inf\)"),
-    ({"rank": -3}, ValueError, "rank=-3"),
-    ({"rank": 2.5}, TypeError, "rank must be an int"),
-    ({"rank": True}, TypeError, "rank must be an int"),
-    ({"d_initial": 0}, ValueError, "d_initial=0 is not allowed"),
-    ({"d_initial": float("nan")}, TypeError, "d_initial must be a finite"),
-    ({"projection_prng_key": -1}, ValueError, "projection_prng_key=-1"),
-    ({"projection_prng_key": "0"}, TypeError, "projection_prng_key must be an int"),
-    ({"dropout": 1.0}, ValueError, "dropout=1.0"),
-    ({"d_inital": 0.1}, TypeError, "unknown option"),
-])
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        ({"rank": 0}, ValueError, r"rank=0 is outside the allowed range \[1, inf\)"),
+        ({"rank": -3}, ValueError, "rank=-3"),
+        ({"rank": 2.5}, TypeError, "rank must be an int"),
+        ({"rank": True}, TypeError, "rank must be an int"),
+        ({"d_initial": 0}, ValueError, "d_initial=0 is not allowed"),
+        ({"d_initial": float("nan")}, TypeError, "d_initial must be a finite"),
+        ({"projection_prng_key": -1}, ValueError, "projection_prng_key=-1"),
+        ({"projection_prng_key": "0"}, TypeError, "projection_prng_key must be an int"),
+        ({"dropout": 1.0}, ValueError, "dropout=1.0"),
+        ({"d_inital": 0.1}, TypeError, "unknown option"),
+    ],
+)
 def test_vera_bad_options_raise_and_leave_the_model_untouched(model, options, error, message):
     before = fingerprint(model)
     with pytest.raises(error, match=message):
@@ -326,14 +357,22 @@ def test_vera_option_errors_name_every_target_before_any_layer(model):
     """Option errors come once per apply, naming the targets, before any layer is looked at."""
     with pytest.raises(ValueError, match=r"^layers 'encoder\.fc1', 'encoder\.fc2', 'head': d_initial=0 is not"):
         sl.apply(model, "vera", d_initial=0.0)
-    with pytest.raises(ValueError, match=r"^layer 'head': projection_prng_key=18446744073709551616 is outside "
-                                         r"the allowed range \[0, 18446744073709551616\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"^layer 'head': projection_prng_key=18446744073709551616 is outside "
+        r"the allowed range \[0, 18446744073709551616\)",
+    ):
         sl.apply(model, "vera", projection_prng_key=2**64, targets=["head"])
 
 
-@pytest.mark.parametrize("method, options", [
-    ("dora", {"rank": 3}), ("dora", {"rank": 3, "init": "pissa"}), ("vera", {"rank": 40}),
-])
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("dora", {"rank": 3}),
+        ("dora", {"rank": 3, "init": "pissa"}),
+        ("vera", {"rank": 40}),
+    ],
+)
 def test_memory_report_formula_equals_measurement(model, ids, method, options):
     """After one AdamW step every row the formula models is "=" (VeRA's shared pair is not a per-layer
     count: its extra row is left out, not compared)."""
@@ -344,6 +383,6 @@ def test_memory_report_formula_equals_measurement(model, ids, method, options):
     matches = sl.memory_report(model, opt).methods[method].matches()
     assert matches.pop("buffer_elements") is (None if method == "vera" else True)
     assert all(matches.values()), matches
-    if method == "dora":   # r(m + n) + m per layer, m the magnitudes
+    if method == "dora":  # r(m + n) + m per layer, m the magnitudes
         expected = sum(3 * (m + n) + m for m, n in [(32, 16), (16, 32), (8, 16)])
-        assert sum(l.paper_counts().trainable for l in sl.adapted_layers(model).values()) == expected
+        assert sum(layer.paper_counts().trainable for layer in sl.adapted_layers(model).values()) == expected

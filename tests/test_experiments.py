@@ -17,7 +17,7 @@ from spectrallab.tasks.base import Task
 
 
 def test_each_profile_has_its_own_fixed_settings(monkeypatch):
-    monkeypatch.setenv("SPECTRALLAB_PROFILE", "gpu")      # the active profile changes nothing when one is named
+    monkeypatch.setenv("SPECTRALLAB_PROFILE", "gpu")  # the active profile changes nothing when one is named
     ci, cpu, gpu = (head_to_head(p) for p in ("ci", "cpu", "gpu"))
     assert (ci.task_size["d_model"], ci.rank, ci.steps, ci.batch_size) == (32, 1, 600, 16)
     assert (cpu.task_size["d_model"], cpu.rank, cpu.steps, cpu.batch_size) == (64, 2, 400, 32)
@@ -27,7 +27,7 @@ def test_each_profile_has_its_own_fixed_settings(monkeypatch):
     assert ci.options("sst") == dict(rank=1, resample_every=20, warmup=4)
     assert cpu.options("relora") == dict(rank=2, reset_every=100, restart_warmup=10, prune_ratio=0.99)
     assert set(ci.as_dict()["options"]) == set(METHODS)
-    json.dumps(gpu.as_dict())                             # plain JSON: what a sweep records
+    json.dumps(gpu.as_dict())  # plain JSON: what a sweep records
 
 
 def test_bad_input_is_named():
@@ -42,7 +42,7 @@ def test_bad_input_is_named():
 def test_a_seed_fixes_the_run_and_another_seed_changes_it():
     setup = dataclasses.replace(head_to_head("ci"), steps=20)
     task = setup.make_task()
-    for method in ("sltrain", "sst"):                     # SLTrain: global generator; SST: its seed option
+    for method in ("sltrain", "sst"):  # SLTrain: global generator; SST: its seed option
         a, b, c = (setup.pretrain(task, method, 1e-2, seed)[0].final("val_loss") for seed in (0, 0, 1))
         assert a == b, method
         assert abs(a - c) > 1e-4, method
@@ -51,6 +51,7 @@ def test_a_seed_fixes_the_run_and_another_seed_changes_it():
 
 
 # -- the paired measurement on fixed windows ------------------------------------------------------
+
 
 class Windows(Task):
     """A task whose i-th validation batch drawn from a generator is the constant i (shape batch × 1),
@@ -85,11 +86,11 @@ def test_window_losses_scores_exactly_the_first_n_windows_of_one_fresh_generator
     losses = sl.window_losses(model, task, 4)
     # windows 0, 1, 2, 3 (not 1..4, not 0..4): 2i + 1
     assert losses.dtype == np.float64 and losses.tolist() == [1.0, 3.0, 5.0, 7.0]
-    assert [d[:2] for d in task.draws] == [("val", 3)] * 4          # the task's batch size by default
-    assert len({id(d[2]) for d in task.draws}) == 1                 # one generator, drawn in turn
+    assert [d[:2] for d in task.draws] == [("val", 3)] * 4  # the task's batch size by default
+    assert len({id(d[2]) for d in task.draws}) == 1  # one generator, drawn in turn
     fresh = torch.Generator().manual_seed(VALIDATION_SEED).get_state()
-    assert torch.equal(task.draws[0][3], fresh)                     # seeded with the fixed seed
-    assert task.modes == [(False, False)] * 4                       # eval mode, no gradients
+    assert torch.equal(task.draws[0][3], fresh)  # seeded with the fixed seed
+    assert task.modes == [(False, False)] * 4  # eval mode, no gradients
 
     again = sl.window_losses(model, task, 4, batch_size=5, seed=7)  # a new call starts from a new generator
     assert again.tolist() == losses.tolist() and [d[1] for d in task.draws[4:]] == [5] * 4
@@ -116,7 +117,7 @@ def test_window_losses_on_a_real_task_are_the_same_windows_for_every_model():
     a, b = task.make_model(seed=0), task.make_model(seed=1)
     first, second = sl.window_losses(a, task, 3), sl.window_losses(a, task, 3)
     assert first.shape == (3,) and first.tolist() == second.tolist()
-    g = torch.Generator().manual_seed(VALIDATION_SEED)             # what the chapters computed by hand
+    g = torch.Generator().manual_seed(VALIDATION_SEED)  # what the chapters computed by hand
     with torch.no_grad():
         by_hand = [float(task.loss(b, task.batch("val", task.batch_size, g))) for _ in range(3)]
     assert sl.window_losses(b, task, 3).tolist() == by_hand
@@ -130,7 +131,7 @@ def test_paired_difference_by_hand():
     # mean 3; std(ddof=1) = √((1 + 1 + 4) / 2) = √3; two standard errors 2·√3/√3 = 2
     assert diff.mean == pytest.approx(3.0) and diff.two_se == pytest.approx(2.0)
     assert diff.per_seed == pytest.approx((2.0, 4.0)) and diff.windows == 3
-    assert diff.verdict("b better", "b worse") == "b better"                 # 3 > 2
+    assert diff.verdict("b better", "b worse") == "b better"  # 3 > 2
     flipped = sl.paired_difference(b, a)
     assert flipped.mean == pytest.approx(-3.0) and flipped.verdict("b better", "b worse") == "b worse"
     # one seed given as a plain array; d = [1, 2, 3]: mean 2, 2·1/√3 ≈ 1.155 → still above
@@ -139,12 +140,12 @@ def test_paired_difference_by_hand():
 
 
 def test_paired_difference_verdict_thresholds_and_unanimity():
-    within = PairedDifference(mean=1.0, two_se=1.0, per_seed=(1.0,), windows=4)   # not *more* than 2 SE
+    within = PairedDifference(mean=1.0, two_se=1.0, per_seed=(1.0,), windows=4)  # not *more* than 2 SE
     assert within.verdict("up", "down") == "indistinguishable"
     assert within.verdict("up", "down", otherwise="tie") == "tie"
     split = PairedDifference(mean=3.0, two_se=1.0, per_seed=(7.0, -1.0), windows=4)
     assert split.verdict("up", "down") == "up"
-    assert split.verdict("up", "down", unanimous=True) == "indistinguishable"   # one seed disagrees
+    assert split.verdict("up", "down", unanimous=True) == "indistinguishable"  # one seed disagrees
     below = PairedDifference(mean=-3.0, two_se=1.0, per_seed=(-2.0, -4.0), windows=4)
     assert below.verdict("up", "down", unanimous=True) == "down"
 

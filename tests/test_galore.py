@@ -25,9 +25,8 @@ import torch
 from torch import nn
 
 import spectrallab as sl
-from spectrallab.methods.galore import GaLoreAdamW, GaLoreLinear
-
 from conftest import fingerprint, same_fingerprint
+from spectrallab.methods.galore import GaLoreAdamW, GaLoreLinear
 
 # bitsandbytes (a galore-torch dependency) logs a warning on a CPU without its optional kernels.
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
@@ -53,8 +52,15 @@ def base_net(seed: int = 0) -> Net:
 
 
 def galore_net(rank=4, gap=5, scale=0.25, proj_type="std", seed=0) -> Net:
-    return sl.apply(base_net(seed), "galore", rank=rank, update_proj_gap=gap, scale=scale, proj_type=proj_type,
-                    targets=["fc1", "fc2"])
+    return sl.apply(
+        base_net(seed),
+        "galore",
+        rank=rank,
+        update_proj_gap=gap,
+        scale=scale,
+        proj_type=proj_type,
+        targets=["fc1", "fc2"],
+    )
 
 
 def batches(steps: int, seed: int = 1):
@@ -75,16 +81,19 @@ def reference_optimizer(model: Net, rank, gap, scale, proj_type, **kwargs):
     """galore-torch as its README uses it: GaLore weights in one group, everything else in another."""
     galore = [model.fc1.weight, model.fc2.weight]
     regular = [p for p in model.parameters() if all(p is not w for w in galore)]
-    groups = [{"params": regular},
-              {"params": galore, "rank": rank, "update_proj_gap": gap, "scale": scale, "proj_type": proj_type}]
+    groups = [
+        {"params": regular},
+        {"params": galore, "rank": rank, "update_proj_gap": gap, "scale": scale, "proj_type": proj_type},
+    ]
     return galore_torch.GaLoreAdamW(groups, no_deprecation_warning=True, **kwargs)
 
 
 # -- the cross-check -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("proj_type", PROJ_TYPES)
 def test_same_weights_out_as_galore_torch(proj_type):
-    rank, gap, scale, steps = 4, 5, 0.25, 13   # projections at steps 1, 6, 11
+    rank, gap, scale, steps = 4, 5, 0.25, 13  # projections at steps 1, 6, 11
     base = base_net()
     ours = galore_net(rank, gap, scale, proj_type)
     reference = copy.deepcopy(base)
@@ -132,6 +141,7 @@ def test_defaults_are_torch_adamw_defaults_with_galore_torch_arithmetic():
 
 # -- what sl.optimizer builds ----------------------------------------------------------------------
 
+
 def test_optimizer_has_a_galore_group_and_a_plain_group():
     model = galore_net(rank=3, gap=7, scale=0.5, proj_type="reverse_std")
     assert isinstance(model.fc1, GaLoreLinear) and isinstance(model.head, nn.Linear)
@@ -139,8 +149,12 @@ def test_optimizer_has_a_galore_group_and_a_plain_group():
     opt = sl.optimizer(model, lr=1e-3)
     plain, galore = opt.param_groups
     assert "rank" not in plain
-    assert {k: galore[k] for k in ("rank", "update_proj_gap", "scale", "proj_type")} == \
-        {"rank": 3, "update_proj_gap": 7, "scale": 0.5, "proj_type": "reverse_std"}
+    assert {k: galore[k] for k in ("rank", "update_proj_gap", "scale", "proj_type")} == {
+        "rank": 3,
+        "update_proj_gap": 7,
+        "scale": 0.5,
+        "proj_type": "reverse_std",
+    }
     assert [p is w for p, w in zip(galore["params"], (model.fc1.weight, model.fc2.weight))] == [True, True]
     assert len(plain["params"]) == len(list(model.parameters())) - 2  # biases and the head
 
@@ -160,17 +174,20 @@ def test_optimizer_state_shapes_and_counts_by_formula():
     for layer in (model.fc1, model.fc2):
         m, n = layer.weight.shape
         state = opt.state[layer.weight]
-        if m >= n:   # tall: P = Vh[:r] (r × n), R = G Pᵀ (m × r)
+        if m >= n:  # tall: P = Vh[:r] (r × n), R = G Pᵀ (m × r)
             expected = {"step": (), "exp_avg": (m, rank), "exp_avg_sq": (m, rank), "projection_right": (rank, n)}
-        else:        # wide: P = U[:, :r] (m × r), R = Pᵀ G (r × n)
+        else:  # wide: P = U[:, :r] (m × r), R = Pᵀ G (r × n)
             expected = {"step": (), "exp_avg": (rank, n), "exp_avg_sq": (rank, n), "projection_left": (m, rank)}
         assert {k: tuple(v.shape) for k, v in state.items()} == expected
         assert all(isinstance(v, torch.Tensor) for v in state.values())
         numel = sum(v.numel() for k, v in state.items() if k != "step")
         assert numel == 2 * max(m, n) * rank + min(m, n) * rank < 2 * m * n
-    for p in (model.head.weight, model.fc1.bias):   # plain AdamW: full-size moments, no projection
-        assert {k: tuple(v.shape) for k, v in opt.state[p].items()} == \
-            {"step": (), "exp_avg": tuple(p.shape), "exp_avg_sq": tuple(p.shape)}
+    for p in (model.head.weight, model.fc1.bias):  # plain AdamW: full-size moments, no projection
+        assert {k: tuple(v.shape) for k, v in opt.state[p].items()} == {
+            "step": (),
+            "exp_avg": tuple(p.shape),
+            "exp_avg_sq": tuple(p.shape),
+        }
 
 
 @pytest.mark.parametrize("proj_type", PROJ_TYPES)
@@ -196,8 +213,12 @@ def test_full_projection_keeps_both_sides():
     opt = sl.optimizer(model, lr=1e-3)
     train(model, opt, 1)
     state = opt.state[model.fc2.weight]
-    assert {k: tuple(v.shape) for k, v in state.items() if k != "step"} == \
-        {"exp_avg": (3, 3), "exp_avg_sq": (3, 3), "projection_left": (12, 3), "projection_right": (3, 48)}
+    assert {k: tuple(v.shape) for k, v in state.items() if k != "step"} == {
+        "exp_avg": (3, 3),
+        "exp_avg_sq": (3, 3),
+        "projection_left": (12, 3),
+        "projection_right": (3, 48),
+    }
 
 
 def test_state_dict_round_trip_across_a_projection_update():
@@ -210,22 +231,28 @@ def test_state_dict_round_trip_across_a_projection_update():
     xs = list(batches(8))
     for x, y in xs[:5]:
         loss = nn.functional.mse_loss(first(x), y)
-        opt1.zero_grad(); loss.backward(); opt1.step()
+        opt1.zero_grad()
+        loss.backward()
+        opt1.step()
     saved_model, saved_opt = copy.deepcopy(first.state_dict()), copy.deepcopy(opt1.state_dict())
-    resumed = galore_net(gap=3, seed=5)       # different weights: everything must come from the checkpoint
+    resumed = galore_net(gap=3, seed=5)  # different weights: everything must come from the checkpoint
     resumed.load_state_dict(saved_model)
     opt2 = sl.optimizer(resumed, lr=1e-2)
     opt2.load_state_dict(saved_opt)
-    assert torch.equal(opt2.state[resumed.fc1.weight]["projection_right"],
-                       opt1.state[first.fc1.weight]["projection_right"])
-    for x, y in xs[5:]:                         # step 7 recomputes P (its step count is 6)
+    assert torch.equal(
+        opt2.state[resumed.fc1.weight]["projection_right"], opt1.state[first.fc1.weight]["projection_right"]
+    )
+    for x, y in xs[5:]:  # step 7 recomputes P (its step count is 6)
         loss = nn.functional.mse_loss(resumed(x), y)
-        opt2.zero_grad(); loss.backward(); opt2.step()
+        opt2.zero_grad()
+        loss.backward()
+        opt2.step()
     for a, b in zip(resumed.parameters(), uninterrupted.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 # -- the projection schedule and the stale moments ---------------------------------------------------
+
 
 def test_projection_is_the_gradient_subspace_recomputed_exactly_every_gap_steps():
     rank, gap, steps = 3, 4, 11
@@ -242,19 +269,21 @@ def test_projection_is_the_gradient_subspace_recomputed_exactly_every_gap_steps(
         loss.backward()
         record_grads(i)
         opt.step()
-        projections[i] = (opt.state[model.fc1.weight]["projection_right"].clone(),
-                          opt.state[model.fc2.weight]["projection_left"].clone())
+        projections[i] = (
+            opt.state[model.fc1.weight]["projection_right"].clone(),
+            opt.state[model.fc2.weight]["projection_left"].clone(),
+        )
     refresh = [i for i in range(1, steps + 1) if (i - 1) % gap == 0]
     assert refresh == [1, 5, 9]
     for i in range(1, steps + 1):
-        if i in refresh:   # P = top-r singular vectors of *this* step's gradient
+        if i in refresh:  # P = top-r singular vectors of *this* step's gradient
             U1, _, Vh1 = torch.linalg.svd(grads[i][0], full_matrices=False)
             U2, _, _ = torch.linalg.svd(grads[i][1], full_matrices=False)
             torch.testing.assert_close(projections[i][0], Vh1[:rank])
             torch.testing.assert_close(projections[i][1], U2[:, :rank])
             if i > 1:
                 assert not torch.allclose(projections[i][0], projections[i - 1][0], atol=1e-3)
-        else:              # and untouched in between
+        else:  # and untouched in between
             assert torch.equal(projections[i][0], projections[i - 1][0])
             assert torch.equal(projections[i][1], projections[i - 1][1])
 
@@ -267,12 +296,15 @@ def test_moments_are_carried_over_not_reprojected_when_p_changes():
     data = list(batches(gap + 1))
     for x, y in data[:gap]:
         loss = nn.functional.mse_loss(model(x), y)
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     state = opt.state[model.fc1.weight]
     M_old, V_old, P_old = state["exp_avg"].clone(), state["exp_avg_sq"].clone(), state["projection_right"].clone()
     x, y = data[gap]
     loss = nn.functional.mse_loss(model(x), y)
-    opt.zero_grad(); loss.backward()
+    opt.zero_grad()
+    loss.backward()
     G = model.fc1.weight.grad.clone()
     opt.step()
     P_new = state["projection_right"]
@@ -284,6 +316,7 @@ def test_moments_are_carried_over_not_reprojected_when_p_changes():
 
 # -- the update ------------------------------------------------------------------------------------
 
+
 def test_update_lies_in_the_projection_space_and_has_rank_at_most_r():
     rank = 3
     model = galore_net(rank=rank, gap=2)
@@ -291,11 +324,13 @@ def test_update_lies_in_the_projection_space_and_has_rank_at_most_r():
     for i, (x, y) in enumerate(batches(5), start=1):
         before = {n: model.get_submodule(n).weight.detach().clone() for n in ("fc1", "fc2")}
         loss = nn.functional.mse_loss(model(x), y)
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
         d1 = model.fc1.weight.detach() - before["fc1"]
         d2 = model.fc2.weight.detach() - before["fc2"]
-        P1 = opt.state[model.fc1.weight]["projection_right"]   # rows of ΔW in P's row space
-        P2 = opt.state[model.fc2.weight]["projection_left"]    # columns of ΔW in P's column space
+        P1 = opt.state[model.fc1.weight]["projection_right"]  # rows of ΔW in P's row space
+        P2 = opt.state[model.fc2.weight]["projection_left"]  # columns of ΔW in P's column space
         assert d1.norm() > 1e-3 and d2.norm() > 1e-3
         assert (d1 - d1 @ P1.T @ P1).norm() < 1e-5 * d1.norm() + 1e-7, i
         assert (d2 - P2 @ P2.T @ d2).norm() < 1e-5 * d2.norm() + 1e-7, i
@@ -363,6 +398,7 @@ def test_merge_gives_plain_linears_with_the_same_outputs():
 
 # -- the optimizer_groups hook is general -----------------------------------------------------------
 
+
 class TwoGroups(sl.methods.Method):
     """A test-only method (not registered): its weights get their own learning rate."""
 
@@ -396,17 +432,21 @@ def test_two_methods_claiming_one_parameter_is_an_error():
 
 # -- bad input -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("options, error, message", [
-    (dict(rank=13), ValueError, r"layer 'fc2' \(12×48\): rank=13 is outside the allowed range \[1, 12\]"),
-    (dict(rank=0), ValueError, r"layer 'fc1' \(48×20\): rank=0 is outside the allowed range \[1, 20\]"),
-    (dict(rank=2.0), TypeError, "rank must be an int"),
-    (dict(proj_type="diagonal"), ValueError, r"proj_type='diagonal' is not one of 'std', 'reverse_std'"),
-    (dict(update_proj_gap=0), ValueError, r"update_proj_gap=0 is outside the allowed range \[1, inf\)"),
-    (dict(update_proj_gap=2.5), TypeError, "update_proj_gap must be an int"),
-    (dict(scale=0), ValueError, r"scale=0 is outside the allowed range \(0, inf\)"),
-    (dict(scale=math.nan), TypeError, "scale must be a finite number"),
-    (dict(projection="svd"), TypeError, "unknown option.*projection.*proj_type"),
-])
+
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        (dict(rank=13), ValueError, r"layer 'fc2' \(12×48\): rank=13 is outside the allowed range \[1, 12\]"),
+        (dict(rank=0), ValueError, r"layer 'fc1' \(48×20\): rank=0 is outside the allowed range \[1, 20\]"),
+        (dict(rank=2.0), TypeError, "rank must be an int"),
+        (dict(proj_type="diagonal"), ValueError, r"proj_type='diagonal' is not one of 'std', 'reverse_std'"),
+        (dict(update_proj_gap=0), ValueError, r"update_proj_gap=0 is outside the allowed range \[1, inf\)"),
+        (dict(update_proj_gap=2.5), TypeError, "update_proj_gap must be an int"),
+        (dict(scale=0), ValueError, r"scale=0 is outside the allowed range \(0, inf\)"),
+        (dict(scale=math.nan), TypeError, "scale must be a finite number"),
+        (dict(projection="svd"), TypeError, "unknown option.*projection.*proj_type"),
+    ],
+)
 def test_bad_options_fail_fast_and_change_nothing(options, error, message):
     model = base_net()
     before = fingerprint(model)
@@ -418,7 +458,9 @@ def test_bad_options_fail_fast_and_change_nothing(options, error, message):
 @pytest.mark.parametrize("name, class_name", [("sgd", "SGD"), ("adam", "Adam"), (torch.optim.RMSprop, "RMSprop")])
 def test_an_optimizer_that_cannot_project_is_refused(name, class_name):
     model = galore_net()
-    with pytest.raises(ValueError, match=rf"method 'galore' \(layers fc1, fc2\).*optimizer='{class_name}' cannot do GaLore"):
+    with pytest.raises(
+        ValueError, match=rf"method 'galore' \(layers fc1, fc2\).*optimizer='{class_name}' cannot do GaLore"
+    ):
         sl.optimizer(model, optimizer=name)
 
 

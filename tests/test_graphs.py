@@ -6,9 +6,19 @@ import networkx as nx
 import pytest
 import torch
 
-from spectrallab.tasks import (Graph, average_precision, disease, f1, graph_defaults, gromov_delta, link_split,
-                               node_split, python_classes, roc_auc)
-from spectrallab.tasks import graphs
+from spectrallab.tasks import (
+    Graph,
+    average_precision,
+    disease,
+    f1,
+    graph_defaults,
+    graphs,
+    gromov_delta,
+    link_split,
+    node_split,
+    python_classes,
+    roc_auc,
+)
 from spectrallab.tasks.graphs import CLASS_FAMILIES
 
 
@@ -23,19 +33,22 @@ def classes() -> Graph:
 
 
 def same(a: Graph, b: Graph) -> bool:
-    return (torch.equal(a.edges, b.edges) and torch.equal(a.features, b.features)
-            and torch.equal(a.labels, b.labels))
+    return torch.equal(a.edges, b.edges) and torch.equal(a.features, b.features) and torch.equal(a.labels, b.labels)
 
 
 # --- Graph validation ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("edges, match", [
-    (torch.tensor([[0, 5]]), r"endpoints must lie in \[0, 3\]"),
-    (torch.tensor([[2, 1]]), "u < v"),
-    (torch.tensor([[1, 1]]), "u < v"),
-    (torch.tensor([0, 1]), r"\(E, 2\) int64"),
-    (torch.tensor([[0.0, 1.0]]), r"\(E, 2\) int64"),
-])
+
+@pytest.mark.parametrize(
+    "edges, match",
+    [
+        (torch.tensor([[0, 5]]), r"endpoints must lie in \[0, 3\]"),
+        (torch.tensor([[2, 1]]), "u < v"),
+        (torch.tensor([[1, 1]]), "u < v"),
+        (torch.tensor([0, 1]), r"\(E, 2\) int64"),
+        (torch.tensor([[0.0, 1.0]]), r"\(E, 2\) int64"),
+    ],
+)
 def test_bad_edges_raise_naming_the_graph(edges, match):
     with pytest.raises(ValueError, match=match) as err:
         Graph("toy", edges, torch.zeros(4, 2))
@@ -50,6 +63,7 @@ def test_bad_labels_and_names_raise():
 
 
 # --- disease ---------------------------------------------------------------------------------------
+
 
 def test_disease_is_a_tree_with_binary_labels(small_disease):
     g = small_disease
@@ -112,6 +126,7 @@ def test_disease_bad_arguments():
 
 # --- python_classes --------------------------------------------------------------------------------
 
+
 def test_python_classes_is_a_connected_near_tree(classes):
     g = classes
     G = g.to_networkx()
@@ -169,9 +184,10 @@ def test_python_classes_ignores_classes_made_at_run_time(classes):
 
 # --- gromov_delta ----------------------------------------------------------------------------------
 
+
 def test_delta_of_trees_is_zero():
     tree = nx.random_labeled_tree(40, seed=3) if hasattr(nx, "random_labeled_tree") else nx.random_tree(40, seed=3)
-    assert gromov_delta(tree) == 0.0                       # exact (40 nodes)
+    assert gromov_delta(tree) == 0.0  # exact (40 nodes)
     assert gromov_delta(disease(1044, num_features=10)) == 0.0  # sampled
 
 
@@ -197,6 +213,7 @@ def test_delta_uses_the_largest_component():
 
 
 # --- splits ----------------------------------------------------------------------------------------
+
 
 def pair_set(t: torch.Tensor) -> set:
     return set(map(tuple, t.tolist()))
@@ -263,6 +280,7 @@ def test_node_split_stratified_and_balanced(small_disease):
 
 # --- metrics ---------------------------------------------------------------------------------------
 
+
 def test_auc_and_ap_by_hand():
     scores = torch.tensor([0.9, 0.8, 0.4, 0.3])
     labels = torch.tensor([1, 0, 1, 0])
@@ -308,4 +326,4 @@ def test_row_normalized_scales_every_feature_row_to_unit_length_and_keeps_zero_r
     out = graphs.row_normalized(graph)
     assert torch.allclose(out.features, torch.tensor([[0.6, 0.8], [0.0, 0.0], [1.0, 0.0]]))
     assert torch.equal(out.edges, graph.edges) and torch.equal(out.labels, graph.labels)
-    assert torch.equal(graph.features, features)      # the original graph is left as it was
+    assert torch.equal(graph.features, features)  # the original graph is left as it was

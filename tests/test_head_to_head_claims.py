@@ -54,13 +54,13 @@ TARGETS = ["qkv", "proj", "fc1", "fc2"]
 # 1.9452 over seeds 100, 101), and at 8e-2 seed 0 swings far more (−0.06 nats, 26 %); the lower of the
 # tied rates is pinned so the margins below measure SST, not the noise of an edge rate. Checked below.
 LR = {"full": 5e-3, "lora": 1e-2, "sst": 4e-2}
-TIED = 0.005            # nats: a pinned rate's mean sweep loss may exceed the best by this much
+TIED = 0.005  # nats: a pinned rate's mean sweep loss may exceed the best by this much
 OPTIONS = {"full": {}, "lora": dict(rank=RANK), "sst": dict(rank=RANK, resample_every=20, warmup=4)}
 
 
 @pytest.fixture(scope="module")
 def task():
-    task = sl.task("chargpt", **SIZE)     # every size given: the profile does not matter
+    task = sl.task("chargpt", **SIZE)  # every size given: the profile does not matter
     task.batch_size = BATCH
     return task
 
@@ -69,9 +69,17 @@ def pretrain(task, method):
     model = task.make_model(seed=0)
     sl.apply(model, method, targets=TARGETS, freeze_others=False, **OPTIONS[method])
     opt = sl.optimizer(model, lr=LR[method])
-    run = sl.fit(model, task, STEPS, optimizer=opt, lr=LR[method], schedule=sl.warmup_cosine(STEPS, warmup=STEPS // 20),
-                 eval_every=STEPS, record=False)
-    return model, run, sl.memory_report(model, opt)   # after the last step: gradients and moments present
+    run = sl.fit(
+        model,
+        task,
+        STEPS,
+        optimizer=opt,
+        lr=LR[method],
+        schedule=sl.warmup_cosine(STEPS, warmup=STEPS // 20),
+        eval_every=STEPS,
+        record=False,
+    )
+    return model, run, sl.memory_report(model, opt)  # after the last step: gradients and moments present
 
 
 @pytest.fixture(scope="module")
@@ -92,26 +100,26 @@ def test_gap_closed_reproduces_the_papers_numbers():
 def test_sst_beats_lora_and_closes_a_quarter_of_the_gap(trained):
     loss = {m: run.final("val_loss") for m, (_, run, _) in trained.items()}
     ppl = {m: run.final("perplexity") for m, (_, run, _) in trained.items()}
-    assert loss["sst"] <= loss["lora"] - 0.05, loss                     # measured: −0.10 nats
-    assert loss["full"] <= loss["sst"] - 0.05, loss                     # full rank stays ahead: −0.15
-    assert ppl["lora"] - ppl["full"] > 0.5, ppl                         # a gap worth a ratio (1.8 measured)
-    assert gap_closed(ppl["full"], ppl["lora"], ppl["sst"]) >= 0.25, ppl   # measured: 0.43
+    assert loss["sst"] <= loss["lora"] - 0.05, loss  # measured: −0.10 nats
+    assert loss["full"] <= loss["sst"] - 0.05, loss  # full rank stays ahead: −0.15
+    assert ppl["lora"] - ppl["full"] > 0.5, ppl  # a gap worth a ratio (1.8 measured)
+    assert gap_closed(ppl["full"], ppl["lora"], ppl["sst"]) >= 0.25, ppl  # measured: 0.43
 
 
 def test_sst_explores_many_directions(trained):
     """Each SST matrix has trained far more than its r starting directions over the 30 periods."""
     model = trained["sst"][0]
     for name, layer in sl.adapted_layers(model).items():
-        periods = [p for p in layer.history if p["step"] < STEPS]          # the draw at the last step never trains
+        periods = [p for p in layer.history if p["step"] < STEPS]  # the draw at the last step never trains
         visited = {i for p in periods for i in p["active"]}
-        assert len(periods) >= STEPS // 20, (name, len(periods))            # a new sample every period
+        assert len(periods) >= STEPS // 20, (name, len(periods))  # a new sample every period
         # of k = 32: about 17–23 per matrix over three seeds; "top" sampling visits 6–14
         assert len(visited) >= 12 * RANK, (name, sorted(visited))
 
 
 def test_memory_sst_and_galore(task, trained):
     state = {m: report.optimizer_state - report.optimizer_step_counters for m, (_, _, report) in trained.items()}
-    assert state["sst"] <= 0.4 * state["full"], state                      # measured: 0.29
+    assert state["sst"] <= 0.4 * state["full"], state  # measured: 0.29
     sst_part = trained["sst"][2].methods["sst"]
     shapes = [(layer.out_features, layer.in_features) for layer in sl.adapted_layers(trained["sst"][0]).values()]
     assert sst_part.measured.optimizer_state == 4 * sum(2 * (RANK * (m + n) + min(m, n)) for m, n in shapes)
@@ -125,7 +133,7 @@ def test_memory_sst_and_galore(task, trained):
     opt.step()
     report = sl.memory_report(model, opt)
     full = trained["full"][2]
-    assert report.gradients == full.gradients > 0                          # gradients stay full size
+    assert report.gradients == full.gradients > 0  # gradients stay full size
     assert report.methods["galore"].measured.gradients == full.methods["full"].measured.gradients
     galore_state = report.optimizer_state - report.optimizer_step_counters
     assert galore_state <= 0.4 * state["full"], (galore_state, state["full"])
@@ -155,7 +163,7 @@ def test_the_chapters_rates_are_the_sweeps_best(profile):
     assert sweep["complete"], "the sweep did not finish: rerun benchmarks/head_to_head_lr.py --resume"
     assert sweep["settings"] == head_to_head(profile).as_dict(), "settings changed since the sweep: rerun it"
     assert chapter_rates(f"LR_{profile.upper()}") == {m: float(lr) for m, lr in sweep["best"].items()}
-    if profile == "ci":   # this file's pins: the sweep's best, or tied with it within TIED nats
+    if profile == "ci":  # this file's pins: the sweep's best, or tied with it within TIED nats
         for method, lr in LR.items():
             table = sweep["table"][method]
             best = table[str(sweep["best"][method])]["mean_val_loss"]

@@ -8,12 +8,11 @@ import warnings
 
 import pytest
 import torch
+from hf_models import MODELS, Conv1D, batch, small_options, tiny_gpt2
 from torch import nn
 
 import spectrallab as sl
 from spectrallab.methods.base import AdaptedLinear, registered
-
-from hf_models import MODELS, Conv1D, batch, small_options, tiny_gpt2
 
 METHODS = sorted(registered())
 
@@ -32,11 +31,11 @@ def test_apply_train_merge_on_a_tiny_hf_model(arch, method):
     kinds = {n: type(m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
     probe = batch(99)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".* is tied to .*")   # GPT-2's and BERT's tied heads
+        warnings.filterwarnings("ignore", message=".* is tied to .*")  # GPT-2's and BERT's tied heads
         sl.apply(model, method, **small_options(method))
     adapted = sl.adapted_layers(model)
     tied = {"gpt2": {"lm_head"}, "bert": {"cls.predictions.decoder"}}.get(arch, set())
-    assert set(adapted) == set(kinds) - tied          # every Linear and Conv1D, the tied heads left out
+    assert set(adapted) == set(kinds) - tied  # every Linear and Conv1D, the tied heads left out
     before = logits(model, probe)
 
     model.train()
@@ -49,7 +48,7 @@ def test_apply_train_merge_on_a_tiny_hf_model(arch, method):
         opt.zero_grad()
 
     trained = logits(model, probe)
-    assert (trained - before).abs().max() > 1e-4       # the steps reached the adapted layers
+    assert (trained - before).abs().max() > 1e-4  # the steps reached the adapted layers
     sl.merge(model)
     assert not any(isinstance(m, AdaptedLinear) for m in model.modules())
     for name in adapted:
@@ -61,7 +60,7 @@ def test_apply_train_merge_on_a_tiny_hf_model(arch, method):
 
 def test_conv1d_layers_are_seen_as_their_transposed_linear():
     model = tiny_gpt2()
-    conv = model.transformer.h[0].attn.c_attn          # Conv1D(nf=96, nx=32): weight 32 × 96
+    conv = model.transformer.h[0].attn.c_attn  # Conv1D(nf=96, nx=32): weight 32 × 96
     x = torch.randn(3, 32)
     with pytest.warns(UserWarning, match="tied"):
         sl.apply(model, "full")
@@ -97,7 +96,9 @@ def test_spectrallab_does_not_import_transformers():
     import subprocess
     import sys
 
-    code = "import sys, spectrallab as sl, torch; sl.apply(torch.nn.Linear(4, 4), 'lora', rank=2); " \
-           "print('transformers' in sys.modules)"
+    code = (
+        "import sys, spectrallab as sl, torch; sl.apply(torch.nn.Linear(4, 4), 'lora', rank=2); "
+        "print('transformers' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -13,10 +13,9 @@ import math
 
 import pytest
 import torch
+from hf_models import batch, tiny_llama
 
 import spectrallab as sl
-
-from hf_models import batch, tiny_llama
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
@@ -33,9 +32,18 @@ def train(model, opt, tmp_path):
     opt.register_step_pre_hook(lambda o, a, k: used.append(o.param_groups[0]["lr"]))
     opt.register_step_post_hook(lambda o, a, k: scheduled.append(o.param_groups[0]["lr"]))
     data = [{key: value[i] for key, value in batch(s).items()} for s in range(STEPS) for i in range(4)]
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=STEPS, per_device_train_batch_size=4,
-                             learning_rate=LR, report_to=[], save_strategy="no", use_cpu=True,
-                             logging_steps=1, disable_tqdm=True, dataloader_num_workers=0)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=STEPS,
+        per_device_train_batch_size=4,
+        learning_rate=LR,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=data, optimizers=(opt, None))
     result = trainer.train()
     assert trainer.state.global_step == STEPS and len(used) == STEPS
@@ -52,9 +60,9 @@ def test_sst_resamples_re_svds_and_warms_up_each_period_under_trainer(tmp_path):
     sl.apply(model, "sst", rank=4, resample_every=4, warmup=2, periods_per_round=2, seed=1)
     layers = list(sl.adapted_layers(model).values())
     trainer, multipliers = train(model, sl.optimizer(model, lr=LR), tmp_path)
-    assert type(trainer.optimizer).__name__ == "AcceleratedOptimizer"   # wrapped, and still ours inside
+    assert type(trainer.optimizer).__name__ == "AcceleratedOptimizer"  # wrapped, and still ours inside
     for layer in layers:
-        assert layer.period == 3 and layer.resvds == 1                  # periods end at steps 4, 8, 12
+        assert layer.period == 3 and layer.resvds == 1  # periods end at steps 4, 8, 12
         assert [h["step"] for h in layer.history] == [0, 4, 8, 12]
         assert [h["resvd"] for h in layer.history] == [False, False, True, False]
     assert any(layer.history[1]["active"] != layer.history[0]["active"] for layer in layers)
@@ -72,8 +80,8 @@ def test_relora_merges_at_each_restart_under_trainer(tmp_path):
     _, multipliers = train(model, sl.optimizer(model, lr=LR), tmp_path)
     for layer, w0 in zip(layers, start):
         assert layer.restarts == 3 and layer.schedule.last_reset == 12
-        assert (layer.weight - w0).abs().max() > 1e-5                   # B A was merged into W
-        assert layer.lora_B.abs().max() == 0                            # and restarted at the last reset
+        assert (layer.weight - w0).abs().max() > 1e-5  # B A was merged into W
+        assert layer.lora_B.abs().max() == 0  # and restarted at the last reset
     # Jagged: 0 on the first step after each reset, back to 1 over 2 steps.
     assert multipliers == pytest.approx([1, 1, 1, 1, 0, 0.5, 1, 1, 0, 0.5, 1, 1])
 

@@ -20,19 +20,26 @@ import geoopt
 import networkx as nx
 import pytest
 import torch
+from test_resume import OPTIONS  # small settings for every registered method, periods of 5 steps
 from torch import nn
 
 import spectrallab as sl
-from spectrallab.hyperbolic import (GCN, HyboNet, LinkPredictor, LorentzCentroid, LorentzLinear, NodeClassifier,
-                                    lorentz_constraint_error, lorentz_manifold, normalized_adjacency)
-from spectrallab.methods.base import AdaptedLinear, registered
+from spectrallab.hyperbolic import (
+    HyboNet,
+    LinkPredictor,
+    LorentzCentroid,
+    LorentzLinear,
+    NodeClassifier,
+    lorentz_constraint_error,
+    lorentz_manifold,
+    normalized_adjacency,
+)
+from spectrallab.methods.base import registered
 from spectrallab.tasks.graphs import Graph
 from spectrallab.tasks.hyperbolic import LinkPrediction, NodeClassification
 
-from test_resume import OPTIONS  # small settings for every registered method, periods of 5 steps
-
-
 # -- graphs and splits built here --------------------------------------------------------------------
+
 
 def tree_graph(branch: int = 2, height: int = 5, signal: float = 0.3, noise_dims: int = 64) -> Graph:
     g = nx.balanced_tree(branch, height)
@@ -62,24 +69,29 @@ def link_split(graph: Graph, val: float, test: float, seed: int = 0):
             known.add(min(u, v) * N + max(u, v))
             negatives.append((min(u, v), max(u, v)))
     negatives = torch.tensor(negatives)
-    return types.SimpleNamespace(train_edges=edges[nv + nt:], val_pos=edges[:nv], test_pos=edges[nv:nv + nt],
-                                 val_neg=negatives[:nv], test_neg=negatives[nv:])
+    return types.SimpleNamespace(
+        train_edges=edges[nv + nt :],
+        val_pos=edges[:nv],
+        test_pos=edges[nv : nv + nt],
+        val_neg=negatives[:nv],
+        test_neg=negatives[nv:],
+    )
 
 
 def node_split(graph: Graph, val: float, test: float, seed: int = 0):
     order = torch.randperm(graph.num_nodes, generator=torch.Generator().manual_seed(seed))
     nv, nt = int(val * len(order)), int(test * len(order))
-    return types.SimpleNamespace(train=order[nv + nt:], val=order[:nv], test=order[nv:nv + nt])
+    return types.SimpleNamespace(train=order[nv + nt :], val=order[:nv], test=order[nv : nv + nt])
 
 
 @pytest.fixture(scope="module")
 def small_tree() -> Graph:
-    return tree_graph(2, 5)   # 63 nodes
+    return tree_graph(2, 5)  # 63 nodes
 
 
 @pytest.fixture(scope="module")
 def tree() -> Graph:
-    return tree_graph(2, 7)   # 255 nodes
+    return tree_graph(2, 7)  # 255 nodes
 
 
 def small_link_task(graph, **kw) -> LinkPrediction:
@@ -114,19 +126,20 @@ def train_steps(model, task, opt, start: int, stop: int) -> None:
 
 # -- the layers against their formulas ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("k", [1.0, 2.0])
 def test_lorentz_linear_equals_the_papers_formula_by_hand(k):
     """H² ⊂ R³ → H² ⊂ R³, every number computed from the formula with Python floats."""
-    M = [[0.5, -0.2, 0.1], [0.3, 0.8, -0.5], [-0.4, 0.2, 0.9]]   # rows: vᵀ, then W
-    b = [0.1, -0.3, 0.2]                                          # b′, then b
+    M = [[0.5, -0.2, 0.1], [0.3, 0.8, -0.5], [-0.4, 0.2, 0.9]]  # rows: vᵀ, then W
+    b = [0.1, -0.3, 0.2]  # b′, then b
     lam = 3.0
     xs = [0.6, 0.8]
-    x = [math.sqrt(k + xs[0] ** 2 + xs[1] ** 2)] + xs             # on the hyperboloid ⟨x, x⟩_L = −k
+    x = [math.sqrt(k + xs[0] ** 2 + xs[1] ** 2)] + xs  # on the hyperboloid ⟨x, x⟩_L = −k
     z = [sum(M[i][j] * x[j] for j in range(3)) + b[i] for i in range(3)]
-    length = lam / (1 + math.exp(-z[0]))                          # λσ(vᵀx + b′)
-    norm = math.hypot(z[1], z[2])                                 # ‖Wx + b‖
+    length = lam / (1 + math.exp(-z[0]))  # λσ(vᵀx + b′)
+    norm = math.hypot(z[1], z[2])  # ‖Wx + b‖
     space = [length * z[1] / norm, length * z[2] / norm]
-    expected = [math.sqrt(length ** 2 + k)] + space
+    expected = [math.sqrt(length**2 + k)] + space
 
     layer = LorentzLinear(3, 3, manifold=lorentz_manifold(k), scale=lam)
     with torch.no_grad():
@@ -146,7 +159,7 @@ def test_lorentz_centroid_equals_its_formula_by_hand():
     pts = [[math.sqrt(k + a * a + c * c), a, c] for a, c in space]
     w = [0.5, 0.25, 0.25]
     s = [sum(w[i] * pts[i][j] for i in range(3)) for j in range(3)]
-    lorentz_norm = math.sqrt(abs(-s[0] ** 2 + s[1] ** 2 + s[2] ** 2))
+    lorentz_norm = math.sqrt(abs(-(s[0] ** 2) + s[1] ** 2 + s[2] ** 2))
     expected = [math.sqrt(k) * c / lorentz_norm for c in s]
 
     adjacency = torch.tensor([w, [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
@@ -172,19 +185,19 @@ def test_decoders_score_by_squared_distance(small_tree):
     a, b = z[pairs[:, 0]], z[pairs[:, 1]]
     lorentzian = -2 * k - 2 * minkowski(a, b)
     geodesic = math.sqrt(k) * torch.acosh((-minkowski(a, b) / k).clamp_min(1))
-    for distance, d2 in [("lorentzian", lorentzian), ("geodesic", geodesic ** 2)]:
+    for distance, d2 in [("lorentzian", lorentzian), ("geodesic", geodesic**2)]:
         decoder = LinkPredictor(encoder, r=1.5, t=0.5, distance=distance).double()
         torch.testing.assert_close(decoder.score(z, pairs), (1.5 - d2) / 0.5, atol=1e-6, rtol=1e-6)
-    assert abs(float(lorentzian[2])) < 1e-5          # a point is at distance 0 from itself (z is float32)
+    assert abs(float(lorentzian[2])) < 1e-5  # a point is at distance 0 from itself (z is float32)
 
     classifier = NodeClassifier(encoder, classes=3).double()
     with torch.no_grad():
         classifier.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
     points = classifier.points()
     assert float(lorentz_constraint_error(points, k)) < 1e-9
-    torch.testing.assert_close(points[:, 1:], classifier.centroids)          # the chart keeps z_c
+    torch.testing.assert_close(points[:, 1:], classifier.centroids)  # the chart keeps z_c
     x, A = small_tree.features.double(), adjacency.double()
-    z = encoder(x, A)                                    # the encoder is float64 now
+    z = encoder(x, A)  # the encoder is float64 now
     expected = -(-2 * k - 2 * minkowski(z[:, None], points[None])) + classifier.bias
     torch.testing.assert_close(classifier(x, A), expected)
 
@@ -206,6 +219,7 @@ def test_lorentz_linear_contains_a_plain_linear_and_checks_its_sizes():
 
 
 # -- every method keeps every layer on the hyperboloid -----------------------------------------------
+
 
 @pytest.mark.parametrize("method", sorted(registered()))
 def test_every_layer_stays_on_the_hyperboloid_after_training_with(method, small_tree):
@@ -247,7 +261,7 @@ def test_targets_select_the_inner_linears_by_name(small_tree):
 
 @pytest.mark.parametrize("method", ["sst", "lora", "relora", "galore", "pissa"])
 def test_a_bad_rank_on_one_lorentz_layer_names_it_and_changes_nothing(method, small_tree):
-    task = small_link_task(small_tree)           # layers 128→16 and 16→8: rank 12 fits the first only
+    task = small_link_task(small_tree)  # layers 128→16 and 16→8: rank 12 fits the first only
     model = task.make_model()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=r"encoder\.layers\.1\.transform\.linear.*rank=12"):
@@ -279,6 +293,7 @@ def test_merge_is_exact_on_lorentz_layers(method, small_tree):
 
 # -- learning ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("geometry, method", [("hyperbolic", "sst"), ("hyperbolic", "full"), ("euclidean", "sst")])
 def test_link_prediction_on_a_tree_learns(geometry, method, tree):
     task = LinkPrediction(tree, link_split(tree, 0.1, 0.1), geometry=geometry, hidden=32, out=16)
@@ -289,7 +304,7 @@ def test_link_prediction_on_a_tree_learns(geometry, method, tree):
     run = sl.fit(model, task, 300, lr=1e-2, record=False, progress="off")
     end = run.evals[-1]
     assert set(end) >= {"val_loss", "val_roc_auc", "val_ap", "test_loss", "test_roc_auc", "test_ap"}
-    assert abs(start["test_roc_auc"] - 0.5) < 0.1, start                # chance before training
+    assert abs(start["test_roc_auc"] - 0.5) < 0.1, start  # chance before training
     assert end["test_roc_auc"] > 0.72 and end["val_roc_auc"] > 0.72, end
     assert end["test_ap"] > 0.65, end
 
@@ -301,7 +316,7 @@ def test_node_classification_beats_the_majority_class(geometry, tree):
     run = sl.fit(model, task, 150, record=False, progress="off")
     end = run.evals[-1]
     majority = task.majority_accuracy("test")
-    assert majority < 0.4                    # 4 subtrees of equal size (and a few roots)
+    assert majority < 0.4  # 4 subtrees of equal size (and a few roots)
     assert end["test_acc"] > majority + 0.4, (end, majority)
     assert end["test_f1"] > 0.7 and end["val_f1"] > 0.7
 
@@ -318,6 +333,7 @@ def test_negatives_are_non_edges_drawn_from_the_generator(small_tree):
 
 
 # -- optimizers and resume -----------------------------------------------------------------------------
+
 
 def test_no_manifold_parameters_so_adamw_trains_everything_and_riemannian_adam_is_accepted(small_tree):
     task = NodeClassification(small_tree, node_split(small_tree, 0.2, 0.3), hidden=16, out=8)
@@ -350,9 +366,9 @@ def test_state_dicts_resume_a_hybonet_run_bit_for_bit(method, small_tree):
     train_steps(straight, task, straight_opt, 0, 20)
 
     first, first_opt = build(0)
-    train_steps(first, task, first_opt, 0, 12)          # off a period boundary (periods of 5)
+    train_steps(first, task, first_opt, 0, 12)  # off a period boundary (periods of 5)
     model_state, opt_state = _round_trip(first), _round_trip(first_opt)
-    resumed, resumed_opt = build(7)                       # another init: anything not restored shows
+    resumed, resumed_opt = build(7)  # another init: anything not restored shows
     resumed.load_state_dict(model_state)
     resumed_opt.load_state_dict(opt_state)
     train_steps(resumed, task, resumed_opt, 12, 20)

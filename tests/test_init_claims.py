@@ -21,7 +21,6 @@ import pytest
 import torch
 
 import spectrallab as sl
-
 from conftest import PRETRAIN_STEPS
 from spectrallab.methods.lora import export_lora
 
@@ -51,7 +50,7 @@ def test_init_energy_split(setting):
         lin = base.get_submodule(name)
         W = lin.weight.detach()
         S = torch.linalg.svdvals(W)
-        total = (S ** 2).sum()
+        total = (S**2).sum()
         shares = {}
         for method in ("lora", "pissa", "milora", "olora"):
             torch.manual_seed(0)
@@ -68,7 +67,7 @@ def test_pissa_converges_faster_than_lora(setting):
     """After 30 steps PiSSA's validation loss is well below LoRA's (< 0.6×); MiLoRA's is not."""
     losses = {m: finetune(setting, m)[1].final("val_loss") for m in ("lora", "pissa", "milora")}
     assert losses["pissa"] < 0.6 * losses["lora"], losses
-    assert not losses["milora"] < 0.6 * losses["lora"], losses   # bottom-r ("broken PiSSA") lacks the speed-up
+    assert not losses["milora"] < 0.6 * losses["lora"], losses  # bottom-r ("broken PiSSA") lacks the speed-up
     assert losses["pissa"] < 0.8 * losses["milora"], losses
 
 
@@ -86,6 +85,7 @@ def test_2r_export_reproduces_trained_pissa(setting):
         exported = export_lora(trained)
         assert exported.A.shape[0] == exported.B.shape[1] == 2 * RANK
         torch.testing.assert_close(exported.weight, base.get_submodule(name).weight, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(exported.weight + exported.scale * exported.B @ exported.A,
-                                   trained.effective_weight(), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            exported.weight + exported.scale * exported.B @ exported.A, trained.effective_weight(), rtol=1e-4, atol=1e-4
+        )
         assert not torch.allclose(trained.weight, exported.weight, atol=1e-2)  # PiSSA's base is W_res, not W

@@ -35,15 +35,14 @@ import pytest
 import torch
 
 import spectrallab as sl
-from spectrallab.linalg import intruder_dimensions
-
 from conftest import PRETRAIN_STEPS
+from spectrallab.linalg import intruder_dimensions
 
 STEPS, K, EPSILON = 300, 10, 0.5
 LR = {"full": 1e-3, "lora": 1e-2}
 RANKS = (1, 2, 4)
 TARGETS = ["fc1", "fc2", "fc3"]
-MEASURED = ["fc1", "fc2"]   # fc3 has 10 outputs: its left singular vectors span the whole output space
+MEASURED = ["fc1", "fc2"]  # fc3 has 10 outputs: its left singular vectors span the whole output space
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +57,10 @@ def finetuned(rotated_digits):
         if key != "full":
             sl.apply(model, "lora", rank=key, targets=TARGETS)
         sl.fit(model, rotated, STEPS, lr=LR["full" if key == "full" else "lora"], record=False)
-        found = {n: intruder_dimensions(base.get_submodule(n), model.get_submodule(n), k=K, epsilon=EPSILON)
-                 for n in MEASURED}
+        found = {
+            n: intruder_dimensions(base.get_submodule(n), model.get_submodule(n), k=K, epsilon=EPSILON)
+            for n in MEASURED
+        }
         results[key] = (model, found)
     return base, results
 
@@ -104,7 +105,7 @@ def test_intruders_in_the_top_five(finetuned):
     _, results = finetuned
     counts = {key: top5(found) for key, (_, found) in results.items()}
     assert counts["full"] == 0, counts
-    assert sum(counts[r] >= 1 for r in RANKS) >= len(RANKS) - 1, counts   # r=2's top match is 0.49
+    assert sum(counts[r] >= 1 for r in RANKS) >= len(RANKS) - 1, counts  # r=2's top match is 0.49
     assert sum(counts[r] for r in RANKS) - len(RANKS) * counts["full"] >= len(RANKS) - 1, counts
 
 

@@ -48,8 +48,14 @@ ROOT = Path(spectrallab.__file__).parent
 PACKAGE = "spectrallab"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("spectrallab.linalg", "spectrallab.optim_hooks", "spectrallab.checkpoint", "spectrallab.profiles",
-     "spectrallab.progress", "spectrallab.hyperbolic"),
+    (
+        "spectrallab.linalg",
+        "spectrallab.optim_hooks",
+        "spectrallab.checkpoint",
+        "spectrallab.profiles",
+        "spectrallab.progress",
+        "spectrallab.hyperbolic",
+    ),
     ("spectrallab.methods.options",),
     ("spectrallab.methods.base",),
     ("spectrallab.methods", "spectrallab.methods.*"),
@@ -101,8 +107,12 @@ def imports_of(name: str, files: dict[str, Path]) -> set[str]:
             source = resolve_relative(name, files, node.level, node.module) if node.level else node.module
             for alias in node.names:  # a submodule, or a name the module `source` defines
                 targets.add(f"{source}.{alias.name}" if f"{source}.{alias.name}" in files else source)
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-              and node.func.attr == "import_module" and is_package(name, files)):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "import_module"
+            and is_package(name, files)
+        ):
             argument = node.args[0] if node.args else None
             if isinstance(argument, ast.Constant) and isinstance(argument.value, str):
                 targets.add(argument.value)
@@ -173,7 +183,7 @@ def _cycle_path(graph: dict[str, set[str]], component: set[str]) -> list[str]:
         nxt = sorted(graph[path[-1]] & component)
         back = [w for w in nxt if w in seen]
         if back:
-            return path[path.index(back[0]):] + [back[0]]
+            return path[path.index(back[0]) :] + [back[0]]
         path.append(nxt[0])
         seen.add(nxt[0])
 
@@ -183,12 +193,15 @@ def upward_imports(graph: dict[str, set[str]], layers=LAYERS) -> list[str]:
     for importer, targets in sorted(graph.items()):
         for target in sorted(targets):
             if layer_of(target, layers) > layer_of(importer, layers):
-                found.append(f"{importer} (layer {layer_of(importer, layers)}) imports {target} "
-                             f"(layer {layer_of(target, layers)})")
+                found.append(
+                    f"{importer} (layer {layer_of(importer, layers)}) imports {target} "
+                    f"(layer {layer_of(target, layers)})"
+                )
     return found
 
 
 # -- the checks --------------------------------------------------------------------------------------
+
 
 def test_every_module_has_a_layer():
     unplaced = sorted(name for name in module_files() if layer_of(name) is None)
@@ -197,8 +210,9 @@ def test_every_module_has_a_layer():
 
 def test_no_import_cycles():
     found = cycles(import_graph())
-    assert not found, "import cycles:\n" + "\n".join(f"{' → '.join(path)}  (modules that import each other: "
-                                                    f"{', '.join(members)})" for path, members in found)
+    assert not found, "import cycles:\n" + "\n".join(
+        f"{' → '.join(path)}  (modules that import each other: {', '.join(members)})" for path, members in found
+    )
 
 
 def test_imports_go_downwards_only():
@@ -207,6 +221,7 @@ def test_imports_go_downwards_only():
 
 
 # -- the checker itself, on a small made-up package ------------------------------------------------
+
 
 def write_package(tmp_path: Path, sources: dict[str, str]) -> Path:
     root = tmp_path / "pkg"
@@ -218,14 +233,17 @@ def write_package(tmp_path: Path, sources: dict[str, str]) -> Path:
 
 
 def test_the_checker_sees_function_level_relative_and_absolute_imports(tmp_path):
-    root = write_package(tmp_path, {
-        "__init__.py": "",
-        "low.py": "def f():\n    from .high import g\n",       # deferred, relative: still an edge
-        "high.py": "import pkg.low\n",                              # absolute
-        "sub/__init__.py": "import importlib\nfor m in ['a']:\n    importlib.import_module(f'{__name__}.{m}')\n",
-        "sub/a.py": "from .. import low\n",                         # `from package import module`
-        "user.py": "from .sub.a import x\n",                        # runs sub/__init__ first
-    })
+    root = write_package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "low.py": "def f():\n    from .high import g\n",  # deferred, relative: still an edge
+            "high.py": "import pkg.low\n",  # absolute
+            "sub/__init__.py": "import importlib\nfor m in ['a']:\n    importlib.import_module(f'{__name__}.{m}')\n",
+            "sub/a.py": "from .. import low\n",  # `from package import module`
+            "user.py": "from .sub.a import x\n",  # runs sub/__init__ first
+        },
+    )
     graph = import_graph(root, "pkg")
     assert graph["pkg.low"] == {"pkg.high"}
     assert graph["pkg.high"] == {"pkg.low"}
@@ -237,8 +255,15 @@ def test_the_checker_sees_function_level_relative_and_absolute_imports(tmp_path)
     assert upward_imports(graph, layers) == ["pkg.low (layer 0) imports pkg.high (layer 1)"]
 
 
-@pytest.mark.parametrize("name, layer", [("spectrallab.methods.base", 2), ("spectrallab.methods.lora", 3),
-                                         ("spectrallab.methods", 3), ("spectrallab.tasks.digits", 6),
-                                         ("spectrallab", len(LAYERS) - 1)])
+@pytest.mark.parametrize(
+    "name, layer",
+    [
+        ("spectrallab.methods.base", 2),
+        ("spectrallab.methods.lora", 3),
+        ("spectrallab.methods", 3),
+        ("spectrallab.tasks.digits", 6),
+        ("spectrallab", len(LAYERS) - 1),
+    ],
+)
 def test_an_exact_entry_wins_over_a_pattern(name, layer):
     assert layer_of(name) == layer

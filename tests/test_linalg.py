@@ -31,8 +31,12 @@ def test_truncation_meets_the_eckart_young_bound_and_random_low_rank_does_not():
     for r in (1, 5, 20):
         err = torch.linalg.matrix_norm(W - linalg.truncate(W, r))
         torch.testing.assert_close(err, linalg.eckart_young_error(S, r), rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(torch.linalg.matrix_norm(W - linalg.truncate(W, r), ord=2),
-                                   linalg.eckart_young_error(S, r, "spectral"), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            torch.linalg.matrix_norm(W - linalg.truncate(W, r), ord=2),
+            linalg.eckart_young_error(S, r, "spectral"),
+            rtol=1e-4,
+            atol=1e-5,
+        )
         g = torch.Generator().manual_seed(r)
         Q, _ = torch.linalg.qr(torch.randn(50, r, generator=g))
         assert torch.linalg.matrix_norm(W - Q @ (Q.T @ W)) > 1.01 * linalg.eckart_young_error(S, r)
@@ -57,8 +61,9 @@ def test_power_iterations_help_most_when_the_gap_is_small():
     W = matrix_with_spectrum(sigma, 200, 150, seed=3)
     excess = {}
     for q in (0, 3):
-        U, S, Vh = linalg.svd(W, r, method="randomized", n_iter=q, oversample=5,
-                              generator=torch.Generator().manual_seed(0))
+        U, S, Vh = linalg.svd(
+            W, r, method="randomized", n_iter=q, oversample=5, generator=torch.Generator().manual_seed(0)
+        )
         captured = torch.linalg.matrix_norm(U.T @ W) ** 2 / (sigma[:r] ** 2).sum()
         excess[q] = float(1 - captured)
     assert excess[3] < excess[0]
@@ -140,6 +145,7 @@ def test_all_finite_is_exact_even_when_the_sum_overflows():
 
 # -- intruder dimensions (Shuttleworth et al. 2024, arXiv:2410.21228) ------------------------------
 
+
 def pretrained_like(m: int = 48, n: int = 40, seed: int = 0) -> torch.Tensor:
     """A weight with a clear spectrum: 8 large, well-separated values above a small decaying tail."""
     sigma = torch.cat([torch.linspace(10, 3, 8), 0.5 * torch.logspace(0, -1, min(m, n) - 8)])
@@ -166,7 +172,7 @@ def test_a_large_spike_along_new_directions_is_exactly_one_intruder_at_the_top()
     found = linalg.intruder_dimensions(W, W_ft, k=10, epsilon=0.5)
     assert found.count == 1 and found.indices.tolist() == [0], found.max_similarity
     assert float(found.max_similarity[0]) < 0.3 and bool((found.max_similarity[1:] > 0.9).all())
-    assert float(found.singular_values[0]) > 2 * float(S[0])          # the intruder is the new σ'_1
+    assert float(found.singular_values[0]) > 2 * float(S[0])  # the intruder is the new σ'_1
     # the same spike far below the top-k does not count: intruders are *high-ranking* vectors
     small = (W.double() + 0.2 * torch.outer(u, v)).float()
     assert linalg.intruder_dimensions(W, small, k=8, epsilon=0.5).count == 0
@@ -185,9 +191,9 @@ def test_a_spike_along_one_existing_minor_direction_is_not_an_intruder():
 
 
 def test_a_tall_weight_can_gain_a_direction_orthogonal_to_every_pretrained_one():
-    W = pretrained_like(60, 20, seed=2)        # 20 left singular vectors span 20 of 60 dimensions
+    W = pretrained_like(60, 20, seed=2)  # 20 left singular vectors span 20 of 60 dimensions
     U, _, Vh = torch.linalg.svd(W.double(), full_matrices=True)
-    outside = U[:, 40]                          # orthogonal to the column space of W
+    outside = U[:, 40]  # orthogonal to the column space of W
     # read through W's weakest input direction, so W itself barely tilts the new output direction
     W_ft = (W.double() + 40.0 * torch.outer(outside, Vh[-1])).float()
     found = linalg.intruder_dimensions(W, W_ft, k=5, epsilon=0.1)
@@ -209,7 +215,7 @@ def test_left_and_right_singular_vectors_can_disagree():
 def test_intruder_count_is_monotone_in_epsilon_and_count_below_agrees():
     W = pretrained_like(64, 64, seed=4)
     g = torch.Generator().manual_seed(1)
-    W_ft = W + 0.8 * torch.randn(64, 64, generator=g)   # a dense perturbation mixes the tail directions
+    W_ft = W + 0.8 * torch.randn(64, 64, generator=g)  # a dense perturbation mixes the tail directions
     found = linalg.intruder_dimensions(W, W_ft, k=16, epsilon=0.5)
     epsilons = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
     counts = [found.count_below(e) for e in epsilons]
@@ -227,8 +233,9 @@ def test_intruder_count_is_monotone_in_epsilon_and_count_below_agrees():
 def test_intruders_read_layers_and_the_effective_weight_of_adapted_layers():
     import copy
 
-    import spectrallab as sl
     from torch import nn
+
+    import spectrallab as sl
 
     torch.manual_seed(0)
     linear = nn.Linear(24, 32)
@@ -243,17 +250,20 @@ def test_intruders_read_layers_and_the_effective_weight_of_adapted_layers():
     assert half.count == 0 and half.max_similarity.dtype == torch.float32
 
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    (dict(k=0), ValueError, r"k=0 is outside the allowed range \[1, 16\]"),
-    (dict(k=17), ValueError, r"k=17 is outside the allowed range \[1, 16\]"),
-    (dict(k=2.0), TypeError, r"k must be an int in \[1, 16\]"),
-    (dict(k=True), TypeError, "k must be an int"),
-    (dict(epsilon=0), ValueError, r"epsilon=0 is outside the allowed range \(0, 1\]"),
-    (dict(epsilon=1.5), ValueError, r"epsilon=1.5 is outside the allowed range \(0, 1\]"),
-    (dict(epsilon=float("nan")), TypeError, r"epsilon must be a finite number in \(0, 1\]"),
-    (dict(epsilon="0.5"), TypeError, "epsilon must be a finite number"),
-    (dict(side="both"), ValueError, "side='both' is not one of 'left', 'right'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(k=0), ValueError, r"k=0 is outside the allowed range \[1, 16\]"),
+        (dict(k=17), ValueError, r"k=17 is outside the allowed range \[1, 16\]"),
+        (dict(k=2.0), TypeError, r"k must be an int in \[1, 16\]"),
+        (dict(k=True), TypeError, "k must be an int"),
+        (dict(epsilon=0), ValueError, r"epsilon=0 is outside the allowed range \(0, 1\]"),
+        (dict(epsilon=1.5), ValueError, r"epsilon=1.5 is outside the allowed range \(0, 1\]"),
+        (dict(epsilon=float("nan")), TypeError, r"epsilon must be a finite number in \(0, 1\]"),
+        (dict(epsilon="0.5"), TypeError, "epsilon must be a finite number"),
+        (dict(side="both"), ValueError, "side='both' is not one of 'left', 'right'"),
+    ],
+)
 def test_intruder_bad_options(kwargs, error, message):
     W = torch.randn(16, 24)
     with pytest.raises(error, match=message):

@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 import spectrallab as sl
-
 from conftest import PRETRAIN_STEPS
 from spectrallab.methods.lora import lora_scale
 
@@ -142,7 +141,7 @@ def test_ffa_lora_trains_only_b_inside_the_row_space_of_a(setting):
         assert float(layer.lora_B.detach().abs().max()) > 0
         Q = sl.linalg.orthonormal_basis(A0.detach().T).to(A0)
 
-        def leak(delta):
+        def leak(delta, Q=Q):
             return float((delta - delta @ Q @ Q.T).norm() / delta.norm())
 
         assert leak(layer.delta_weight().detach()) < 1e-4
@@ -192,4 +191,5 @@ def test_merge_after_training_is_exact(setting):
     with torch.no_grad():
         torch.testing.assert_close(merged(x), adapted(x), rtol=1e-4, atol=1e-4)
     assert setting.rotated.evaluate(merged)["accuracy"] == pytest.approx(
-        setting.rotated.evaluate(adapted)["accuracy"], abs=1 / 360 + 1e-9)
+        setting.rotated.evaluate(adapted)["accuracy"], abs=1 / 360 + 1e-9
+    )

@@ -36,7 +36,6 @@ import torch
 from torch import nn
 
 import spectrallab as sl
-
 from conftest import ROOT
 
 CHAPTER = ROOT / "book" / "lora_without_regret.md"
@@ -49,13 +48,23 @@ def claims(tmp_path_factory) -> dict:
     from nbclient import NotebookClient
 
     notebook = jupytext.read(CHAPTER)
-    NotebookClient(notebook, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path_factory.mktemp("lwr"))}}).execute()
-    lines = [line for cell in notebook.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
-             if out.get("output_type") == "stream" for line in out.get("text", "").splitlines()
-             if line.startswith(PREFIX)]
+    NotebookClient(
+        notebook,
+        timeout=300,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path_factory.mktemp("lwr"))}},
+    ).execute()
+    lines = [
+        line
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "stream"
+        for line in out.get("text", "").splitlines()
+        if line.startswith(PREFIX)
+    ]
     assert len(lines) == 1, "the chapter must print exactly one LWR_CLAIMS line"
-    return json.loads(lines[0][len(PREFIX):])
+    return json.loads(lines[0][len(PREFIX) :])
 
 
 def test_first_adam_step_is_rank_free_with_alpha_over_r():
@@ -83,7 +92,7 @@ def test_first_adam_step_is_rank_free_with_alpha_over_r():
                 values.append(-measured)
             gains[rslora, rank] = float(np.mean(values))
     assert gains[False, 16] / gains[False, 1] == pytest.approx(1.0, abs=0.15)
-    assert gains[True, 16] / gains[True, 1] == pytest.approx(4.0, rel=0.2)          # √16
+    assert gains[True, 16] / gains[True, 1] == pytest.approx(4.0, rel=0.2)  # √16
 
 
 @pytest.mark.chapters
@@ -101,16 +110,16 @@ def test_a_sweeps_are_u_shaped_and_the_ratio_is_as_reported(claims):
         best = min(finite)
         i = losses.index(best)
         assert 0 < i < len(grid) - 1 and not a["edges"][key], (key, losses)
-        assert losses[0] - best >= 0.05, (key, losses)                   # too small a rate learns too little
-        assert not math.isfinite(losses[-1]) or losses[-1] - best >= 0.05, (key, losses)   # too large a rate hurts
-        assert best < a["base_val"] - 0.1, (key, best)                    # fine-tuning does something
+        assert losses[0] - best >= 0.05, (key, losses)  # too small a rate learns too little
+        assert not math.isfinite(losses[-1]) or losses[-1] - best >= 0.05, (key, losses)  # too large a rate hurts
+        assert best < a["base_val"] - 0.1, (key, best)  # fine-tuning does something
     lora_mean = math.exp(np.mean([math.log(v) for v in a["lr_lora"].values()]))
     assert a["ratio"] == pytest.approx(lora_mean / a["lr_full"], rel=1e-9)
-    rule_held = 10 ** 0.5 <= a["ratio"] <= 10 ** 1.5
+    rule_held = 10**0.5 <= a["ratio"] <= 10**1.5
     assert a["verdict"] == ("held" if rule_held else "did not hold")
     # What was measured at this size: LoRA's best rate is higher, but by far less than 10×, and below the
     # first-step prediction for this width (√3·n/α ≈ 1.7–6.9 for its layers).
-    assert 0.8 < a["ratio"] < 10 ** 0.5, a["ratio"]
+    assert 0.8 < a["ratio"] < 10**0.5, a["ratio"]
     assert a["verdict"] == "did not hold"
     assert 1.2 < a["first_step_ratio"] < 5, a["first_step_ratio"]
 
@@ -120,12 +129,12 @@ def test_b_alpha_over_r_makes_the_rate_and_the_first_steps_rank_free(claims):
     b = claims["b"]
     gains, gains_rs = b["first_step_gain"], b["first_step_gain_rslora"]
     assert max(gains.values()) / min(gains.values()) <= 1.15, gains
-    assert gains_rs["1"] == pytest.approx(gains["1"], rel=1e-12)            # α/√r = α/r at rank 1
+    assert gains_rs["1"] == pytest.approx(gains["1"], rel=1e-12)  # α/√r = α/r at rank 1
     assert gains_rs["16"] / gains_rs["1"] == pytest.approx(4.0, rel=0.25), gains_rs
-    assert b["rank_spread"] <= 10 ** 0.5 and b["verdict_lr"] == "held", b["rank_spread"]
+    assert b["rank_spread"] <= 10**0.5 and b["verdict_lr"] == "held", b["rank_spread"]
     early = b["early_ratio_small"]
-    assert b["early_rank1_gap"] <= 1e-6          # rank 1: α/r and α/√r are the same run (bit for bit on a CPU)
-    assert early["rslora"] >= 1.5 * early["alpha_r"], early                 # the control fans out, α/r does not
+    assert b["early_rank1_gap"] <= 1e-6  # rank 1: α/r and α/√r are the same run (bit for bit on a CPU)
+    assert early["rslora"] >= 1.5 * early["alpha_r"], early  # the control fans out, α/r does not
     assert early["alpha_r_upper"] <= 1.25, early
     # the printed verdict follows the printed rule
     if early["alpha_r"] <= 1.25 and early["rslora"] >= 1.5:
@@ -156,7 +165,7 @@ def test_c_attention_only_is_worse_at_matched_parameters(claims):
     assert claims["c"]["diff"] == pytest.approx(diff) and claims["c"]["se"] == pytest.approx(se)
     expected = "held" if diff > 2 * se else "did not hold" if diff < -2 * se else "not resolved"
     assert claims["c"]["verdict"] == expected
-    assert diff > 0, (diff, se)                                             # measured: attention only is worse
+    assert diff > 0, (diff, se)  # measured: attention only is worse
 
 
 @pytest.mark.chapters
@@ -165,11 +174,16 @@ def test_d_verdict_follows_the_numbers(claims):
     runs = d["runs"]
     for key, r in runs.items():
         assert r["penalty"] == pytest.approx(np.mean(r["large"]) - np.mean(r["small"]))
-        assert r["penalty"] > 0, (key, r)           # the same data in 4× fewer, larger steps costs every method
+        assert r["penalty"] > 0, (key, r)  # the same data in 4× fewer, larger steps costs every method
     extra = {k: runs[k]["penalty"] - runs["full"]["penalty"] for k in runs if k != "full"}
     assert extra == pytest.approx(d["extra"])
     margin = d["margin"]
-    expected = ("held" if all(v > margin for v in extra.values())
-                else "did not hold" if any(v < -margin for v in extra.values()) else "not resolved")
+    expected = (
+        "held"
+        if all(v > margin for v in extra.values())
+        else "did not hold"
+        if any(v < -margin for v in extra.values())
+        else "not resolved"
+    )
     assert d["verdict"] == expected
     assert 0 < margin < 0.2

@@ -17,11 +17,10 @@ import torch
 from torch import nn
 
 import spectrallab as sl
+from conftest import SmallMLP
 from spectrallab import memory
 
-from conftest import SmallMLP
-
-SHAPES = [(32, 20), (12, 32)]   # (m, n) = (out, in) of SmallMLP's fc1, fc2
+SHAPES = [(32, 20), (12, 32)]  # (m, n) = (out, in) of SmallMLP's fc1, fc2
 F32 = 4
 
 
@@ -48,12 +47,12 @@ def per_layer(count) -> int:
 
 def test_full_training_measured_equals_mn_and_2mn():
     model, opt, report = adapted("full")
-    weights = per_layer(lambda m, n: m * n)                      # 32·20 + 12·32 = 1024
+    weights = per_layer(lambda m, n: m * n)  # 32·20 + 12·32 = 1024
     biases = 32 + 12
     full = report.methods["full"]
     assert full.layers == 2
     assert full.measured.parameters == full.measured.trainable == full.measured.gradients == F32 * weights
-    assert full.measured.optimizer_state == F32 * 2 * weights    # Adam: exp_avg + exp_avg_sq
+    assert full.measured.optimizer_state == F32 * 2 * weights  # Adam: exp_avg + exp_avg_sq
     assert all(full.matches().values())
     # the biases are measured outside the formulas, with their own gradients and moments
     assert report.outside.parameters == report.outside.gradients == F32 * biases
@@ -75,11 +74,21 @@ FINE_TUNING = [
     ("dora", {"rank": R}, lambda m, n: R * (m + n) + m, lambda m, n: m * n + R * (m + n) + m, lambda m, n: 0),
     ("loraxs", {"rank": R}, lambda m, n: R * R, lambda m, n: m * n + R * (m + n) + R * R, lambda m, n: 0),
     ("svfit", {"rank": R}, lambda m, n: R, lambda m, n: m * n + R * (m + n) + 2 * R, lambda m, n: 0),
-    ("sorsa", {"rank": R}, lambda m, n: R * (m + n) + R, lambda m, n: m * n + R * (m + n) + R,
-     lambda m, n: R * (m + n) + R),
+    (
+        "sorsa",
+        {"rank": R},
+        lambda m, n: R * (m + n) + R,
+        lambda m, n: m * n + R * (m + n) + R,
+        lambda m, n: R * (m + n) + R,
+    ),
     # SVFT-B with one off-diagonal: nnz = 3k − 2, plus the gate; U, S, Vh replace W; row/col indices
-    ("svft", {"off_diag": 1}, lambda m, n: 3 * min(m, n) - 2 + 1,
-     lambda m, n: min(m, n) * (m + n) + min(m, n) + 3 * min(m, n) - 2 + 1, lambda m, n: 2 * (3 * min(m, n) - 2)),
+    (
+        "svft",
+        {"off_diag": 1},
+        lambda m, n: 3 * min(m, n) - 2 + 1,
+        lambda m, n: min(m, n) * (m + n) + min(m, n) + 3 * min(m, n) - 2 + 1,
+        lambda m, n: 2 * (3 * min(m, n) - 2),
+    ),
 ]
 
 
@@ -107,7 +116,7 @@ def test_vera_counts_its_vectors_and_shows_the_shared_matrices_as_buffers():
     assert entry.measured.optimizer_state == F32 * 2 * per_layer(lambda m, n: rank + m)
     # one shared A (r × max n) and B (max m × r), counted once although every layer holds them
     assert entry.measured.buffer_elements == rank * 32 + 32 * rank
-    assert entry.matches()["buffer_elements"] is None       # not a per-layer formula
+    assert entry.matches()["buffer_elements"] is None  # not a per-layer formula
 
 
 def test_gradients_counted_only_for_trainable_parameters_and_only_while_present():
@@ -134,11 +143,12 @@ def test_before_the_first_step_the_report_says_so():
 
 def test_layer_without_formula_falls_back_to_measured_only(monkeypatch):
     from spectrallab.methods.lora import LoRALinear
+
     monkeypatch.setattr(LoRALinear, "paper_counts", lambda self: None)
     model, opt, report = adapted("lora", rank=R)
     entry = report.methods["lora"]
     assert entry.formula is None and set(entry.matches().values()) == {None}
-    assert entry.measured.trainable == F32 * per_layer(lambda m, n: R * (m + n))   # still measured
+    assert entry.measured.trainable == F32 * per_layer(lambda m, n: R * (m + n))  # still measured
     assert any("no memory formula for method 'lora'" in note for note in report.notes)
     assert "—" in str(report)
 
@@ -146,6 +156,7 @@ def test_layer_without_formula_falls_back_to_measured_only(monkeypatch):
 def test_memory_module_knows_no_method_by_name():
     """Formulas live in the method files (each layer's paper_counts): memory.py only measures and renders."""
     import inspect
+
     source = inspect.getsource(memory)
     named = [m for m in sl.methods() if f'"{m}"' in source or f"'{m}'" in source]
     assert named == []
@@ -167,8 +178,7 @@ def test_nested_optimizer_state_is_counted():
             for group in self.param_groups:
                 for p in group["params"]:
                     if p.ndim == 2 and "projector" not in self.state[p]:
-                        self.state[p]["projector"] = types.SimpleNamespace(matrix=torch.zeros(3, p.shape[1]),
-                                                                           rank=3)
+                        self.state[p]["projector"] = types.SimpleNamespace(matrix=torch.zeros(3, p.shape[1]), rank=3)
                         self.state[p]["moments"] = [torch.zeros(p.shape[0], 3), {"sq": torch.zeros(p.shape[0], 3)}]
             return super().step(closure)
 
@@ -191,11 +201,14 @@ def test_galore_formula_projects_the_smaller_side_and_keeps_full_gradients():
     assert galore.weights + galore.optimizer_states < lora.weights + lora.optimizer_states  # mn+mr+2nr < mn+3mr+3nr
 
 
-@pytest.mark.parametrize("proj_type, states", [
-    ("std", lambda m, n, r: min(m, n) * r + 2 * max(m, n) * r),
-    ("left", lambda m, n, r: m * r + 2 * n * r),
-    ("right", lambda m, n, r: n * r + 2 * m * r),
-])
+@pytest.mark.parametrize(
+    "proj_type, states",
+    [
+        ("std", lambda m, n, r: min(m, n) * r + 2 * max(m, n) * r),
+        ("left", lambda m, n, r: m * r + 2 * n * r),
+        ("right", lambda m, n, r: n * r + 2 * m * r),
+    ],
+)
 def test_galore_measured_optimizer_state(proj_type, states):
     rank = 4
     model, opt, report = adapted("galore", bias=False, rank=rank, proj_type=proj_type)
@@ -231,12 +244,12 @@ def test_relora_measured():
 def test_sltrain_measured():
     model, opt, report = adapted("sltrain", bias=False, rank=R, sparsity=0.1)
     entry = report.methods["sltrain"]
-    nnz = per_layer(lambda m, n: int(0.1 * m * n + 0.5))            # δmn values, rounded half up: 64 + 38
+    nnz = per_layer(lambda m, n: int(0.1 * m * n + 0.5))  # δmn values, rounded half up: 64 + 38
     t = per_layer(lambda m, n: R * (m + n)) + nnz
     assert entry.measured.trainable == entry.measured.gradients == F32 * t
     assert entry.measured.optimizer_state == F32 * 2 * t
-    assert entry.measured.parameters == F32 * t                     # no dense W is stored
-    assert entry.measured.buffer_elements == nnz                    # one index per sparse value
+    assert entry.measured.parameters == F32 * t  # no dense W is stored
+    assert entry.measured.buffer_elements == nnz  # one index per sparse value
     assert all(v in (True, None) for v in entry.matches().values()), entry.matches()
 
 
@@ -263,8 +276,14 @@ def test_report_renders_and_serializes():
     assert data["methods"]["dora"]["matches"]["trainable"] is True
     assert data["total"] == report.total
     # a wrong formula shows up as a mismatch, in the table and in the notes
-    broken = memory.MethodMemory("dora", 2, F32, memory.LayerCounts(1, 1, 2), report.methods["dora"].measured,
-                                 report.methods["dora"].full_reference)
+    broken = memory.MethodMemory(
+        "dora",
+        2,
+        F32,
+        memory.LayerCounts(1, 1, 2),
+        report.methods["dora"].measured,
+        report.methods["dora"].full_reference,
+    )
     assert broken.matches()["trainable"] is False
 
 

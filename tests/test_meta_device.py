@@ -8,11 +8,10 @@ import warnings
 
 import pytest
 import torch
+from hf_models import batch, small_options, tiny_gpt2
 
 import spectrallab as sl
 from spectrallab.methods.base import registered
-
-from hf_models import batch, small_options, tiny_gpt2
 
 # Methods whose initialization reads the weight's values (an SVD or QR of W, DoRA's row norms).
 NEEDS_VALUES = {"dora", "loraxs", "milora", "olora", "pissa", "sorsa", "sst", "svfit", "svft"}
@@ -35,18 +34,21 @@ def test_every_method_on_a_meta_model_refuses_clearly_or_initializes_validly(met
     model = meta_gpt2()
     modules = dict(model.named_modules())
     if method in NEEDS_VALUES:
-        with pytest.raises(ValueError, match=rf"layer '{FIRST_LAYER}' is on the meta device .* method "
-                                             rf"'{method}' cannot be initialized there: .*Load the weights first"):
+        with pytest.raises(
+            ValueError,
+            match=rf"layer '{FIRST_LAYER}' is on the meta device .* method "
+            rf"'{method}' cannot be initialized there: .*Load the weights first",
+        ):
             apply_quietly(model, method, **small_options(method))
-        assert dict(model.named_modules()) == modules          # nothing changed
+        assert dict(model.named_modules()) == modules  # nothing changed
         return
 
     apply_quietly(model, method, **small_options(method))
     layers = sl.adapted_layers(model)
     assert len(layers) == 8
     model.to_empty(device="cpu")
-    model.tie_weights()                     # to_empty gives the two tied places two tensors
-    for layer in layers.values():           # to_empty replaced the tensors, not the modules
+    model.tie_weights()  # to_empty gives the two tied places two tensors
+    for layer in layers.values():  # to_empty replaced the tensors, not the modules
         layer.reset_parameters()
     for name, layer in layers.items():
         for tname, t in list(layer.named_parameters()) + list(layer.named_buffers()):
@@ -94,7 +96,7 @@ def test_vera_reset_draws_the_shared_pair_of_apply_again():
     for layer in layers.values():
         layer.reset_parameters()
     first = layers[FIRST_LAYER]
-    assert all(layer.projections is first.projections for layer in layers.values())   # still shared
+    assert all(layer.projections is first.projections for layer in layers.values())  # still shared
     twin = real.get_submodule(FIRST_LAYER)
     torch.testing.assert_close(first.projections.A, twin.projections.A, rtol=0, atol=0)
     torch.testing.assert_close(first.projections.B, twin.projections.B, rtol=0, atol=0)

@@ -14,16 +14,34 @@ from spectrallab.tasks import load_minilm, minilm_available
 pytestmark = pytest.mark.skipif(not minilm_available(), reason="optional extra spectrallab[minilm] not installed")
 
 # The first block's attention projections and feed-forward layers: real trained weights, kept small.
-TARGETS = r"encoder\.layer\.0\.(attention\.self\.(query|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
-UNCHANGED_AT_INIT = {"full", "lora", "ffa_lora", "pissa", "milora", "olora", "dora", "vera", "svfit", "sorsa",
-                     "relora", "galore", "sst"}  # LoRA-XS: R ~ N(0, 1e-5), not exactly 0
+TARGETS = (
+    r"encoder\.layer\.0\.(attention\.self\.(query|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
+)
+UNCHANGED_AT_INIT = {
+    "full",
+    "lora",
+    "ffa_lora",
+    "pissa",
+    "milora",
+    "olora",
+    "dora",
+    "vera",
+    "svfit",
+    "sorsa",
+    "relora",
+    "galore",
+    "sst",
+}  # LoRA-XS: R ~ N(0, 1e-5), not exactly 0
 
 
 @pytest.fixture(scope="module")
 def minilm():
     model, tokenizer = load_minilm()
-    batch = tokenizer(["Sparse spectral training updates singular vectors.", "LoRA adds a low-rank update."],
-                      return_tensors="pt", padding=True)
+    batch = tokenizer(
+        ["Sparse spectral training updates singular vectors.", "LoRA adds a low-rank update."],
+        return_tensors="pt",
+        padding=True,
+    )
     with torch.no_grad():
         reference = model(**batch).last_hidden_state
     return model, batch, reference

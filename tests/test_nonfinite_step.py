@@ -14,21 +14,36 @@ import torch
 import torch.nn.functional as F
 
 import spectrallab as sl
-
 from conftest import SmallMLP
 
 PERIOD = 5
 CASES = {
     # method options, the step that runs the method's work, what the message must say
     "galore-first-projection": ("galore", {"rank": 2, "update_proj_gap": PERIOD}, 1, r"layer 'fc\d'.*step 1\b"),
-    "galore-new-projection": ("galore", {"rank": 2, "update_proj_gap": PERIOD}, PERIOD + 1,
-                              rf"layer 'fc\d'.*step {PERIOD + 1}\b"),
-    "sst-resample": ("sst", {"rank": 2, "resample_every": PERIOD, "warmup": 2, "periods_per_round": 2}, PERIOD,
-                     rf"layer 'fc\d'.*step {PERIOD}\b"),
-    "sst-resvd": ("sst", {"rank": 2, "resample_every": PERIOD, "warmup": 2, "periods_per_round": 2}, 2 * PERIOD,
-                  rf"layer 'fc\d'.*step {2 * PERIOD}\b"),
-    "relora-merge": ("relora", {"rank": 2, "reset_every": PERIOD, "restart_warmup": 2, "seed": 0}, PERIOD,
-                     rf"layer 'fc\d'.*step {PERIOD}\b.*merge"),
+    "galore-new-projection": (
+        "galore",
+        {"rank": 2, "update_proj_gap": PERIOD},
+        PERIOD + 1,
+        rf"layer 'fc\d'.*step {PERIOD + 1}\b",
+    ),
+    "sst-resample": (
+        "sst",
+        {"rank": 2, "resample_every": PERIOD, "warmup": 2, "periods_per_round": 2},
+        PERIOD,
+        rf"layer 'fc\d'.*step {PERIOD}\b",
+    ),
+    "sst-resvd": (
+        "sst",
+        {"rank": 2, "resample_every": PERIOD, "warmup": 2, "periods_per_round": 2},
+        2 * PERIOD,
+        rf"layer 'fc\d'.*step {2 * PERIOD}\b",
+    ),
+    "relora-merge": (
+        "relora",
+        {"rank": 2, "reset_every": PERIOD, "restart_warmup": 2, "seed": 0},
+        PERIOD,
+        rf"layer 'fc\d'.*step {PERIOD}\b.*merge",
+    ),
 }
 
 
@@ -48,9 +63,11 @@ def step(model, opt, x, y) -> None:
 
 
 def snapshot(model, opt) -> dict:
-    return {"model": {k: v.clone() for k, v in model.state_dict().items()},
-            "optimizer": copy.deepcopy(opt.state_dict()),
-            "lr": [g["lr"] for g in opt.param_groups]}
+    return {
+        "model": {k: v.clone() for k, v in model.state_dict().items()},
+        "optimizer": copy.deepcopy(opt.state_dict()),
+        "lr": [g["lr"] for g in opt.param_groups],
+    }
 
 
 def assert_same(a: dict, b: dict) -> None:
@@ -103,9 +120,18 @@ def test_galore_by_hand_names_the_parameter():
 
     torch.manual_seed(0)
     model = SmallMLP()
-    opt = GaLoreAdamW([{"params": [model.fc1.bias, model.fc2.bias]},
-                       {"params": [model.fc1.weight, model.fc2.weight], "rank": 2, "update_proj_gap": 5,
-                        "scale": 0.25, "proj_type": "std"}])
+    opt = GaLoreAdamW(
+        [
+            {"params": [model.fc1.bias, model.fc2.bias]},
+            {
+                "params": [model.fc1.weight, model.fc2.weight],
+                "rank": 2,
+                "update_proj_gap": 5,
+                "scale": 0.25,
+                "proj_type": "std",
+            },
+        ]
+    )
     bias = model.fc1.bias.detach().clone()
     x, y = batch(0, poisoned=True)
     F.mse_loss(model(x), y).backward()

@@ -19,9 +19,12 @@ from torch import nn
 import spectrallab as sl
 from spectrallab.methods.base import Method
 
-HOOKED = {"sst": dict(rank=4, resample_every=2, warmup=0, seed=0),
-          "relora": dict(rank=4, reset_every=2, restart_warmup=1, seed=0),
-          "galore": dict(rank=4, update_proj_gap=2), "sorsa": dict(rank=4)}
+HOOKED = {
+    "sst": dict(rank=4, resample_every=2, warmup=0, seed=0),
+    "relora": dict(rank=4, reset_every=2, restart_warmup=1, seed=0),
+    "galore": dict(rank=4, update_proj_gap=2),
+    "sorsa": dict(rank=4),
+}
 
 
 class Net(nn.Module):
@@ -128,7 +131,7 @@ def test_evaluation_and_no_grad_forwards_do_not_warn():
     x = torch.randn(4, 12)
     with warnings.catch_warnings():
         warnings.simplefilter("error", sl.MissingOptimizerHooksWarning)
-        for change in range(3):  # weights loaded or edited between evaluations: no training
+        for _ in range(3):  # weights loaded or edited between evaluations: no training
             model.eval()
             model(x)
             model.train()
@@ -173,34 +176,50 @@ def test_every_method_with_optimizer_hooks_declares_what_they_do():
     """A new method that overrides attach_optimizer must say what a plain optimizer would skip."""
     for name, cls in sl.methods.registered().items():
         if cls.attach_optimizer is not Method.attach_optimizer:
-            assert cls.needs_optimizer_hooks, f"method {name!r} installs optimizer hooks but its " \
-                                              "needs_optimizer_hooks is None"
+            assert cls.needs_optimizer_hooks, (
+                f"method {name!r} installs optimizer hooks but its needs_optimizer_hooks is None"
+            )
 
 
 def test_the_hugging_face_trainer_default_optimizer_warns(tmp_path):
     pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-    from transformers import Trainer, TrainingArguments
-
     from hf_models import batch, tiny_llama
+    from transformers import Trainer, TrainingArguments
 
     torch.manual_seed(0)
     model = tiny_llama()
     sl.apply(model, "sst", rank=4, resample_every=2, warmup=0, seed=1)
     data = [{key: value[i] for key, value in batch(s).items()} for s in range(3) for i in range(2)]
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2, learning_rate=1e-2,
-                             report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
-                             dataloader_num_workers=0)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     with pytest.warns(sl.MissingOptimizerHooksWarning, match="optimizers=\\(spectrallab.optimizer"):
         Trainer(model=model, args=args, train_dataset=data).train()
 
 
 def test_a_galore_adamw_built_by_hand_runs_galore_and_does_not_warn():
     from spectrallab.methods.galore import GaLoreAdamW
+
     model = adapted("galore")
-    groups = [{"params": [model.fc1.weight, model.fc2.weight], "rank": 4, "update_proj_gap": 2, "scale": 0.25,
-               "proj_type": "std"},
-              {"params": [model.fc1.bias, model.fc2.bias]}]
+    groups = [
+        {
+            "params": [model.fc1.weight, model.fc2.weight],
+            "rank": 4,
+            "update_proj_gap": 2,
+            "scale": 0.25,
+            "proj_type": "std",
+        },
+        {"params": [model.fc1.bias, model.fc2.bias]},
+    ]
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         steps(model, GaLoreAdamW(groups, lr=1e-3))

@@ -45,8 +45,11 @@ def test_environment_yml_installs_the_package_itself():
 
 def test_the_cpu_torch_pin_satisfies_the_declared_range():
     pin = re.search(r"^TORCH_VERSION\s*\?=\s*(\S+)", (ROOT / "Makefile").read_text(), re.M).group(1)
-    torch_req = next(Requirement(s) for s in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-                     if s.startswith("torch"))
+    torch_req = next(
+        Requirement(s)
+        for s in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+        if s.startswith("torch")
+    )
     assert Version(pin) in torch_req.specifier
 
 

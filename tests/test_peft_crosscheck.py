@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 import spectrallab as sl
-
 from conftest import SmallMLP, sgd_steps
 
 peft = pytest.importorskip("peft")
@@ -27,22 +26,34 @@ def test_peft_is_the_pinned_version():
 
 
 def peft_lora_modules(peft_model) -> dict[str, nn.Module]:
-    return {name.split(".")[-1]: m for name, m in peft_model.named_modules()
-            if hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {})}
+    return {
+        name.split(".")[-1]: m
+        for name, m in peft_model.named_modules()
+        if hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {})
+    }
 
 
-@pytest.mark.parametrize("rank, alpha, rslora, init", [
-    (4, 8, False, "default"),
-    (4, 8, True, "default"),
-    (8, 16, False, "gaussian"),
-    (2, 6, True, "gaussian"),
-])
+@pytest.mark.parametrize(
+    "rank, alpha, rslora, init",
+    [
+        (4, 8, False, "default"),
+        (4, 8, True, "default"),
+        (8, 16, False, "gaussian"),
+        (2, 6, True, "gaussian"),
+    ],
+)
 def test_same_init_same_steps_same_merged_weights(rank, alpha, rslora, init):
     torch.manual_seed(0)
     base = SmallMLP()
     ours = sl.apply(copy.deepcopy(base), "lora", rank=rank, alpha=alpha, rslora=rslora, init=init)
-    config = LoraConfig(r=rank, lora_alpha=alpha, use_rslora=rslora, target_modules=["fc1", "fc2"],
-                        init_lora_weights=True if init == "default" else "gaussian", lora_dropout=0.0)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        use_rslora=rslora,
+        target_modules=["fc1", "fc2"],
+        init_lora_weights=True if init == "default" else "gaussian",
+        lora_dropout=0.0,
+    )
     reference = get_peft_model(copy.deepcopy(base), config)
 
     peft_layers = peft_lora_modules(reference)
@@ -67,8 +78,9 @@ def test_same_init_same_steps_same_merged_weights(rank, alpha, rslora, init):
     merged_ref = reference.merge_and_unload()
     merged_ours = sl.merge(ours)
     for name in ("fc1", "fc2"):
-        torch.testing.assert_close(getattr(merged_ours, name).weight, getattr(merged_ref, name).weight,
-                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            getattr(merged_ours, name).weight, getattr(merged_ref, name).weight, rtol=1e-5, atol=1e-6
+        )
         torch.testing.assert_close(getattr(merged_ours, name).bias, getattr(merged_ref, name).bias)
         # the training really moved the weights, and stayed well-conditioned (no blow-up to hide in)
         moved = (getattr(merged_ours, name).weight - getattr(base, name).weight).abs().max()

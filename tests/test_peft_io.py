@@ -71,22 +71,46 @@ def outputs(model: nn.Module) -> torch.Tensor:
 
 def peft_ranks(peft_model) -> dict[str, int]:
     prefix = "base_model.model."
-    return {name[len(prefix):]: m.r["default"] for name, m in peft_model.named_modules()
-            if hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {})}
+    return {
+        name[len(prefix) :]: m.r["default"]
+        for name, m in peft_model.named_modules()
+        if hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {})
+    }
 
 
 # Options that make each method small and quick; a method registered later and not listed here is
 # tried with its defaults. Every one must round-trip or refuse.
 OPTIONS = {
-    "lora": {"rank": 4, "alpha": 8}, "ffa_lora": {"rank": 4, "alpha": 4}, "dora": {"rank": 4, "alpha": 6},
-    "pissa": {"rank": 3, "alpha": 6}, "milora": {"rank": 3}, "olora": {"rank": 3, "alpha": 3},
-    "sorsa": {"rank": 3}, "loraxs": {"rank": 4, "alpha": 8}, "svfit": {"energy": 0.9}, "vera": {"rank": 8},
-    "svft": {"off_diag": 1}, "relora": {"rank": 4}, "galore": {"rank": 4}, "sst": {"rank": 4},
-    "sltrain": {"rank": 4}, "full": {},
+    "lora": {"rank": 4, "alpha": 8},
+    "ffa_lora": {"rank": 4, "alpha": 4},
+    "dora": {"rank": 4, "alpha": 6},
+    "pissa": {"rank": 3, "alpha": 6},
+    "milora": {"rank": 3},
+    "olora": {"rank": 3, "alpha": 3},
+    "sorsa": {"rank": 3},
+    "loraxs": {"rank": 4, "alpha": 8},
+    "svfit": {"energy": 0.9},
+    "vera": {"rank": 8},
+    "svft": {"off_diag": 1},
+    "relora": {"rank": 4},
+    "galore": {"rank": 4},
+    "sst": {"rank": 4},
+    "sltrain": {"rank": 4},
+    "full": {},
 }
 # The rank each exportable method must need on a layer adapted at rank r.
-EXPECTED_RANK = {"lora": 1, "ffa_lora": 1, "dora": 1, "loraxs": 1, "vera": 1, "svfit": 1,
-                 "pissa": 2, "milora": 2, "olora": 2, "sorsa": 2}
+EXPECTED_RANK = {
+    "lora": 1,
+    "ffa_lora": 1,
+    "dora": 1,
+    "loraxs": 1,
+    "vera": 1,
+    "svfit": 1,
+    "pissa": 2,
+    "milora": 2,
+    "olora": 2,
+    "sorsa": 2,
+}
 NO_FORM = {"full", "galore", "sst", "sltrain", "relora", "svft"}
 
 
@@ -134,8 +158,13 @@ def test_lora_and_rslora_are_written_as_themselves(tmp_path):
         model = train(sl.apply(base_model(), "lora", rank=4, alpha=6, rslora=rslora))
         export = sl.save_peft(model, tmp_path / str(rslora))
         c = export.config
-        assert (c["r"], c["lora_alpha"], c["use_rslora"], c["rank_pattern"], c["alpha_pattern"]) == \
-            (4, 6, rslora, {}, {})
+        assert (c["r"], c["lora_alpha"], c["use_rslora"], c["rank_pattern"], c["alpha_pattern"]) == (
+            4,
+            6,
+            rslora,
+            {},
+            {},
+        )
         assert sorted(c["target_modules"]) == ["blocks.0", "blocks.1", "fc1", "head"]
 
 
@@ -144,7 +173,7 @@ def test_svfit_energy_gives_per_layer_ranks_through_rank_pattern(tmp_path):
     model = train(sl.apply(copy.deepcopy(base), "svfit", energy=0.8))
     export = sl.save_peft(model, tmp_path)
     ranks = {name: layer.rank for name, layer in sl.adapted_layers(model).items()}
-    assert export.ranks == ranks and len(set(ranks.values())) > 1, ranks   # the pattern is exercised
+    assert export.ranks == ranks and len(set(ranks.values())) > 1, ranks  # the pattern is exercised
     assert export.config["rank_pattern"]
     peft_model = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)
     assert peft_ranks(peft_model) == ranks
@@ -167,8 +196,11 @@ def test_a_mixed_model_is_written_as_one_config(tmp_path):
     assert export.ranks == {"fc1": 2, "blocks.0": 4, "blocks.1": 3, "head": 5}
     peft_model = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)
     assert peft_ranks(peft_model) == export.ranks
-    scaling = {n[len("base_model.model."):]: m.scaling["default"] for n, m in peft_model.named_modules()
-               if hasattr(m, "scaling") and isinstance(m.scaling, dict) and m.scaling}
+    scaling = {
+        n[len("base_model.model.") :]: m.scaling["default"]
+        for n, m in peft_model.named_modules()
+        if hasattr(m, "scaling") and isinstance(m.scaling, dict) and m.scaling
+    }
     assert scaling == pytest.approx({"fc1": 2.5, "blocks.0": 1.5, "blocks.1": 2.0, "head": 2.0}, rel=1e-12)
     assert (outputs(peft_model) - outputs(model)).abs().max() <= TOL
 
@@ -189,7 +221,7 @@ def test_a_suffix_shared_with_an_untargeted_module_becomes_a_regex(tmp_path):
     with torch.no_grad():
         model.fc1.lora_B.normal_()
     export = sl.save_peft(model, tmp_path)
-    assert isinstance(export.config["target_modules"], str)       # a list ["fc1"] would also hit inner.fc1
+    assert isinstance(export.config["target_modules"], str)  # a list ["fc1"] would also hit inner.fc1
     peft_model = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)
     assert set(peft_ranks(peft_model)) == {"fc1"}
     x = data()[0]
@@ -225,8 +257,12 @@ def test_a_rank_above_the_layer_size_is_written_at_min_out_in(method, rank, tmp_
     model = train(sl.apply(copy.deepcopy(base), method, rank=rank))
     export = sl.save_peft(model, tmp_path)
     factor = 1 if method == "vera" else 2
-    assert export.ranks == {"fc1": min(factor * rank, 12), "blocks.0": min(factor * rank, 16),
-                            "blocks.1": min(factor * rank, 16), "head": 6}
+    assert export.ranks == {
+        "fc1": min(factor * rank, 12),
+        "blocks.0": min(factor * rank, 16),
+        "blocks.1": min(factor * rank, 16),
+        "head": 6,
+    }
     peft_model = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)
     assert (outputs(peft_model) - outputs(model)).abs().max() <= TOL
     back = sl.load_peft(copy.deepcopy(base), tmp_path)
@@ -234,6 +270,7 @@ def test_a_rank_above_the_layer_size_is_written_at_min_out_in(method, rank, tmp_
 
 
 # -- load_peft: adapters made by PEFT itself ------------------------------------------------------
+
 
 def perturb(peft_model) -> None:
     """Make a fresh PEFT adapter do something: random lora_B, magnitudes moved off their init."""
@@ -256,18 +293,28 @@ def peft_adapter(tmp_path, **config) -> tuple[Net, object]:
     return base, peft_model.eval()
 
 
-@pytest.mark.parametrize("config", [
-    {"r": 4, "lora_alpha": 8},
-    {"r": 4, "lora_alpha": 8, "use_rslora": True},
-    {"r": 3, "lora_alpha": 5, "use_dora": True},
-    {"r": 4, "lora_alpha": 8, "rank_pattern": {"head": 2, "blocks.1": 6}, "alpha_pattern": {"head": 3}},
-    {"r": 2, "lora_alpha": 4, "use_dora": True, "use_rslora": True, "rank_pattern": {"fc1": 5},
-     "target_modules": ["fc1", "blocks.1"]},
-], ids=["lora", "rslora", "dora", "patterns", "dora-rslora-pattern-subset"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"r": 4, "lora_alpha": 8},
+        {"r": 4, "lora_alpha": 8, "use_rslora": True},
+        {"r": 3, "lora_alpha": 5, "use_dora": True},
+        {"r": 4, "lora_alpha": 8, "rank_pattern": {"head": 2, "blocks.1": 6}, "alpha_pattern": {"head": 3}},
+        {
+            "r": 2,
+            "lora_alpha": 4,
+            "use_dora": True,
+            "use_rslora": True,
+            "rank_pattern": {"fc1": 5},
+            "target_modules": ["fc1", "blocks.1"],
+        },
+    ],
+    ids=["lora", "rslora", "dora", "patterns", "dora-rslora-pattern-subset"],
+)
 def test_load_peft_reproduces_peft_models(config, tmp_path):
     base, peft_model = peft_adapter(tmp_path, **config)
     theirs = outputs(peft_model)
-    assert (theirs - outputs(base)).abs().max() > 1e-2            # the adapter does something
+    assert (theirs - outputs(base)).abs().max() > 1e-2  # the adapter does something
     model = sl.load_peft(copy.deepcopy(base), tmp_path)
     assert (outputs(model) - theirs).abs().max() <= TOL
     layers = sl.adapted_layers(model)
@@ -277,8 +324,10 @@ def test_load_peft_reproduces_peft_models(config, tmp_path):
     assert sl.trainable_parameters(model) == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("method, options", [("lora", {"rank": 4, "alpha": 8}), ("dora", {"rank": 3}),
-                                             ("pissa", {"rank": 3}), ("vera", {"rank": 6})])
+@pytest.mark.parametrize(
+    "method, options",
+    [("lora", {"rank": 4, "alpha": 8}), ("dora", {"rank": 3}), ("pissa", {"rank": 3}), ("vera", {"rank": 6})],
+)
 def test_round_trip_sl_peft_sl(method, options, tmp_path):
     base = base_model()
     model = train(sl.apply(copy.deepcopy(base), method, **options))
@@ -294,10 +343,13 @@ def test_round_trip_sl_peft_sl(method, options, tmp_path):
 
 # -- load_peft: bad input changes nothing --------------------------------------------------------
 
+
 def snapshot(model: nn.Module):
-    return ({k: v.clone() for k, v in model.state_dict().items()},
-            {n: type(m) for n, m in model.named_modules()},
-            {n: p.requires_grad for n, p in model.named_parameters()})
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        {n: type(m) for n, m in model.named_modules()},
+        {n: p.requires_grad for n, p in model.named_parameters()},
+    )
 
 
 def assert_unchanged(model: nn.Module, before) -> None:
@@ -315,6 +367,7 @@ def rewrite_config(directory, **changes):
 
 def rewrite_weights(directory, edit):
     from safetensors.torch import load_file, save_file
+
     path = directory / "adapter_model.safetensors"
     tensors = load_file(str(path))
     edit(tensors)
@@ -330,16 +383,32 @@ def test_load_peft_bad_input(tmp_path):
         sl.load_peft(model, tmp_path / "nowhere")
 
     import shutil
+
     cases = {}
-    for case in ("no_weights", "ia3", "missing_module", "shape", "rank_vs_config", "bias", "extra_key",
-                 "not_targeted", "bad_json"):
+    for case in (
+        "no_weights",
+        "ia3",
+        "missing_module",
+        "shape",
+        "rank_vs_config",
+        "bias",
+        "extra_key",
+        "not_targeted",
+        "bad_json",
+    ):
         shutil.copytree(tmp_path / "ok", tmp_path / case)
         cases[case] = tmp_path / case
     (cases["no_weights"] / "adapter_model.safetensors").unlink()
     rewrite_config(cases["ia3"], peft_type="IA3")
-    rewrite_weights(cases["missing_module"], lambda t: t.update({
-        "base_model.model.decoder.lora_A.weight": torch.zeros(4, 16),
-        "base_model.model.decoder.lora_B.weight": torch.zeros(16, 4)}))
+    rewrite_weights(
+        cases["missing_module"],
+        lambda t: t.update(
+            {
+                "base_model.model.decoder.lora_A.weight": torch.zeros(4, 16),
+                "base_model.model.decoder.lora_B.weight": torch.zeros(16, 4),
+            }
+        ),
+    )
     rewrite_weights(cases["shape"], lambda t: t.update({"base_model.model.head.lora_B.weight": torch.zeros(7, 4)}))
     rewrite_config(cases["rank_vs_config"], rank_pattern={"head": 2})
     rewrite_config(cases["bias"], bias="all")
@@ -370,6 +439,7 @@ def test_load_peft_puts_everything_back_when_a_late_step_fails(tmp_path, monkeyp
     model = base_model()
     before = snapshot(model)
     import spectrallab.peft_io as io
+
     calls = []
 
     def failing_apply(*args, **kwargs):
@@ -474,7 +544,7 @@ def test_gpt2_every_method_round_trips_through_peft_or_refuses(method, tmp_path)
     assert (theirs - ours).abs().max() <= TOL, f"{method}: max diff {(theirs - ours).abs().max():.3g}"
     assert peft_ranks(peft_model) == export.ranks
     convs = conv1d_names(base)
-    assert set(export.ranks) == set(convs)              # the 8 Conv1D layers: c_attn, both c_proj, c_fc
+    assert set(export.ranks) == set(convs)  # the 8 Conv1D layers: c_attn, both c_proj, c_fc
     # PEFT wrapped each Conv1D as fan_in_fan_out, with factors shaped on the Conv1D's (in, out)
     for name, conv in convs.items():
         lora = peft_model.base_model.model.get_submodule(name)
@@ -487,19 +557,24 @@ def test_gpt2_every_method_round_trips_through_peft_or_refuses(method, tmp_path)
             assert lora.lora_magnitude_vector["default"].weight.shape == (n_out,)
 
 
-@pytest.mark.parametrize("config", [
-    {"r": 4, "lora_alpha": 8},
-    {"r": 4, "lora_alpha": 8, "use_rslora": True},
-    {"r": 3, "lora_alpha": 5, "use_dora": True},
-], ids=["lora", "rslora", "dora"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"r": 4, "lora_alpha": 8},
+        {"r": 4, "lora_alpha": 8, "use_rslora": True},
+        {"r": 3, "lora_alpha": 5, "use_dora": True},
+    ],
+    ids=["lora", "rslora", "dora"],
+)
 def test_gpt2_load_peft_reproduces_peft_and_merges_to_conv1d(config, tmp_path):
     base = gpt2()
-    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(target_modules=GPT2_TARGETS, fan_in_fan_out=True,
-                                                                **config))
+    peft_model = get_peft_model(
+        copy.deepcopy(base), LoraConfig(target_modules=GPT2_TARGETS, fan_in_fan_out=True, **config)
+    )
     perturb(peft_model)
     peft_model.save_pretrained(tmp_path)
     theirs = logits(peft_model)
-    assert (theirs - logits(base)).abs().max() > 1e-2            # the adapter does something
+    assert (theirs - logits(base)).abs().max() > 1e-2  # the adapter does something
 
     model = sl.load_peft(copy.deepcopy(base), tmp_path)
     assert (logits(model) - theirs).abs().max() <= TOL
@@ -514,8 +589,9 @@ def test_gpt2_load_peft_reproduces_peft_and_merges_to_conv1d(config, tmp_path):
     # the merged Conv1D weights (in × out) are PEFT's own merged weights
     merged = peft_model.merge_and_unload()
     for name in convs:
-        torch.testing.assert_close(model.get_submodule(name).weight, merged.get_submodule(name).weight,
-                                   atol=1e-6, rtol=1e-5, msg=name)
+        torch.testing.assert_close(
+            model.get_submodule(name).weight, merged.get_submodule(name).weight, atol=1e-6, rtol=1e-5, msg=name
+        )
 
 
 @pytest.mark.parametrize("method", ["lora", "dora", "pissa", "vera"])
@@ -542,15 +618,15 @@ def test_gpt2_tied_lm_head_is_left_out_of_apply_and_of_the_adapter(tmp_path):
     model = copy.deepcopy(base)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        sl.apply(model, "lora", rank=4, alpha=8)                 # default targets: every Linear / Conv1D
+        sl.apply(model, "lora", rank=4, alpha=8)  # default targets: every Linear / Conv1D
     tie = [str(w.message) for w in record if "tied" in str(w.message)]
     assert len(tie) == 1 and "lm_head.weight is tied to transformer.wte.weight" in tie[0], tie
-    assert set(sl.adapted_layers(model)) == set(conv1d_names(base))     # lm_head is not among them
+    assert set(sl.adapted_layers(model)) == set(conv1d_names(base))  # lm_head is not among them
     train_gpt2(model)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         export = sl.save_peft(model, tmp_path)
-    assert not record, [str(w.message) for w in record]          # lm_head, wte frozen: nothing outside to name
+    assert not record, [str(w.message) for w in record]  # lm_head, wte frozen: nothing outside to name
     targets = export.config["target_modules"]
     assert not _matches(targets, "lm_head") and "lm_head" not in json.dumps(export.config)
     peft_model = from_pretrained_quietly(copy.deepcopy(base), tmp_path)
@@ -617,6 +693,7 @@ def test_gpt2_load_peft_reads_an_untied_lm_head_with_its_saved_base_weight(tmp_p
         warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
         peft_model = perturbed_peft_gpt2(base, tmp_path, r=2, lora_alpha=4, target_modules=["c_fc", "lm_head"])
     from safetensors.torch import load_file
+
     assert "base_model.model.lm_head.base_layer.weight" in load_file(str(tmp_path / "adapter_model.safetensors"))
     model = sl.load_peft(copy.deepcopy(base), tmp_path)
     assert (logits(model) - logits(peft_model)).abs().max() <= TOL

@@ -17,11 +17,10 @@ import torch
 from torch import nn
 
 import spectrallab as sl
+from conftest import SmallMLP, ThreeLayers, fingerprint, same_fingerprint, sgd_steps
 from spectrallab.linalg import orthogonality_error
 from spectrallab.methods import pissa as pissa_module
 from spectrallab.methods.lora import INIT_SPECTRUM_PART, LORA_INITS, LoRALinear, export_lora
-
-from conftest import SmallMLP, ThreeLayers, fingerprint, same_fingerprint, sgd_steps
 
 try:
     import peft
@@ -60,6 +59,7 @@ def linear_with(weight: torch.Tensor, bias: bool = False) -> nn.Linear:
 
 
 # -- registration and equivalence -----------------------------------------------------------------
+
 
 def test_registered_as_methods_and_inits():
     assert set(METHODS) <= set(sl.methods())
@@ -104,6 +104,7 @@ def test_function_unchanged_at_init_and_original_layer_untouched(method, alpha, 
 
 # -- PiSSA / MiLoRA spectra -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("method, part", [("pissa", "top"), ("milora", "bottom")])
 def test_split_off_part_has_the_right_singular_values(method, part):
     W = spectrum_matrix(40, 24, rank=6, gap=0.5)
@@ -124,20 +125,23 @@ def test_split_off_part_has_the_right_singular_values(method, part):
 def test_split_does_not_depend_on_alpha_only_the_factor_size_does(method):
     """Same W: ``s·BA`` and ``W_res`` identical for every alpha (and rslora); ``√s·A``, ``√s·B`` too."""
     W = spectrum_matrix(32, 20, rank=4, gap=0.5)
-    layers = [sl.apply(linear_with(W), method, rank=4, alpha=a, rslora=rs)
-              for a, rs in [(None, False), (1, False), (32, False), (8, True)]]
+    layers = [
+        sl.apply(linear_with(W), method, rank=4, alpha=a, rslora=rs)
+        for a, rs in [(None, False), (1, False), (32, False), (8, True)]
+    ]
     ref = layers[0]
     assert len({layer.scale for layer in layers}) == len(layers)
     for layer in layers[1:]:
         torch.testing.assert_close(split_off(layer), split_off(ref), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(layer.weight, ref.weight, rtol=1e-5, atol=1e-6)
         # the same SVD call on the same W gives the same vectors, so here factors can be compared
-        root, ref_root = layer.scale ** 0.5, ref.scale ** 0.5
+        root, ref_root = layer.scale**0.5, ref.scale**0.5
         torch.testing.assert_close(root * layer.lora_B, ref_root * ref.lora_B, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(root * layer.lora_A, ref_root * ref.lora_A, rtol=1e-5, atol=1e-6)
 
 
 # -- OLoRA ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", [(32, 20), (12, 32)])
 def test_olora_b_orthonormal_a_upper_trapezoidal_projection_of_w(shape):
@@ -157,6 +161,7 @@ def test_olora_b_orthonormal_a_upper_trapezoidal_projection_of_w(shape):
 
 
 # -- randomized PiSSA -----------------------------------------------------------------------------
+
 
 def energy_deficit(W: torch.Tensor, layer: LoRALinear, rank: int) -> float:
     """``1 − ‖W − W_res‖²_F / Σ_{i≤r} σ_i²``: how much of the best rank-r energy the split missed."""
@@ -197,8 +202,11 @@ def test_randomized_pissa_without_a_gap_is_visibly_worse():
 
 
 def peft_layers(peft_model) -> dict[str, nn.Module]:
-    return {name.split(".")[-1]: m for name, m in peft_model.named_modules()
-            if hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {})}
+    return {
+        name.split(".")[-1]: m
+        for name, m in peft_model.named_modules()
+        if hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {})
+    }
 
 
 def peft_split_off(ref) -> torch.Tensor:
@@ -206,17 +214,26 @@ def peft_split_off(ref) -> torch.Tensor:
 
 
 @needs_peft
-@pytest.mark.parametrize("method, rank, alpha, rslora", [
-    ("pissa", 4, 8, False),
-    ("pissa", 6, 3, True),
-    ("olora", 4, 8, False),
-    ("olora", 5, 5, True),
-])
+@pytest.mark.parametrize(
+    "method, rank, alpha, rslora",
+    [
+        ("pissa", 4, 8, False),
+        ("pissa", 6, 3, True),
+        ("olora", 4, 8, False),
+        ("olora", 5, 5, True),
+    ],
+)
 def test_same_effective_weights_as_peft_at_init_and_after_sgd(method, rank, alpha, rslora):
     base = mlp()
     ours = sl.apply(copy.deepcopy(base), method, rank=rank, alpha=alpha, rslora=rslora)
-    config = LoraConfig(r=rank, lora_alpha=alpha, use_rslora=rslora, target_modules=["fc1", "fc2"],
-                        init_lora_weights=method, lora_dropout=0.0)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        use_rslora=rslora,
+        target_modules=["fc1", "fc2"],
+        init_lora_weights=method,
+        lora_dropout=0.0,
+    )
     reference = get_peft_model(copy.deepcopy(base), config)
     refs = peft_layers(reference)
     assert sorted(refs) == ["fc1", "fc2"]
@@ -247,8 +264,10 @@ def test_randomized_pissa_agrees_with_peft_pissa_niter():
     r, q = 8, 4
     W = spectrum_matrix(96, 64, rank=r, gap=0.3)
     torch.manual_seed(0)
-    reference = get_peft_model(nn.Sequential(linear_with(W)),
-                               LoraConfig(r=r, lora_alpha=2 * r, target_modules=["0"], init_lora_weights=f"pissa_niter_{q}"))
+    reference = get_peft_model(
+        nn.Sequential(linear_with(W)),
+        LoraConfig(r=r, lora_alpha=2 * r, target_modules=["0"], init_lora_weights=f"pissa_niter_{q}"),
+    )
     ref = peft_layers(reference)["0"]
     ref_norm = torch.linalg.matrix_norm(W - ref.get_base_layer().weight)
     exact = torch.linalg.svdvals(W)[:r].square().sum().sqrt()
@@ -263,6 +282,7 @@ def test_randomized_pissa_agrees_with_peft_pissa_niter():
 
 # -- dtypes and errors ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("method", METHODS)
 def test_bf16_weights_are_upcast_and_keep_their_dtype(method):
     base = mlp()
@@ -274,8 +294,9 @@ def test_bf16_weights_are_upcast_and_keep_their_dtype(method):
         layer = getattr(low, name)
         assert {layer.weight.dtype, layer.lora_A.dtype, layer.lora_B.dtype, layer.lora_A0.dtype} == {torch.bfloat16}
         # same split as in float32, up to bf16 rounding
-        torch.testing.assert_close(layer.effective_weight().float(), getattr(wide, name).effective_weight(),
-                                   rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(
+            layer.effective_weight().float(), getattr(wide, name).effective_weight(), rtol=2e-2, atol=2e-2
+        )
         torch.testing.assert_close(split_off(layer).float(), split_off(getattr(wide, name)), rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(low.fc1.effective_weight(), low_fc1, rtol=2e-2, atol=2e-2)
     x = torch.randn(3, 20)
@@ -329,6 +350,7 @@ def test_option_errors():
 
 
 # -- export as plain LoRA of rank 2r, merge -------------------------------------------------------
+
 
 @pytest.mark.parametrize("method", METHODS)
 def test_export_as_rank_2r_lora_on_the_original_weight_after_training(method):
@@ -411,4 +433,4 @@ def test_memory_report_formula_equals_measurement(method, model, ids):
     model(ids).square().mean().backward()
     opt.step()
     matches = sl.memory_report(model, opt).methods[method].matches()
-    assert all(matches.values()), matches       # B₀, A₀ kept as buffers: r(m + n) extra, counted
+    assert all(matches.values()), matches  # B₀, A₀ kept as buffers: r(m + n) extra, counted

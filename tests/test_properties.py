@@ -30,13 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import spectrallab as sl
+from conftest import ThreeLayers
 from spectrallab.methods import base
 from spectrallab.methods.base import registered
 from spectrallab.methods.lora import LoRA
 from spectrallab.methods.relora import prune_state
 from spectrallab.runs import Run
-
-from conftest import ThreeLayers
 
 
 @pytest.fixture
@@ -66,6 +65,7 @@ def assert_same(before: dict, after: dict) -> None:
 
 # 1 ---------------------------------------------------------------------------------------------
 
+
 def test_a_failure_while_building_a_later_layer_leaves_the_earlier_ones_untouched(clean_registry):
     built = []
 
@@ -91,6 +91,7 @@ def test_a_failure_while_building_a_later_layer_leaves_the_earlier_ones_untouche
 
 # 2 ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("sampling", ["multinomial", "uniform"])
 def test_sst_layers_of_the_same_shape_draw_different_first_index_sets(sampling):
     # Two layers with the *same* weight: their spectra are equal, so only the layer name (mixed into
@@ -105,6 +106,7 @@ def test_sst_layers_of_the_same_shape_draw_different_first_index_sets(sampling):
 
 
 # 3 ---------------------------------------------------------------------------------------------
+
 
 def test_lora_dropout_never_touches_the_frozen_path():
     torch.manual_seed(0)
@@ -127,6 +129,7 @@ def test_lora_dropout_never_touches_the_frozen_path():
 
 # 4 ---------------------------------------------------------------------------------------------
 
+
 def test_list_targets_match_whole_name_parts_only():
     with pytest.raises(ValueError, match="'c1' matches no module"):
         sl.apply(ThreeLayers(), "lora", rank=2, targets=["c1"])
@@ -135,6 +138,7 @@ def test_list_targets_match_whole_name_parts_only():
 
 
 # 5, 6 ------------------------------------------------------------------------------------------
+
 
 def test_the_recorded_gradient_norm_is_the_norm_before_clipping():
     task = sl.task("teacher")
@@ -162,10 +166,16 @@ def test_the_last_step_is_evaluated_even_off_the_cadence():
 
 # 7 ---------------------------------------------------------------------------------------------
 
+
 def test_run_best_honours_mode_max():
-    run = Run("r", evals=[{"step": 0, "accuracy": 0.2, "val_loss": 2.0},
-                          {"step": 1, "accuracy": 0.9, "val_loss": 0.5},
-                          {"step": 2, "accuracy": 0.6, "val_loss": 1.0}])
+    run = Run(
+        "r",
+        evals=[
+            {"step": 0, "accuracy": 0.2, "val_loss": 2.0},
+            {"step": 1, "accuracy": 0.9, "val_loss": 0.5},
+            {"step": 2, "accuracy": 0.6, "val_loss": 1.0},
+        ],
+    )
     assert run.best("accuracy", mode="max") == 0.9
     assert run.best("val_loss", mode="max") == 2.0
     assert run.best("val_loss") == 0.5
@@ -174,17 +184,23 @@ def test_run_best_honours_mode_max():
 
 # 8 ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("ratio, expected", [
-    (0.25, 3),   # 2.5: ⌊x + ½⌋ = 3, while round (banker's) = floor = int = 2
-    (0.21, 2),   # 2.1: ⌊x + ½⌋ = 2, while ceil = 3
-])
+
+@pytest.mark.parametrize(
+    "ratio, expected",
+    [
+        (0.25, 3),  # 2.5: ⌊x + ½⌋ = 3, while round (banker's) = floor = int = 2
+        (0.21, 2),  # 2.1: ⌊x + ½⌋ = 2, while ceil = 3
+    ],
+)
 @pytest.mark.parametrize("mode", ["random", "magnitude"])
 def test_relora_prunes_the_documented_number_of_entries(ratio, expected, mode):
     param = nn.Parameter(torch.zeros(2, 5))  # N = 10
     opt = torch.optim.Adam([param])
-    opt.state[param] = {"step": torch.tensor(3.0),
-                        "exp_avg": torch.arange(1.0, 11.0).view(2, 5),
-                        "exp_avg_sq": torch.ones(2, 5)}
+    opt.state[param] = {
+        "step": torch.tensor(3.0),
+        "exp_avg": torch.arange(1.0, 11.0).view(2, 5),
+        "exp_avg_sq": torch.ones(2, 5),
+    }
     assert prune_state(opt, param, mode, ratio, torch.Generator().manual_seed(0)) == expected
     state = opt.state[param]
     assert int((state["exp_avg"] == 0).sum()) == int((state["exp_avg_sq"] == 0).sum()) == expected

@@ -104,14 +104,15 @@ def test_reloading_a_method_module_replaces_its_method(tmp_path, monkeypatch, cl
     module = tmp_path / "my_methods.py"
 
     def write(scale):
-        module.write_text(textwrap.dedent(f"""
+        module.write_text(
+            textwrap.dedent(f"""
             import spectrallab as sl
             from tests_register_helper import scaled_method
             ScaledMethod = sl.register("reloaded")(scaled_method({scale}))
-        """))
+        """)
+        )
 
-    (tmp_path / "tests_register_helper.py").write_text(
-        "from test_register import scaled_method\n")
+    (tmp_path / "tests_register_helper.py").write_text("from test_register import scaled_method\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     write(2.0)
     first = importlib.import_module("my_methods")

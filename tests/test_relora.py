@@ -12,10 +12,9 @@ import torch
 from torch import nn
 
 import spectrallab as sl
+from conftest import SmallMLP, assert_rejected_and_unchanged
 from spectrallab.methods.relora import ReLoRALinear, prune_state, round_half_up
 from spectrallab.optim import effective_lr, lr_multiplier
-
-from conftest import SmallMLP, assert_rejected_and_unchanged
 
 LAYERS = ("fc1", "fc2")
 
@@ -49,6 +48,7 @@ def backward(model, step: int = 0) -> None:
 
 
 # -- the layer -------------------------------------------------------------------------------------
+
 
 def test_starts_as_the_original_function_with_lora_init():
     torch.manual_seed(0)
@@ -168,6 +168,7 @@ def test_right_after_a_reset_the_gradient_of_a_is_exactly_zero():
 
 # -- optimizer-state pruning ----------------------------------------------------------------------
 
+
 def dense_moments(**options):
     """A model and its Adam after steps with every moment entry non-zero (no reset yet)."""
     model = make(**options)
@@ -180,12 +181,14 @@ def dense_moments(**options):
     return model, opt
 
 
-@pytest.mark.parametrize("mode, ratio", [("random", 0.75), ("random", 0.999), ("magnitude", 0.75),
-                                         ("magnitude", 0.5), ("reset", 0.75)])
+@pytest.mark.parametrize(
+    "mode, ratio", [("random", 0.75), ("random", 0.999), ("magnitude", 0.75), ("magnitude", 0.5), ("reset", 0.75)]
+)
 def test_the_reset_prunes_the_lora_moments_per_mode(mode, ratio):
     model, opt = dense_moments(reset_every=4, prune=mode, prune_ratio=ratio)
-    others = {n: opt.state[p]["exp_avg"].clone() for n, p in model.named_parameters()
-              if p.requires_grad and "lora" not in n}
+    others = {
+        n: opt.state[p]["exp_avg"].clone() for n, p in model.named_parameters() if p.requires_grad and "lora" not in n
+    }
     steps_before = {id(p): int(opt.state[p]["step"]) for p in model.parameters() if p.requires_grad}
     train_step(model, opt, 3)  # step 4: merge, re-init, prune
     for name in LAYERS:
@@ -220,6 +223,7 @@ def test_magnitude_pruning_keeps_the_largest_first_moments_and_random_is_not_mag
 
 
 # -- the jagged schedule --------------------------------------------------------------------------
+
 
 def test_lr_multiplier_drops_to_zero_at_each_reset_and_rewarms_linearly():
     model = make(reset_every=4, restart_warmup=2)
@@ -262,6 +266,7 @@ def test_train_reports_the_jagged_lr():
 
 
 # -- determinism, counts, composition -------------------------------------------------------------
+
 
 def trained_weights(global_seed: int, seed: int | None):
     """Weights after 5 steps with 2 resets; the base model is the same, the global RNG at apply is not."""
@@ -311,16 +316,28 @@ def test_warm_start_is_full_training_then_relora():
 
 BAD = [
     (dict(rank=0), ValueError, r"layer 'fc1'.*rank=0 is outside the allowed range \[1, 20\]"),
-    (dict(rank=4, reset_every=0), ValueError,
-     r"layers 'fc1', 'fc2': reset_every=0 is outside the allowed range \[1, inf\)"),
+    (
+        dict(rank=4, reset_every=0),
+        ValueError,
+        r"layers 'fc1', 'fc2': reset_every=0 is outside the allowed range \[1, inf\)",
+    ),
     (dict(rank=4, reset_every=2.5), TypeError, r"layers 'fc1', 'fc2': reset_every must be an int"),
-    (dict(rank=4, reset_every=50), ValueError,
-     r"layers 'fc1', 'fc2': restart_warmup=100 is outside the allowed range \[0, 49\].*reset_every=50"),
+    (
+        dict(rank=4, reset_every=50),
+        ValueError,
+        r"layers 'fc1', 'fc2': restart_warmup=100 is outside the allowed range \[0, 49\].*reset_every=50",
+    ),
     (dict(rank=4, restart_warmup=-1), ValueError, r"restart_warmup=-1 is outside the allowed range \[0, 1999\]"),
-    (dict(rank=4, prune="svd"), ValueError,
-     r"layers 'fc1', 'fc2': prune='svd' is not one of 'random', 'magnitude', 'reset'"),
-    (dict(rank=4, prune_ratio=1.5), ValueError,
-     r"layers 'fc1', 'fc2': prune_ratio=1.5 is outside the allowed range \[0, 1\]"),
+    (
+        dict(rank=4, prune="svd"),
+        ValueError,
+        r"layers 'fc1', 'fc2': prune='svd' is not one of 'random', 'magnitude', 'reset'",
+    ),
+    (
+        dict(rank=4, prune_ratio=1.5),
+        ValueError,
+        r"layers 'fc1', 'fc2': prune_ratio=1.5 is outside the allowed range \[0, 1\]",
+    ),
     (dict(rank=4, prune_ratio="most"), TypeError, r"prune_ratio must be a finite number in \[0, 1\]"),
     (dict(rank=4, alpha=0), ValueError, r"alpha=0 is outside the allowed range \(0, inf\)"),
     (dict(rank=4, seed="x"), TypeError, r"seed must be an int or None"),

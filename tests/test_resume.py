@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 
 import spectrallab as sl
+from conftest import SmallMLP
 from spectrallab.methods.base import registered
 from spectrallab.optim import lr_multiplier
-
-from conftest import SmallMLP
 
 PERIOD = 5
 # Small, fast settings for every registered method; periodic methods get PERIOD, and the
@@ -48,8 +47,7 @@ VARIANTS = {
     "relora-magnitude": ("relora", {**OPTIONS["relora"], "prune": "magnitude"}),
 }
 CASES = {name: (name, opts) for name, opts in OPTIONS.items()} | VARIANTS
-OPTIMIZERS = {"adamw": {"optimizer": "adamw", "lr": 1e-2},
-              "sgd": {"optimizer": "sgd", "lr": 5e-2, "momentum": 0.9}}
+OPTIMIZERS = {"adamw": {"optimizer": "adamw", "lr": 1e-2}, "sgd": {"optimizer": "sgd", "lr": 5e-2, "momentum": 0.9}}
 NEEDS_ITS_OWN_OPTIMIZER = {"galore"}  # GaLore refuses SGD by design (it projects Adam's moments)
 
 
@@ -139,7 +137,7 @@ def test_sst_rebuilt_optimizer_continues_the_schedule():
     options = OPTIONS["sst"]
     straight, straight_opt = build("sst", options, OPTIMIZERS["adamw"], init_seed=0)
     multipliers = []
-    for i, (x, y) in enumerate(batches(0, 4 * PERIOD)):
+    for x, y in batches(0, 4 * PERIOD):
         multipliers.append(lr_multiplier(straight_opt))
         F.mse_loss(straight(x), y).backward()
         straight_opt.step()

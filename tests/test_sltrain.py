@@ -12,9 +12,8 @@ import torch
 from torch import nn
 
 import spectrallab as sl
+from conftest import SmallMLP, assert_rejected_and_unchanged, fingerprint, same_fingerprint, sgd_steps
 from spectrallab.methods.sltrain import SLTrainLinear, support_size
-
-from conftest import SmallMLP, fingerprint, same_fingerprint, sgd_steps, assert_rejected_and_unchanged
 
 
 def make(seed: int = 0, bias: bool = True, **options) -> SmallMLP:
@@ -67,7 +66,10 @@ def test_init_a_kaiming_b_zero_values_uniform_and_the_function_is_replaced():
 
 def test_support_is_fixed_and_only_its_values_change():
     model = make()
-    before = {n: (l.sparse_index.clone(), l.sparse_values.detach().clone()) for n, l in sl.adapted_layers(model).items()}
+    before = {
+        n: (layer.sparse_index.clone(), layer.sparse_values.detach().clone())
+        for n, layer in sl.adapted_layers(model).items()
+    }
     adam_steps(model, 5)
     for name, layer in sl.adapted_layers(model).items():
         index, values = before[name]
@@ -95,14 +97,17 @@ def test_gradient_of_the_values_is_the_dense_gradient_on_the_support():
     torch.testing.assert_close(layer.lora_B.grad, layer.scale * W.grad @ layer.lora_A.detach().T)
 
 
-@pytest.mark.parametrize("m, n, sparsity, nnz", [
-    (32, 20, 0.03, 19),    # 19.2 → 19
-    (32, 20, 0.1, 64),     # exact
-    (10, 10, 0.125, 13),   # 12.5 → 13: half rounds up
-    (12, 32, 0.0506, 19),  # 19.43 → 19
-    (4, 4, 0.01, 1),       # 0.16 → at least one
-    (8, 6, 1.0, 48),       # dense
-])
+@pytest.mark.parametrize(
+    "m, n, sparsity, nnz",
+    [
+        (32, 20, 0.03, 19),  # 19.2 → 19
+        (32, 20, 0.1, 64),  # exact
+        (10, 10, 0.125, 13),  # 12.5 → 13: half rounds up
+        (12, 32, 0.0506, 19),  # 19.43 → 19
+        (4, 4, 0.01, 1),  # 0.16 → at least one
+        (8, 6, 1.0, 48),  # dense
+    ],
+)
 def test_nnz_is_delta_m_n_rounded_half_up(m, n, sparsity, nnz):
     assert support_size(m, n, sparsity) == nnz
     layer = sl.apply(nn.Linear(n, m), "sltrain", rank=2, sparsity=sparsity)
@@ -164,12 +169,15 @@ def test_deterministic_under_a_seed():
     assert torch.equal(d.fc1.sparse_index, e.fc1.sparse_index) and torch.equal(d.fc1.lora_A, e.fc1.lora_A)
 
 
-@pytest.mark.parametrize("sparsity, error, message", [
-    (0, ValueError, r"layers 'fc1', 'fc2': sparsity=0 is outside the allowed range \(0, 1\]"),
-    (1.5, ValueError, r"layers 'fc1', 'fc2': sparsity=1.5 is outside the allowed range \(0, 1\]"),
-    (-0.03, ValueError, r"layers 'fc1', 'fc2': sparsity=-0.03 is outside the allowed range \(0, 1\]"),
-    ("dense", TypeError, r"layers 'fc1', 'fc2': sparsity must be a finite number in \(0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "sparsity, error, message",
+    [
+        (0, ValueError, r"layers 'fc1', 'fc2': sparsity=0 is outside the allowed range \(0, 1\]"),
+        (1.5, ValueError, r"layers 'fc1', 'fc2': sparsity=1.5 is outside the allowed range \(0, 1\]"),
+        (-0.03, ValueError, r"layers 'fc1', 'fc2': sparsity=-0.03 is outside the allowed range \(0, 1\]"),
+        ("dense", TypeError, r"layers 'fc1', 'fc2': sparsity must be a finite number in \(0, 1\]"),
+    ],
+)
 def test_bad_sparsity_names_the_layer_and_the_range(sparsity, error, message):
     torch.manual_seed(0)
     model = SmallMLP()
@@ -179,13 +187,19 @@ def test_bad_sparsity_names_the_layer_and_the_range(sparsity, error, message):
     assert same_fingerprint(before, fingerprint(model))
 
 
-@pytest.mark.parametrize("options, error, message", [
-    (dict(rank=13, targets=["fc2"]), ValueError, r"layer 'fc2' \(12×32\): rank=13 is outside the allowed range \[1, 12\]"),
-    (dict(rank=4, alpha=-2), ValueError,
-     r"layers 'fc1', 'fc2': alpha=-2 is outside the allowed range \(0, inf\)"),
-    (dict(rank=4, seed=1.5), TypeError, r"seed must be an int or None"),
-    (dict(rank=4, init="pissa"), TypeError, r"unknown option\(s\) init"),
-])
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        (
+            dict(rank=13, targets=["fc2"]),
+            ValueError,
+            r"layer 'fc2' \(12×32\): rank=13 is outside the allowed range \[1, 12\]",
+        ),
+        (dict(rank=4, alpha=-2), ValueError, r"layers 'fc1', 'fc2': alpha=-2 is outside the allowed range \(0, inf\)"),
+        (dict(rank=4, seed=1.5), TypeError, r"seed must be an int or None"),
+        (dict(rank=4, init="pissa"), TypeError, r"unknown option\(s\) init"),
+    ],
+)
 def test_other_bad_input(options, error, message):
     assert_rejected_and_unchanged("sltrain", options, error, message)
 

@@ -22,7 +22,7 @@ from conftest import fingerprint, same_fingerprint
 from spectrallab import linalg
 from spectrallab.methods.svft import banded_nnz
 
-LINEARS = ["encoder.fc1", "encoder.fc2", "head"]     # (out, in) = (32, 16), (16, 32), (8, 16)
+LINEARS = ["encoder.fc1", "encoder.fc2", "head"]  # (out, in) = (32, 16), (16, 32), (8, 16)
 SHAPES = {"encoder.fc1": (32, 16), "encoder.fc2": (16, 32), "head": (8, 16)}
 
 # (method, options, trainable parameter names inside an adapted layer)
@@ -69,14 +69,18 @@ def train_steps(model, ids, steps=5, lr=0.05, **opt_kwargs):
 
 # -- step 0 --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method, options, atol", [
-    ("svfit", {"rank": 3}, 0.0),                 # W' = W bit for bit (σ − σ_r = 0)
-    ("svfit", {}, 0.0),                          # energy=0.99 by default
-    ("sorsa", {"rank": 4}, 1e-5),                # W_res + B diag(S) A = W up to rounding
-    ("loraxs", {"rank": 4, "init_std": 0.0}, 0.0),
-    ("loraxs", {"rank": 4}, 1e-3),               # R ~ N(0, 1e-5²): tiny but not zero
-    ("svft", {"init": "zeros"}, 1e-5),           # M = 0: U diag(S) Vh = W up to rounding
-])
+
+@pytest.mark.parametrize(
+    "method, options, atol",
+    [
+        ("svfit", {"rank": 3}, 0.0),  # W' = W bit for bit (σ − σ_r = 0)
+        ("svfit", {}, 0.0),  # energy=0.99 by default
+        ("sorsa", {"rank": 4}, 1e-5),  # W_res + B diag(S) A = W up to rounding
+        ("loraxs", {"rank": 4, "init_std": 0.0}, 0.0),
+        ("loraxs", {"rank": 4}, 1e-3),  # R ~ N(0, 1e-5²): tiny but not zero
+        ("svft", {"init": "zeros"}, 1e-5),  # M = 0: U diag(S) Vh = W up to rounding
+    ],
+)
 def test_function_unchanged_at_init(model, ids, method, options, atol):
     before = model(ids).detach()
     sl.apply(model, method, **options)
@@ -94,15 +98,15 @@ def test_loraxs_init_is_a_tiny_gaussian_and_the_update_lives_in_the_top_subspace
     R = layer.xs_R.detach()
     assert R.shape == (8, 8) and 0.5e-5 < float(R.std()) < 2e-5
     U, S, Vh = linalg.svd(lin.weight, 8)
-    assert torch.allclose(layer.xs_B.abs(), U.abs(), atol=1e-5)                     # B = U_r (up to signs)
+    assert torch.allclose(layer.xs_B.abs(), U.abs(), atol=1e-5)  # B = U_r (up to signs)
     assert torch.allclose(layer.xs_A, S[:, None] * Vh * (layer.xs_B * U).sum(0)[:, None], atol=1e-5)
     with torch.no_grad():
         layer.xs_R.normal_()
     delta = layer.effective_weight() - lin.weight
     assert torch.allclose(delta, 0.5 * layer.xs_B @ layer.xs_R @ layer.xs_A, atol=1e-5)  # s = alpha/r
     Uf, _, Vhf = torch.linalg.svd(lin.weight.detach())
-    assert (Uf[:, 8:].T @ delta).abs().max() < 1e-4                                 # column space ⊆ span U_r
-    assert (delta @ Vhf[8:].T).abs().max() < 1e-4                                   # row space ⊆ span Vh_r
+    assert (Uf[:, 8:].T @ delta).abs().max() < 1e-4  # column space ⊆ span U_r
+    assert (delta @ Vhf[8:].T).abs().max() < 1e-4  # row space ⊆ span Vh_r
 
 
 def test_svft_default_starts_off_w_by_half_the_gated_sparse_matrix():
@@ -128,10 +132,10 @@ def test_svft_patterns():
         rows, cols = layer.svft_rows, layer.svft_cols
         assert layer.nnz == banded_nnz(10, d) == rows.numel()
         assert (rows - cols).abs().max() <= d
-        assert len(set(zip(rows.tolist(), cols.tolist()))) == layer.nnz            # distinct
-    assert banded_nnz(10, 9) == 100                                                 # full band = k²
+        assert len(set(zip(rows.tolist(), cols.tolist()))) == layer.nnz  # distinct
+    assert banded_nnz(10, 9) == 100  # full band = k²
     plain = sl.apply(copy.deepcopy(lin), "svft")
-    assert torch.equal(plain.svft_rows, plain.svft_cols)                            # d = 0: diagonal
+    assert torch.equal(plain.svft_rows, plain.svft_cols)  # d = 0: diagonal
     a = sl.apply(copy.deepcopy(lin), "svft", pattern="random", off_diag=2, seed=3)
     b = sl.apply(copy.deepcopy(lin), "svft", pattern="random", off_diag=2, seed=3)
     c = sl.apply(copy.deepcopy(lin), "svft", pattern="random", off_diag=2, seed=4)
@@ -156,6 +160,7 @@ def test_svfit_rank_by_energy():
 
 # -- what trains ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_trainable_parameters_and_counts(model, case):
     options, names = CASES[case]
@@ -167,7 +172,7 @@ def test_trainable_parameters_and_counts(model, case):
 
 def test_counts_without_gate_and_sorsa_formula():
     torch.manual_seed(0)
-    lin = nn.Linear(32, 16)                     # m = 16, n = 32
+    lin = nn.Linear(32, 16)  # m = 16, n = 32
     assert sl.trainable_parameters(sl.apply(copy.deepcopy(lin), "svft", off_diag=2, gate=False)) == banded_nnz(16, 2)
     assert sl.trainable_parameters(sl.apply(copy.deepcopy(lin), "sorsa", rank=5)) == 5 * (16 + 32) + 5
     assert sl.trainable_parameters(sl.apply(copy.deepcopy(lin), "loraxs", rank=7)) == 49
@@ -198,26 +203,30 @@ def test_merge_matches_adapted_after_training(model, ids, case):
 
 # -- bad input -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method, options, message", [
-    ("loraxs", {"rank": 0}, "rank=0"),
-    ("loraxs", {"rank": 17}, "rank=17"),
-    ("loraxs", {"rank": 2.5}, "rank must be an int"),
-    ("loraxs", {"init_std": -1.0}, "init_std"),
-    ("svfit", {"rank": 99}, "rank=99"),
-    ("svfit", {"energy": 0}, "energy=0"),
-    ("svfit", {"energy": 1.5}, "energy=1.5"),
-    ("svfit", {"energy": -0.2}, "energy=-0.2"),
-    ("svfit", {"energy": float("nan")}, "energy"),
-    ("svfit", {"energy": 0.9, "rank": 2}, "not both"),
-    ("svft", {"off_diag": -1}, "off_diag=-1"),
-    ("svft", {"off_diag": 8}, "off_diag=8"),          # head is 8 × 16: k = 8, d ≤ 7
-    ("svft", {"off_diag": 1.0}, "off_diag must be an int"),
-    ("svft", {"pattern": "top_k"}, "pattern='top_k'"),
-    ("svft", {"init": "orthogonal"}, "init='orthogonal'"),
-    ("sorsa", {"rank": 9}, "rank=9"),                  # head: min(8, 16) = 8
-    ("sorsa", {"gamma": -1e-4}, "gamma"),
-    ("sorsa", {"reduction": "max"}, "reduction"),
-])
+
+@pytest.mark.parametrize(
+    "method, options, message",
+    [
+        ("loraxs", {"rank": 0}, "rank=0"),
+        ("loraxs", {"rank": 17}, "rank=17"),
+        ("loraxs", {"rank": 2.5}, "rank must be an int"),
+        ("loraxs", {"init_std": -1.0}, "init_std"),
+        ("svfit", {"rank": 99}, "rank=99"),
+        ("svfit", {"energy": 0}, "energy=0"),
+        ("svfit", {"energy": 1.5}, "energy=1.5"),
+        ("svfit", {"energy": -0.2}, "energy=-0.2"),
+        ("svfit", {"energy": float("nan")}, "energy"),
+        ("svfit", {"energy": 0.9, "rank": 2}, "not both"),
+        ("svft", {"off_diag": -1}, "off_diag=-1"),
+        ("svft", {"off_diag": 8}, "off_diag=8"),  # head is 8 × 16: k = 8, d ≤ 7
+        ("svft", {"off_diag": 1.0}, "off_diag must be an int"),
+        ("svft", {"pattern": "top_k"}, "pattern='top_k'"),
+        ("svft", {"init": "orthogonal"}, "init='orthogonal'"),
+        ("sorsa", {"rank": 9}, "rank=9"),  # head: min(8, 16) = 8
+        ("sorsa", {"gamma": -1e-4}, "gamma"),
+        ("sorsa", {"reduction": "max"}, "reduction"),
+    ],
+)
 def test_bad_input_fails_fast_and_leaves_the_model_alone(model, method, options, message):
     before = fingerprint(model)
     with pytest.raises((ValueError, TypeError), match=message.replace("(", r"\(").replace(".", r"\.")):
@@ -232,16 +241,22 @@ def test_non_finite_weight_names_the_layer(model, method):
     options = {} if method == "svft" else {"rank": 2}
     with pytest.raises(ValueError, match="layer 'encoder.fc2'.*non-finite"):
         sl.apply(model, method, **options)
-    assert sl.adapted_layers(model) == {}                  # (NaN ≠ NaN: no fingerprint comparison)
+    assert sl.adapted_layers(model) == {}  # (NaN ≠ NaN: no fingerprint comparison)
     assert all(p.requires_grad for p in model.parameters())
 
 
 # -- low precision -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method, options", [
-    ("loraxs", {"rank": 4}), ("svfit", {"rank": 4}), ("svft", {"off_diag": 1, "init": "zeros"}),
-    ("sorsa", {"rank": 4}),
-])
+
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("loraxs", {"rank": 4}),
+        ("svfit", {"rank": 4}),
+        ("svft", {"off_diag": 1, "init": "zeros"}),
+        ("sorsa", {"rank": 4}),
+    ],
+)
 def test_bf16_weights(method, options):
     torch.manual_seed(0)
     lin = nn.Linear(24, 16).to(torch.bfloat16)
@@ -251,7 +266,7 @@ def test_bf16_weights(method, options):
     assert layer.effective_weight().dtype == torch.bfloat16
     for name, p in layer.named_parameters():
         if not p.requires_grad and p.ndim == 2:
-            assert p.dtype == torch.bfloat16, name          # frozen factors cast back to the weight's dtype
+            assert p.dtype == torch.bfloat16, name  # frozen factors cast back to the weight's dtype
     y = layer(x)
     assert y.dtype == torch.bfloat16
     scale = reference.abs().max()
@@ -266,11 +281,12 @@ def test_bf16_weights(method, options):
 
 # -- SORSA's regularizer -------------------------------------------------------------------------
 
+
 def sorsa_layer(gamma=4e-4, rank=5, seed=0, reduction="sum", **options):
     """One SORSA layer; reduction="sum" so the regularizer is exactly the per-layer formula."""
     torch.manual_seed(seed)
     layer = sl.apply(nn.Linear(20, 14), "sorsa", rank=rank, gamma=gamma, reduction=reduction, **options)
-    with torch.no_grad():          # move off the orthonormal manifold so the regularizer has a gradient
+    with torch.no_grad():  # move off the orthonormal manifold so the regularizer has a gradient
         layer.sorsa_A.add_(0.1 * torch.randn_like(layer.sorsa_A))
         layer.sorsa_B.add_(0.1 * torch.randn_like(layer.sorsa_B))
     return layer
@@ -289,10 +305,9 @@ def added_by_hook(layer, lr, schedule=None, model=None):
     model = layer if model is None else model
     opt = sl.optimizer(model, lr=lr, optimizer="sgd")
     if schedule is not None:
-        torch.optim.lr_scheduler.LambdaLR(opt, schedule)   # sets the current lr to lr·schedule(0)
+        torch.optim.lr_scheduler.LambdaLR(opt, schedule)  # sets the current lr to lr·schedule(0)
     seen = {}
-    opt.register_step_pre_hook(lambda o, a, k: seen.update(A=layer.sorsa_A.grad.clone(),
-                                                            B=layer.sorsa_B.grad.clone()))
+    opt.register_step_pre_hook(lambda o, a, k: seen.update(A=layer.sorsa_A.grad.clone(), B=layer.sorsa_B.grad.clone()))
     for p in model.parameters():
         if p.requires_grad:
             p.grad = torch.zeros_like(p)
@@ -365,7 +380,7 @@ def test_sorsa_regularizer_keeps_singular_vectors_orthonormal_under_a_large_lr()
             (layer(X) - T).square().mean().backward()
             opt.step()
             opt.zero_grad()
-        return (linalg.orthogonality_error(layer.sorsa_B) + linalg.orthogonality_error(layer.sorsa_A.T))
+        return linalg.orthogonality_error(layer.sorsa_B) + linalg.orthogonality_error(layer.sorsa_A.T)
 
     free, regularized = drift(0.0), drift(1e-2)
     assert free > 5.0
@@ -377,6 +392,7 @@ def test_sorsa_defaults_to_the_authors_mean_reduction():
 
 
 # -- SVFT's Top-k pattern (Lingam et al. 2024, §3.1): the positions of largest |u_iᵀ v_j| ------------
+
 
 def square_layer(n: int = 12, seed: int = 0) -> nn.Linear:
     torch.manual_seed(seed)
@@ -391,13 +407,13 @@ def test_svft_topk_positions_are_the_largest_alignments(off_diag):
     k, nnz = 12, banded_nnz(12, off_diag)
     assert layer.nnz == nnz == layer.svft_rows.numel() == layer.svft_M.numel()
     chosen = set(zip(layer.svft_rows.tolist(), layer.svft_cols.tolist()))
-    assert len(chosen) == nnz                                                        # distinct positions
+    assert len(chosen) == nnz  # distinct positions
 
     U, _, Vh = torch.linalg.svd(lin.weight.detach().double())
-    alignment = (U.T @ Vh.T).abs()                                                  # |u_iᵀ v_j|, sign-free
+    alignment = (U.T @ Vh.T).abs()  # |u_iᵀ v_j|, sign-free
     mask = torch.zeros(k, k, dtype=torch.bool)
     mask[layer.svft_rows, layer.svft_cols] = True
-    assert alignment[mask].min() >= alignment[~mask].max() - 1e-6                  # top by the criterion
+    assert alignment[mask].min() >= alignment[~mask].max() - 1e-6  # top by the criterion
     if off_diag > 0:  # not merely the band: Top-k picks positions a banded pattern would not
         assert (layer.svft_rows - layer.svft_cols).abs().max() > off_diag
 
@@ -410,7 +426,7 @@ def test_svft_topk_is_not_the_signed_or_untransposed_ranking():
     ours = set(zip(layer.svft_rows.tolist(), layer.svft_cols.tolist()))
     U, _, Vh = (t.double() for t in torch.linalg.svd(lin.weight.detach()))
     flip = torch.ones(16, dtype=torch.float64)
-    flip[::3] = -1                                                                  # another valid SVD
+    flip[::3] = -1  # another valid SVD
     from spectrallab.methods.svft import singular_vector_alignment, topk_indices
 
     rows, cols = topk_indices(singular_vector_alignment(U * flip, flip.unsqueeze(1) * Vh), layer.nnz)
@@ -420,8 +436,8 @@ def test_svft_topk_is_not_the_signed_or_untransposed_ranking():
         flat = torch.topk(scores.flatten(), layer.nnz).indices
         return set(zip((flat // 16).tolist(), (flat % 16).tolist()))
 
-    assert top_positions(U.T @ Vh.T) != ours                                        # signed: not ours
-    assert top_positions((U @ Vh.T).abs()) != ours                                   # U·V: not ours
+    assert top_positions(U.T @ Vh.T) != ours  # signed: not ours
+    assert top_positions((U @ Vh.T).abs()) != ours  # U·V: not ours
 
 
 def test_svft_topk_counts_init_and_merge():
@@ -463,19 +479,23 @@ def test_svft_topk_refuses_non_square_layers_and_leaves_the_model_alone(model):
     assert same_fingerprint(before, fingerprint(model))
     mixed = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))
     before = fingerprint(mixed)
-    with pytest.raises(ValueError, match=r"layer '1' \(4×8\)"):     # and the square layer 0 is not half-applied
+    with pytest.raises(ValueError, match=r"layer '1' \(4×8\)"):  # and the square layer 0 is not half-applied
         sl.apply(mixed, "svft", pattern="topk")
     assert same_fingerprint(before, fingerprint(mixed))
-    sl.apply(mixed, "svft", pattern="topk", targets=["0"])                          # square targets only: fine
+    sl.apply(mixed, "svft", pattern="topk", targets=["0"])  # square targets only: fine
     assert sl.adapted_layers(mixed)["0"].pattern == "topk"
 
 
 # -- declared options and paper counts ------------------------------------------------------------
 
+
 def test_cross_option_and_option_errors_come_before_any_layer(model):
     """check_options / the declarations speak once per apply, naming the targets (not one layer)."""
-    with pytest.raises(ValueError, match=r"^layers 'encoder\.fc1', 'encoder\.fc2', 'head': give rank= or "
-                                         r"energy=, not both \(got rank=2, energy=0\.9\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"^layers 'encoder\.fc1', 'encoder\.fc2', 'head': give rank= or "
+        r"energy=, not both \(got rank=2, energy=0\.9\)",
+    ):
         sl.apply(model, "svfit", rank=2, energy=0.9)
     with pytest.raises(TypeError, match=r"^layer 'head': gate must be True or False, got 1"):
         sl.apply(model, "svft", gate=1, targets=["head"])
@@ -488,16 +508,25 @@ def test_cross_option_and_option_errors_come_before_any_layer(model):
 def test_svft_off_diag_bound_is_the_layers():
     """off_diag ≤ min(out, in) − 1 is checked per layer with that layer's numbers."""
     sl.apply(nn.Linear(16, 8), "svft", off_diag=7)
-    with pytest.raises(ValueError, match=r"\(8×16\): off_diag=8 is outside the allowed range \[0, 7\] = "
-                                         r"\[0, min\(out, in\) − 1\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"\(8×16\): off_diag=8 is outside the allowed range \[0, 7\] = "
+        r"\[0, min\(out, in\) − 1\]",
+    ):
         sl.apply(nn.Linear(16, 8), "svft", off_diag=8)
     assert sl.method_class("svft").options["off_diag"].high == "min(out, in) − 1"
 
 
-@pytest.mark.parametrize("method, options", [
-    ("loraxs", {"rank": 3}), ("svfit", {"energy": 0.8}), ("svft", {"off_diag": 1}),
-    ("svft", {"pattern": "random", "off_diag": 2, "gate": False}), ("sorsa", {"rank": 3}),
-])
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("loraxs", {"rank": 3}),
+        ("svfit", {"energy": 0.8}),
+        ("svft", {"off_diag": 1}),
+        ("svft", {"pattern": "random", "off_diag": 2, "gate": False}),
+        ("sorsa", {"rank": 3}),
+    ],
+)
 def test_memory_report_formula_equals_measurement(model, ids, method, options):
     """After one AdamW step the measurement is exactly each layer's paper_counts (every row "=")."""
     sl.apply(model, method, **options)
@@ -508,7 +537,7 @@ def test_memory_report_formula_equals_measurement(model, ids, method, options):
     assert all(matches.values()), matches
     layers = sl.adapted_layers(model).values()
     if method == "svfit":  # each layer counts its own r, chosen by energy
-        assert [l.paper_counts().trainable for l in layers] == [l.rank for l in layers]
-    if method == "svft":   # nnz, plus the gate when there is one
+        assert [layer.paper_counts().trainable for layer in layers] == [layer.rank for layer in layers]
+    if method == "svft":  # nnz, plus the gate when there is one
         gate = 1 if options.get("gate", True) else 0
-        assert [l.paper_counts().trainable for l in layers] == [l.nnz + gate for l in layers]
+        assert [layer.paper_counts().trainable for layer in layers] == [layer.nnz + gate for layer in layers]

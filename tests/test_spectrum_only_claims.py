@@ -26,13 +26,12 @@ import pytest
 import torch
 
 import spectrallab as sl
-from spectrallab import linalg
-
 from conftest import PRETRAIN_STEPS
+from spectrallab import linalg
 
 STEPS = 200
 TARGETS = ["fc1", "fc2", "fc3"]
-LR = {"lora": 3e-2, "svfit": 0.3, "svft": 0.3, "sorsa": 1e-2}   # each method's best on the chapter's grid
+LR = {"lora": 3e-2, "svfit": 0.3, "svft": 0.3, "sorsa": 1e-2}  # each method's best on the chapter's grid
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +50,14 @@ def finetune(setting, method, steps=STEPS, **options):
 
 
 def test_svfit_matches_the_cheapest_lora_with_far_fewer_parameters(setting):
-    svfit, svfit_run = finetune(setting, "svfit")                  # energy = 0.99
+    svfit, svfit_run = finetune(setting, "svfit")  # energy = 0.99
     lora, lora_run = finetune(setting, "lora", rank=1)
     n_svfit, n_lora = sl.trainable_parameters(svfit), sl.trainable_parameters(lora)
     acc_svfit, acc_lora = svfit_run.final("accuracy"), lora_run.final("accuracy")
     frozen = setting[1].evaluate(sl.pretrained(setting[0], steps=PRETRAIN_STEPS))["accuracy"]
     assert n_lora >= 3.5 * n_svfit, (n_svfit, n_lora)
     assert acc_svfit >= acc_lora - 0.05, (acc_svfit, acc_lora)
-    assert acc_svfit > frozen + 0.5, (acc_svfit, frozen)            # it learned the rotation, not noise
+    assert acc_svfit > frozen + 0.5, (acc_svfit, frozen)  # it learned the rotation, not noise
 
 
 def test_svfit_update_only_rescales_the_top_singular_directions(setting):
@@ -70,11 +69,11 @@ def test_svfit_update_only_rescales_the_top_singular_directions(setting):
         r = layer.rank
         U, S, Vh = torch.linalg.svd(W)
         moved = (layer.sigma - layer.sigma_init).detach()
-        assert moved.abs().max() > 1e-3, name                        # the singular values trained
+        assert moved.abs().max() > 1e-3, name  # the singular values trained
         torch.testing.assert_close(U[:, :r].T @ delta @ Vh[:r].T, torch.diag(moved), rtol=1e-3, atol=1e-4)
         assert torch.linalg.matrix_rank(delta, atol=1e-5 * float(S[0])).item() <= r
         residual = delta - U[:, :r] @ (U[:, :r].T @ delta @ Vh[:r].T) @ Vh[:r]
-        assert residual.abs().max() < 1e-4 * float(delta.abs().max()) + 1e-6, name   # nothing outside U_r, V_r
+        assert residual.abs().max() < 1e-4 * float(delta.abs().max()) + 1e-6, name  # nothing outside U_r, V_r
 
 
 def test_svft_off_diagonal_couplings_beat_the_diagonal(setting):
@@ -87,14 +86,16 @@ def test_svft_off_diagonal_couplings_beat_the_diagonal(setting):
 def test_sorsa_regularizer_keeps_the_factors_orthonormal(setting):
     def train(gamma):
         model, run = finetune(setting, "sorsa", rank=4, gamma=gamma)
-        error = sum(linalg.orthogonality_error(layer.sorsa_A.T) + linalg.orthogonality_error(layer.sorsa_B)
-                    for layer in sl.adapted_layers(model).values())
+        error = sum(
+            linalg.orthogonality_error(layer.sorsa_A.T) + linalg.orthogonality_error(layer.sorsa_B)
+            for layer in sl.adapted_layers(model).values()
+        )
         return error, run.final("accuracy")
 
     free, acc_free = train(0.0)
     default, _ = train(4e-4)
-    paper_ratio, acc_paper = train(13 * LR["sorsa"])                 # the authors' γ/η ≈ 13
-    assert free > 5.0, free                                          # without it, the factors really drift
-    assert default < 0.7 * free, (default, free)                     # the default γ slows the drift
-    assert paper_ratio < 0.05 * free, (paper_ratio, free)            # at the authors' ratio it stops it
-    assert acc_paper > acc_free - 0.05, (acc_paper, acc_free)        # at comparable accuracy
+    paper_ratio, acc_paper = train(13 * LR["sorsa"])  # the authors' γ/η ≈ 13
+    assert free > 5.0, free  # without it, the factors really drift
+    assert default < 0.7 * free, (default, free)  # the default γ slows the drift
+    assert paper_ratio < 0.05 * free, (paper_ratio, free)  # at the authors' ratio it stops it
+    assert acc_paper > acc_free - 0.05, (acc_paper, acc_free)  # at comparable accuracy

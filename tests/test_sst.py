@@ -21,12 +21,17 @@ import torch.nn.functional as F
 from torch import nn
 
 import spectrallab as sl
+from conftest import SmallMLP, assert_rejected_and_unchanged, fingerprint, same_fingerprint
 from spectrallab.linalg import orthogonality_error
-from spectrallab.methods.sst import (SpectralLinear, SSTLayer, draw_indices, period_warmup, sampling_probabilities,
-                                    warmup_multiplier)
+from spectrallab.methods.sst import (
+    SpectralLinear,
+    SSTLayer,
+    draw_indices,
+    period_warmup,
+    sampling_probabilities,
+    warmup_multiplier,
+)
 from spectrallab.optim import lr_multiplier
-
-from conftest import SmallMLP, fingerprint, same_fingerprint, assert_rejected_and_unchanged
 
 
 def sst_mlp(init_seed: int = 0, **options) -> SmallMLP:
@@ -122,18 +127,20 @@ def test_enhanced_gradient_is_the_papers_formula_and_default_is_sigma_times_it(g
     x, target = torch.randn(16, 20), torch.randn(16, 12)
     G = dense_gradient(layer, x, target)
     sigma = layer.S.detach()[layer.active_index]
-    enhanced_u, enhanced_vh = G @ layer.Vh_active.detach().T, layer.U_active.detach().T @ G   # ∂L/∂W V_i, ∂L/∂Wᵀ U_i
+    enhanced_u, enhanced_vh = G @ layer.Vh_active.detach().T, layer.U_active.detach().T @ G  # ∂L/∂W V_i, ∂L/∂Wᵀ U_i
     seen = {}
     opt = sl.optimizer(layer, lr=1e-3, optimizer="sgd")
-    opt.register_step_pre_hook(lambda o, a, k: seen.update(u=layer.U_active.grad.clone(),
-                                                           vh=layer.Vh_active.grad.clone()))
+    opt.register_step_pre_hook(
+        lambda o, a, k: seen.update(u=layer.U_active.grad.clone(), vh=layer.Vh_active.grad.clone())
+    )
     F.mse_loss(layer(x), target).backward()
     scale_u, scale_vh = (1.0, 1.0) if gradient == "enhanced" else (sigma, sigma[:, None])
     # .grad already holds the method's gradient (what clipping and any gradient tool see) ...
     torch.testing.assert_close(layer.U_active.grad, enhanced_u * scale_u, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(layer.Vh_active.grad, enhanced_vh * scale_vh, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(layer.S.grad, ((layer.factors()[0].T @ G) * layer.factors()[2]).sum(1),
-                               rtol=1e-5, atol=1e-7)  # ∂L/∂Σ_i = u_iᵀ G v_i, all k
+    torch.testing.assert_close(
+        layer.S.grad, ((layer.factors()[0].T @ G) * layer.factors()[2]).sum(1), rtol=1e-5, atol=1e-7
+    )  # ∂L/∂Σ_i = u_iᵀ G v_i, all k
     opt.step()  # ... and it is what the optimizer uses: no hook rescales it
     torch.testing.assert_close(seen["u"], enhanced_u * scale_u, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(seen["vh"], enhanced_vh * scale_vh, rtol=1e-5, atol=1e-7)
@@ -162,11 +169,25 @@ def test_enhanced_gradient_is_continuous_at_sigma_zero():
 def _through_the_function_and_plain_autograd(x, layer, enhanced):
     """(our backward's gradients, plain autograd's gradients) of one fixed random loss, for every input."""
     params = [layer.U_active, layer.Vh_active, layer.S] + ([layer.bias] if layer.bias is not None else [])
-    weights = torch.randn(*x.shape[:-1], layer.out_features, dtype=x.dtype,
-                          generator=torch.Generator().manual_seed(5))
-    ours = torch.autograd.grad((SpectralLinear.apply(x, layer.U_active, layer.Vh_active, layer.S, layer.U_frozen,
-                                                     layer.Vh_frozen, layer.bias, layer.active_index,
-                                                     layer.frozen_index, enhanced) * weights).sum(), [x] + params)
+    weights = torch.randn(*x.shape[:-1], layer.out_features, dtype=x.dtype, generator=torch.Generator().manual_seed(5))
+    ours = torch.autograd.grad(
+        (
+            SpectralLinear.apply(
+                x,
+                layer.U_active,
+                layer.Vh_active,
+                layer.S,
+                layer.U_frozen,
+                layer.Vh_frozen,
+                layer.bias,
+                layer.active_index,
+                layer.frozen_index,
+                enhanced,
+            )
+            * weights
+        ).sum(),
+        [x] + params,
+    )
     plain = torch.autograd.grad((F.linear(x, layer.effective_weight(), layer.bias) * weights).sum(), [x] + params)
     return ours, plain
 
@@ -176,9 +197,19 @@ def test_spectral_linear_backward_passes_gradcheck_and_equals_plain_autograd(bia
     torch.manual_seed(0)
     layer = sl.apply(nn.Linear(7, 5, bias=bias).double(), "sst", rank=2)
     assert layer.S.dtype == torch.float64  # Σ is at least float32: float64 stays float64
-    x = torch.randn(3, 4, 7, dtype=torch.float64, requires_grad=True)       # leading batch dims
-    inputs = (x, layer.U_active, layer.Vh_active, layer.S, layer.U_frozen, layer.Vh_frozen, layer.bias,
-              layer.active_index, layer.frozen_index, False)                   # default: the true gradient
+    x = torch.randn(3, 4, 7, dtype=torch.float64, requires_grad=True)  # leading batch dims
+    inputs = (
+        x,
+        layer.U_active,
+        layer.Vh_active,
+        layer.S,
+        layer.U_frozen,
+        layer.Vh_frozen,
+        layer.bias,
+        layer.active_index,
+        layer.frozen_index,
+        False,
+    )  # default: the true gradient
     assert torch.autograd.gradcheck(SpectralLinear.apply, inputs)
     ours, plain = _through_the_function_and_plain_autograd(x, layer, enhanced=False)
     for a, b in zip(ours, plain):
@@ -235,7 +266,7 @@ def _accumulation_vs_one_batch(gradient: str, steps: int = 20) -> float:
         V, _ = torch.linalg.qr(torch.randn(24, 16))
         base = nn.Linear(24, 16, bias=False)
         with torch.no_grad():
-            base.weight.copy_(U * torch.logspace(0, -2, 16) @ V.T)             # Σ from 1 down to 0.01
+            base.weight.copy_(U * torch.logspace(0, -2, 16) @ V.T)  # Σ from 1 down to 0.01
         teacher = base.weight.detach() + torch.randn(16, 24) / 50
         layer = sl.apply(base, "sst", rank=8, resample_every=5, warmup=0, periods_per_round=2, gradient=gradient)
         opt = sl.optimizer(layer, lr=0.05, optimizer="sgd")
@@ -243,7 +274,7 @@ def _accumulation_vs_one_batch(gradient: str, steps: int = 20) -> float:
         for _ in range(steps):
             x = torch.randn(64, 24, generator=g)
             opt.zero_grad()
-            for part in (x.split(16) if accumulate else [x]):
+            for part in x.split(16) if accumulate else [x]:
                 F.mse_loss(layer(part), part @ teacher.T, reduction="sum").div(64 * 16).backward()
             opt.step()
         assert layer.resvds == 2
@@ -253,7 +284,7 @@ def _accumulation_vs_one_batch(gradient: str, steps: int = 20) -> float:
 
 def test_gradient_accumulation_matches_one_batch_through_resvds():
     for gradient in ("enhanced", "default"):
-        assert _accumulation_vs_one_batch(gradient) < 1e-5, gradient   # measured: ~2e-7 for both
+        assert _accumulation_vs_one_batch(gradient) < 1e-5, gradient  # measured: ~2e-7 for both
 
 
 def test_clipping_bounds_the_gradient_the_optimizer_uses():
@@ -265,11 +296,14 @@ def test_clipping_bounds_the_gradient_the_optimizer_uses():
     base = nn.Linear(24, 16, bias=False)
     with torch.no_grad():
         base.weight.copy_(U * torch.logspace(0, -2, 16) @ V.T)
-    layer = sl.apply(base, "sst", rank=16, warmup=0)     # every vector active, Σ down to 0.01
+    layer = sl.apply(base, "sst", rank=16, warmup=0)  # every vector active, Σ down to 0.01
     opt = sl.optimizer(layer, lr=1e-3, optimizer="sgd")
     used = []
-    opt.register_step_pre_hook(lambda o, a, k: used.append(
-        torch.linalg.vector_norm(torch.stack([p.grad.norm() for g in o.param_groups for p in g["params"]]))))
+    opt.register_step_pre_hook(
+        lambda o, a, k: used.append(
+            torch.linalg.vector_norm(torch.stack([p.grad.norm() for g in o.param_groups for p in g["params"]]))
+        )
+    )
     F.mse_loss(layer(torch.randn(32, 24)), torch.randn(32, 16)).backward()
     unclipped = float(torch.nn.utils.clip_grad_norm_(layer.parameters(), 1e-3))
     assert unclipped > 10 * 1e-3  # the clip is active
@@ -298,13 +332,15 @@ def test_resampling_happens_exactly_every_t3_steps_and_resets_the_swapped_slots_
     changes, snapshots = [], {}
 
     def on_step(step):
-        snapshots[step] = (layer.active_index.clone(), opt.state[layer.U_active]["exp_avg"].clone(),
-                           opt.state[layer.Vh_active]["exp_avg"].clone())
+        snapshots[step] = (
+            layer.active_index.clone(),
+            opt.state[layer.U_active]["exp_avg"].clone(),
+            opt.state[layer.Vh_active]["exp_avg"].clone(),
+        )
 
     previous = layer.active_index.clone()
     for step, batch in enumerate(regression_batches(20), start=1):
-        W_before = layer.effective_weight().detach().clone()
-        train(model, opt, [batch], on_step=lambda _: on_step(step))
+        train(model, opt, [batch], on_step=lambda _, step=step: on_step(step))
         if not torch.equal(layer.active_index, previous):
             changes.append(step)
         previous = layer.active_index.clone()
@@ -482,8 +518,9 @@ def test_full_rank_zero_singular_values_and_low_precision_work():
     assert full.period == 2 and sorted(full.active_index.tolist()) == list(range(6))
     # μ = 0 with fewer nonzero Σ than r: the zero ones fill the remaining slots
     S = torch.tensor([3.0, 1.0, 0.0, 0.0, 0.0])
-    assert sorted(draw_indices(S, 3, "multinomial", uniform_mix=0.0,
-                               generator=torch.Generator().manual_seed(0)).tolist())[:2] == [0, 1]
+    assert sorted(
+        draw_indices(S, 3, "multinomial", uniform_mix=0.0, generator=torch.Generator().manual_seed(0)).tolist()
+    )[:2] == [0, 1]
     half = sl.apply(nn.Linear(16, 8).to(torch.bfloat16), "sst", rank=2)
     assert half.U_active.dtype == half.U_frozen.dtype == half.effective_weight().dtype == torch.bfloat16
     opt = sl.optimizer(half, lr=1e-2)
@@ -498,18 +535,18 @@ def test_bf16_weights_keep_sigma_in_float32_and_small_updates_are_not_lost():
     layer = sl.apply(copy.deepcopy(base), "sst", rank=2, warmup=0)
     assert layer.S.dtype == torch.float32 and layer.U_active.dtype == torch.bfloat16
     x = torch.randn(4, 16, dtype=torch.bfloat16)
-    assert layer(x).dtype == torch.bfloat16                 # the forward computes in the input's dtype
+    assert layer(x).dtype == torch.bfloat16  # the forward computes in the input's dtype
     assert layer.S.grad is None
     before = layer.S.detach().clone()
-    opt = sl.optimizer(layer, lr=1e-5, optimizer="sgd")    # a step far below bf16's resolution of Σ ≈ 1
+    opt = sl.optimizer(layer, lr=1e-5, optimizer="sgd")  # a step far below bf16's resolution of Σ ≈ 1
     for _ in range(3):
         layer(x).float().square().mean().backward()
         opt.step()
         opt.zero_grad()
     assert layer.S.grad is None or layer.S.grad.dtype == torch.float32
     moved = (layer.S.detach() - before).abs()
-    assert bool((moved > 0).all())                           # every Σ_i moved ...
-    assert float(moved.max()) < float(before.max()) * 2 ** -9  # ... by less than one bf16 ulp of Σ_max
+    assert bool((moved > 0).all())  # every Σ_i moved ...
+    assert float(moved.max()) < float(before.max()) * 2**-9  # ... by less than one bf16 ulp of Σ_max
     # a checkpoint written when Σ was stored in bf16 still loads: load_state_dict copies into the param
     state = layer.state_dict()
     state["S"] = state["S"].to(torch.bfloat16)
@@ -520,14 +557,20 @@ def test_bf16_weights_keep_sigma_in_float32_and_small_updates_are_not_lost():
 
 BAD = [
     (dict(rank=21), ValueError, r"layer 'fc1' \(32×20\): rank=21 is outside the allowed range \[1, 20\]"),
-    (dict(rank=4, sampling="random"), ValueError,
-     r"sampling='random' is not one of 'multinomial', 'uniform', 'sequential', 'top'"),
+    (
+        dict(rank=4, sampling="random"),
+        ValueError,
+        r"sampling='random' is not one of 'multinomial', 'uniform', 'sequential', 'top'",
+    ),
     (dict(rank=4, gradient="natural"), ValueError, r"gradient='natural' is not one of 'enhanced', 'default'"),
     (dict(rank=4, resample_every=0), ValueError, r"resample_every=0 is outside the allowed range \[1, inf\)"),
     (dict(rank=4, resample_every=10, warmup=11), ValueError, r"warmup=11 is outside the allowed range \[0, 10\]"),
     # warmup's upper bound is another option's, so check_options states its whole range (the lower end too)
-    (dict(rank=4, warmup=-1), ValueError,
-     r"layers 'fc1', 'fc2': warmup=-1 is outside the allowed range \[0, 200\] .*resample_every=200"),
+    (
+        dict(rank=4, warmup=-1),
+        ValueError,
+        r"layers 'fc1', 'fc2': warmup=-1 is outside the allowed range \[0, 200\] .*resample_every=200",
+    ),
     (dict(rank=4, warmup=2.0), TypeError, r"warmup must be an int"),
     (dict(rank=4, uniform_mix=1.5), ValueError, r"uniform_mix=1.5 is outside the allowed range \[0, 1\]"),
     (dict(rank=4, periods_per_round=0), ValueError, r"periods_per_round=0 is outside"),

@@ -49,10 +49,13 @@ with warnings.catch_warnings():
     import geoopt
 
 STEPS, RANK = 300, 2
-LR = {"full": 3e-3, "lora": 1e-2, "relora": 1e-2, "sst": 1e-2}   # the chapter's LR["lp"] (checked below)
-OPTIONS = {"full": {}, "lora": dict(rank=RANK),
-           "relora": dict(rank=RANK, reset_every=STEPS // 4, restart_warmup=STEPS // 40, prune_ratio=0.99),
-           "sst": dict(rank=RANK, resample_every=STEPS // 10, warmup=STEPS // 100)}
+LR = {"full": 3e-3, "lora": 1e-2, "relora": 1e-2, "sst": 1e-2}  # the chapter's LR["lp"] (checked below)
+OPTIONS = {
+    "full": {},
+    "lora": dict(rank=RANK),
+    "relora": dict(rank=RANK, reset_every=STEPS // 4, restart_warmup=STEPS // 40, prune_ratio=0.99),
+    "sst": dict(rank=RANK, resample_every=STEPS // 10, warmup=STEPS // 100),
+}
 
 
 CHAPTER = Path(__file__).resolve().parents[1] / "book" / "sst_hyperbolic.md"
@@ -127,8 +130,8 @@ def test_sst_beats_lora_at_equal_rank_on_link_prediction(trained):
     for seed, (a, b) in enumerate(zip(lora, sst)):
         assert b > a + 0.02, f"seed {seed}: SST {b:.3f} vs LoRA {a:.3f}"
     assert (sum(sst) - sum(lora)) / 2 > 0.03, (sst, lora)
-    assert sum(sst) / 2 > 0.6, sst                       # well above chance (0.5)
-    assert trained["full", 0][2] > 0.6                   # full rank learns the task too
+    assert sum(sst) / 2 > 0.6, sst  # well above chance (0.5)
+    assert trained["full", 0][2] > 0.6  # full rank learns the task too
 
 
 def test_same_rank_means_nearly_the_same_trainable_count(trained):
@@ -152,8 +155,10 @@ def _tree_distortions(steps=300):
         angle = {v: 2 * math.pi * i / len(leaves) for i, v in enumerate(leaves)}
         under = {}
         for v in reversed(list(nx.dfs_preorder_nodes(tree, 0))):
-            under[v] = [v] if v not in children else [l for c in children[v] for l in under[c]]
-        theta = torch.tensor([0.0 if v == 0 else sum(angle[l] for l in under[v]) / len(under[v]) for v in range(n)])
+            under[v] = [v] if v not in children else [leaf for c in children[v] for leaf in under[c]]
+        theta = torch.tensor(
+            [0.0 if v == 0 else sum(angle[leaf] for leaf in under[v]) / len(under[v]) for v in range(n)]
+        )
         radius = torch.tensor([float(depth[v]) for v in range(n)])
         direction = torch.stack([theta.cos(), theta.sin()], 1)
         H = lorentz_manifold(1.0)
@@ -172,8 +177,9 @@ def _tree_distortions(steps=300):
         for hyperbolic in (False, True):
             log_c = torch.nn.Parameter(torch.zeros(()))
             if hyperbolic:
-                x = geoopt.ManifoldParameter(torch.cat([torch.cosh(radius)[:, None],
-                                                        torch.sinh(radius)[:, None] * direction], 1), manifold=H)
+                x = geoopt.ManifoldParameter(
+                    torch.cat([torch.cosh(radius)[:, None], torch.sinh(radius)[:, None] * direction], 1), manifold=H
+                )
             else:
                 x = torch.nn.Parameter(radius[:, None] * direction)
             opt = geoopt.optim.RiemannianAdam([x, log_c], lr=0.05)
@@ -184,7 +190,7 @@ def _tree_distortions(steps=300):
                 opt.step()
             out["hyperbolic" if hyperbolic else "euclidean"] = distortion(dist(x.detach(), hyperbolic))
             if hyperbolic:
-                assert float(lorentz_constraint_error(x.detach(), 1.0)) < 1e-8   # Riemannian steps stay on H²
+                assert float(lorentz_constraint_error(x.detach(), 1.0)) < 1e-8  # Riemannian steps stay on H²
         return out
     finally:
         torch.set_default_dtype(torch.float32)
@@ -193,7 +199,7 @@ def _tree_distortions(steps=300):
 def test_a_tree_embeds_with_less_distortion_in_hyperbolic_space():
     d = _tree_distortions()
     assert d["hyperbolic"] < 0.6 * d["euclidean"], d
-    assert d["euclidean"] > 0.15, d          # the plane cannot hold the tree (measured 0.235)
+    assert d["euclidean"] > 0.15, d  # the plane cannot hold the tree (measured 0.235)
 
 
 def test_gromov_delta_of_the_graphs():
@@ -206,7 +212,8 @@ def test_gromov_delta_of_the_graphs():
 def test_the_rates_are_the_chapters():
     """One source of truth: the rates pinned here are the chapter's link-prediction rates."""
     import re
+
     text = CHAPTER.read_text()
     found = re.search(r'^LR = \{"lp": (\{[^}]*\})', text, re.MULTILINE)
-    assert found, "LR = {\"lp\": {...}, ...} not found in book/sst_hyperbolic.md"
+    assert found, 'LR = {"lp": {...}, ...} not found in book/sst_hyperbolic.md'
     assert ast.literal_eval(found.group(1)) == LR

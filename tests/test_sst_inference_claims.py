@@ -76,7 +76,7 @@ VAL_BATCHES = 32
 
 @pytest.fixture(scope="module")
 def task():
-    task = sl.task("chargpt", **SIZE)     # every size given: the profile does not matter
+    task = sl.task("chargpt", **SIZE)  # every size given: the profile does not matter
     task.batch_size = BATCH
     return task
 
@@ -89,14 +89,23 @@ def trained(task):
             model = task.make_model(seed=seed)
             options = {} if method == "full" else dict(rank=RANK, resample_every=20, warmup=4, seed=seed)
             sl.apply(model, method, targets=TARGETS, freeze_others=False, **options)
-            sl.fit(model, task, STEPS, lr=LR[method], schedule=sl.warmup_cosine(STEPS, warmup=STEPS // 20),
-                   seed=seed, eval_every=STEPS, record=False, progress="off")
+            sl.fit(
+                model,
+                task,
+                STEPS,
+                lr=LR[method],
+                schedule=sl.warmup_cosine(STEPS, warmup=STEPS // 20),
+                seed=seed,
+                eval_every=STEPS,
+                record=False,
+                progress="off",
+            )
             models[method, seed] = model.eval()
     return models
 
 
 def perplexity(task, model) -> float:
-    return math.exp(sl.window_losses(model, task, VAL_BATCHES).mean())   # the chapter's fixed windows
+    return math.exp(sl.window_losses(model, task, VAL_BATCHES).mean())  # the chapter's fixed windows
 
 
 def pruned(model, r):
@@ -105,8 +114,11 @@ def pruned(model, r):
 
 @pytest.fixture(scope="module")
 def table(task, trained):
-    return {(m, s, r): perplexity(task, model if r == "none" else pruned(model, r))
-            for (m, s), model in trained.items() for r in ("none", D, D // 4, D // 8, D // 16)}
+    return {
+        (m, s, r): perplexity(task, model if r == "none" else pruned(model, r))
+        for (m, s), model in trained.items()
+        for r in ("none", D, D // 4, D // 8, D // 16)
+    }
 
 
 def snippet() -> dict:
@@ -130,7 +142,7 @@ def test_the_from_scratch_cut_equals_the_library(trained):
                 ours = sl.truncate(copy.deepcopy(layer), rank=r).effective_weight()
                 torch.testing.assert_close(ours, by_hand, rtol=1e-4, atol=1e-5)
                 assert float((by_hand - layer.effective_weight().detach()).norm()) > 0  # a real cut, not the weight
-                if method == "sst":   # the paper's cut by SST's own Σ
+                if method == "sst":  # the paper's cut by SST's own Σ
                     own = sl.truncate(copy.deepcopy(layer), rank=r, method="spectral").effective_weight()
                     torch.testing.assert_close(own, ns["prune_spectrum"](*layer.factors(), r), rtol=1e-4, atol=1e-5)
 
@@ -153,8 +165,8 @@ def test_pruning_to_an_eighth_clearly_hurts(table):
 
 def test_the_curves_cross_full_ahead_unpruned_sst_ahead_when_heavily_pruned(table):
     for seed in SEEDS:
-        assert table["full", seed, D] < 0.95 * table["sst", seed, D], seed          # measured 0.85
-        for r in (D // 8, D // 16):                                                  # 12.5 % and 6.25 % kept
+        assert table["full", seed, D] < 0.95 * table["sst", seed, D], seed  # measured 0.85
+        for r in (D // 8, D // 16):  # 12.5 % and 6.25 % kept
             assert table["sst", seed, r] < 0.75 * table["full", seed, r], (seed, r)  # measured 0.25–0.46
 
 
@@ -163,14 +175,18 @@ def test_sst_loses_less_of_its_own_perplexity(table):
     for seed in SEEDS:
         for r in (D // 4, D // 8):
             loss = {m: table[m, seed, r] / table[m, seed, D] for m in ("full", "sst")}
-            assert loss["sst"] < 0.75 * loss["full"], (seed, r, loss)                # measured 0.22–0.66
+            assert loss["sst"] < 0.75 * loss["full"], (seed, r, loss)  # measured 0.22–0.66
 
 
 def test_sst_spectra_hold_more_energy_in_their_top_quarter(trained):
     for seed in SEEDS:
-        share = {m: np.mean([float(energy(sl.spectrum(layer), D // 4)) for layer in sl.adapted_layers(trained[m, seed]).values()])
-                 for m in ("full", "sst")}
-        assert share["sst"] >= share["full"] + 0.04, (seed, share)   # measured +0.08 in both seeds
+        share = {
+            m: np.mean(
+                [float(energy(sl.spectrum(layer), D // 4)) for layer in sl.adapted_layers(trained[m, seed]).values()]
+            )
+            for m in ("full", "sst")
+        }
+        assert share["sst"] >= share["full"] + 0.04, (seed, share)  # measured +0.08 in both seeds
 
 
 def test_the_factors_store_r_times_m_plus_n(trained):

@@ -12,13 +12,12 @@ import warnings
 
 import pytest
 import torch
+from hf_models import batch, small_options, tiny_bert, tiny_gpt2
 from torch import nn
 
 import spectrallab as sl
 from spectrallab.methods.base import AdaptedLinear
 from spectrallab.methods.lora import LoRALinear
-
-from hf_models import batch, small_options, tiny_bert, tiny_gpt2
 
 TIE = "lm_head.weight is tied to transformer.wte.weight"
 
@@ -34,9 +33,9 @@ def test_default_targets_leave_the_tied_head_out_with_one_warning(method):
         warnings.simplefilter("always")
         sl.apply(model, method, **small_options(method))
     assert len(tie_warnings(record)) == 1 and TIE in tie_warnings(record)[0]
-    assert type(model.lm_head) is nn.Linear                               # not adapted ...
-    assert model.lm_head.weight is model.transformer.wte.weight           # ... and still tied
-    assert len(sl.adapted_layers(model)) == 8                             # the 8 Conv1D layers are
+    assert type(model.lm_head) is nn.Linear  # not adapted ...
+    assert model.lm_head.weight is model.transformer.wte.weight  # ... and still tied
+    assert len(sl.adapted_layers(model)) == 8  # the 8 Conv1D layers are
 
 
 def test_a_regex_or_suffix_that_happens_to_match_a_tied_layer_warns_and_leaves_it_out():
@@ -45,8 +44,9 @@ def test_a_regex_or_suffix_that_happens_to_match_a_tied_layer_warns_and_leaves_i
         sl.apply(model, "lora", rank=4, targets=r".*(c_attn|lm_head)")
     assert sorted(sl.adapted_layers(model)) == ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]
     bert = tiny_bert()
-    with pytest.warns(UserWarning, match="cls.predictions.decoder.weight is tied to "
-                                         "bert.embeddings.word_embeddings.weight"):
+    with pytest.warns(
+        UserWarning, match="cls.predictions.decoder.weight is tied to bert.embeddings.word_embeddings.weight"
+    ):
         sl.apply(bert, "lora", rank=4, targets=["decoder", "query"])
     assert type(bert.cls.predictions.decoder) is nn.Linear
     assert bert.cls.predictions.decoder.bias is bert.cls.predictions.bias
@@ -70,7 +70,7 @@ def test_only_tied_layers_matched_is_an_error():
 def test_untied_on_purpose_the_head_is_adapted():
     model = tiny_gpt2(tie_word_embeddings=False)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")   # no tie, no warning
+        warnings.simplefilter("error")  # no tie, no warning
         sl.apply(model, "lora", rank=4)
     assert isinstance(model.lm_head, LoRALinear)
 
@@ -94,10 +94,10 @@ def test_full_on_gpt2_trains_exactly_as_plain_adamw_on_the_plain_model():
         sl.apply(adapted, "full")
     _adamw_steps(plain, torch.optim.AdamW(plain.parameters(), lr=1e-2))
     _adamw_steps(adapted, sl.optimizer(adapted, lr=1e-2))
-    sl.merge(adapted)   # Conv1D layers again: the state dicts line up name for name
+    sl.merge(adapted)  # Conv1D layers again: the state dicts line up name for name
     expected, got = plain.state_dict(), adapted.state_dict()
     assert expected.keys() == got.keys()
-    assert (expected["transformer.wte.weight"] - start).abs().max() > 1e-3   # the steps did move it
+    assert (expected["transformer.wte.weight"] - start).abs().max() > 1e-3  # the steps did move it
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], atol=2e-6, rtol=1e-5, msg=key)
     assert adapted.lm_head.weight is adapted.transformer.wte.weight
@@ -132,7 +132,9 @@ def test_sl_optimizer_passes_aliased_memory_once_with_the_gradients_summed():
 
 def test_trainable_parameters_counts_aliased_memory_once():
     tied, aliased = aliased_gpt2()
-    assert sl.trainable_parameters(aliased) == sl.trainable_parameters(tied) == sum(p.numel() for p in tied.parameters())
+    assert (
+        sl.trainable_parameters(aliased) == sl.trainable_parameters(tied) == sum(p.numel() for p in tied.parameters())
+    )
 
 
 @pytest.mark.parametrize("method", ["lora", "sst", "full", "galore"])
@@ -165,7 +167,7 @@ def test_a_module_used_at_two_places_is_adapted_once_and_replaced_at_both(target
     sl.apply(model, "lora", rank=2, targets=targets)
     assert isinstance(model.first, LoRALinear) and model.first is model.again
     expected = 2 * (8 + 8) + (2 * (8 + 3) if targets is None else 0)
-    assert sl.trainable_parameters(model) == expected   # one adapter, not two
+    assert sl.trainable_parameters(model) == expected  # one adapter, not two
     with torch.no_grad():
         model.first.lora_B.normal_()
     adapted = model(x)

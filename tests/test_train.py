@@ -14,8 +14,9 @@ from spectrallab.runs import load_runs
 def test_train_yields_events_with_loss_lr_grad_norm_metrics_and_spectra(home):
     task = sl.task("teacher")
     model = task.make_model()
-    events = list(sl.train(model, task, 20, lr=1e-2, eval_every=10, spectra_every=5, spectra_of=["fc1"],
-                           name="teacher-full"))
+    events = list(
+        sl.train(model, task, 20, lr=1e-2, eval_every=10, spectra_every=5, spectra_of=["fc1"], name="teacher-full")
+    )
     assert [e.step for e in events] == list(range(21))
     assert events[0].loss is None and events[0].metrics is not None and "fc1" in events[0].spectra
     assert all(e.loss is not None and e.grad_norm > 0 and e.lr == 1e-2 for e in events[1:])

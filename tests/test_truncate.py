@@ -30,8 +30,10 @@ def test_dense_layers_get_the_eckart_young_factors_and_save_memory():
         assert torch.allclose(layer.effective_weight().double(), best_rank_r(W, 3), atol=1e-5)
         # stored numbers r(m + n) instead of mn
         assert layer.A.numel() + layer.B.numel() == 3 * (layer.in_features + layer.out_features) < W.numel()
-    expected = torch.tanh(x @ best_rank_r(dense["fc1"], 3).float().T + model.fc1.bias) @ \
-        best_rank_r(dense["fc2"], 3).float().T + model.fc2.bias
+    expected = (
+        torch.tanh(x @ best_rank_r(dense["fc1"], 3).float().T + model.fc1.bias) @ best_rank_r(dense["fc2"], 3).float().T
+        + model.fc2.bias
+    )
     assert torch.allclose(model(x), expected, atol=1e-5)
     merged = sl.merge(model)
     assert type(merged.fc1) is nn.Linear and torch.allclose(merged(x), expected, atol=1e-5)
@@ -56,7 +58,7 @@ def test_energy_keeps_the_fewest_singular_values_holding_that_share():
     layer = nn.Linear(16, 16)
     with torch.no_grad():
         layer.weight.copy_(U @ torch.diag(S) @ V.T)
-    share = torch.cumsum(S ** 2, 0) / (S ** 2).sum()   # 0.74, 0.93, 0.99, ...
+    share = torch.cumsum(S**2, 0) / (S**2).sum()  # 0.74, 0.93, 0.99, ...
     for energy, expected in [(0.5, 1), (float(share[1]) - 1e-4, 2), (0.95, 3), (1.0, 16)]:
         assert sl.truncate(copy.deepcopy(layer), energy=energy).rank == expected, energy
 
@@ -69,11 +71,13 @@ def test_sst_layers_can_be_truncated_in_their_own_spectral_form():
     for _ in range(7):  # past a resampling: active and frozen blocks are mixed
         x = torch.randn(8, 20)
         model(x).pow(2).mean().backward()
-        opt.step(); opt.zero_grad()
+        opt.step()
+        opt.zero_grad()
     layer = model.fc1
     S = layer.S.detach()
     keep = torch.argsort(S.abs(), descending=True)[:5]
-    U = torch.empty(layer.out_features, layer.k); Vh = torch.empty(layer.k, layer.in_features)
+    U = torch.empty(layer.out_features, layer.k)
+    Vh = torch.empty(layer.k, layer.in_features)
     U[:, layer.active_index], U[:, layer.frozen_index] = layer.U_active.detach(), layer.U_frozen
     Vh[layer.active_index], Vh[layer.frozen_index] = layer.Vh_active.detach(), layer.Vh_frozen
     expected = (U[:, keep] * S[keep]) @ Vh[keep]
@@ -94,23 +98,28 @@ def test_auto_gives_drifted_sst_layers_the_eckart_young_cut():
     opt = sl.optimizer(model, lr=5e-2)
     for _ in range(12):
         model(torch.randn(8, 20)).pow(2).mean().backward()
-        opt.step(); opt.zero_grad()
+        opt.step()
+        opt.zero_grad()
     layer = model.fc1
     W = layer.effective_weight().detach()
     U, _, _ = layer.factors()
     gram = U.T.double() @ U.double()
-    assert (gram - torch.eye(layer.k, dtype=gram.dtype)).abs().max() > 1e-3          # drifted
+    assert (gram - torch.eye(layer.k, dtype=gram.dtype)).abs().max() > 1e-3  # drifted
     auto = sl.truncate(copy.deepcopy(layer), rank=5).effective_weight().double()
     spectral = sl.truncate(copy.deepcopy(layer), rank=5, method="spectral").effective_weight().double()
     best = best_rank_r(W, 5)
     assert torch.allclose(auto, best, atol=1e-5)
-    assert (spectral - W.double()).norm() > (best - W.double()).norm() * 1.001       # a worse cut
-    layer.resvd()                                                                     # orthonormal again
+    assert (spectral - W.double()).norm() > (best - W.double()).norm() * 1.001  # a worse cut
+    layer.resvd()  # orthonormal again
     again = sl.truncate(copy.deepcopy(layer), rank=5).effective_weight().double()
     torch.testing.assert_close(again, best_rank_r(layer.effective_weight().detach(), 5), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(again, sl.truncate(copy.deepcopy(layer), rank=5, method="spectral")
-                               .effective_weight().double(), atol=1e-6, rtol=1e-6)
-    for method in ("auto", "spectral", "svd"):                                      # full k: exact either way
+    torch.testing.assert_close(
+        again,
+        sl.truncate(copy.deepcopy(layer), rank=5, method="spectral").effective_weight().double(),
+        atol=1e-6,
+        rtol=1e-6,
+    )
+    for method in ("auto", "spectral", "svd"):  # full k: exact either way
         x = torch.randn(3, 20)
         full = sl.truncate(copy.deepcopy(layer), rank=layer.k, method=method)
         assert torch.allclose(full(x), layer(x), atol=1e-5), method
@@ -136,17 +145,20 @@ def test_gpt2_conv1d_truncates_and_merges_back_to_conv1d():
         assert torch.allclose(model(ids).logits, before, atol=1e-4)
 
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    (dict(), TypeError, "exactly one of rank= .* or energy="),
-    (dict(rank=2, energy=0.9), TypeError, "exactly one of"),
-    (dict(rank=0), ValueError, r"layer 'fc1'.*rank=0 is outside the allowed range \[1, 20\]"),
-    (dict(rank=13), ValueError, r"layer 'fc2'.*rank=13 is outside the allowed range \[1, 12\]"),
-    (dict(rank=2.5), TypeError, "rank must be an int"),
-    (dict(energy=0), ValueError, r"energy=0 is outside the allowed range \(0, 1\]"),
-    (dict(energy=1.5), ValueError, "energy=1.5"),
-    (dict(rank=2, method="qr"), ValueError, "method='qr'"),
-    (dict(rank=2, targets=["nope"]), ValueError, "matches no module"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(), TypeError, "exactly one of rank= .* or energy="),
+        (dict(rank=2, energy=0.9), TypeError, "exactly one of"),
+        (dict(rank=0), ValueError, r"layer 'fc1'.*rank=0 is outside the allowed range \[1, 20\]"),
+        (dict(rank=13), ValueError, r"layer 'fc2'.*rank=13 is outside the allowed range \[1, 12\]"),
+        (dict(rank=2.5), TypeError, "rank must be an int"),
+        (dict(energy=0), ValueError, r"energy=0 is outside the allowed range \(0, 1\]"),
+        (dict(energy=1.5), ValueError, "energy=1.5"),
+        (dict(rank=2, method="qr"), ValueError, "method='qr'"),
+        (dict(rank=2, targets=["nope"]), ValueError, "matches no module"),
+    ],
+)
 def test_bad_input_is_named_and_nothing_changes(kwargs, error, message):
     model = SmallMLP()
     before = fingerprint(model)

@@ -54,22 +54,27 @@ class LiveWidget:
     means the same plot index with different trace indices.
     """
 
-    name: str                               # notebook file stem and test id
-    cells: tuple[str, ...]                  # the notebook's code cells, run in order by Voilà
-    loss: tuple[int, int] = (0, 0)          # (plot, trace) whose number of points grows while playing
-    spectrum: tuple[int, int] = (1, 0)      # (plot, trace) whose values change while playing
-    plots: int = 2                          # plotly divs the page must draw before the test starts
-    play: str = "Play"                      # button descriptions
+    name: str  # notebook file stem and test id
+    cells: tuple[str, ...]  # the notebook's code cells, run in order by Voilà
+    loss: tuple[int, int] = (0, 0)  # (plot, trace) whose number of points grows while playing
+    spectrum: tuple[int, int] = (1, 0)  # (plot, trace) whose values change while playing
+    plots: int = 2  # plotly divs the page must draw before the test starts
+    play: str = "Play"  # button descriptions
     pause: str = "Pause"
-    screenshot: str = "widget-live.png"     # file name in test-artifacts/
-    min_redraws: int = 3                    # distinct growing lengths the loss trace must show
+    screenshot: str = "widget-live.png"  # file name in test-artifacts/
+    min_redraws: int = 3  # distinct growing lengths the loss trace must show
 
 
 # The Playground: one FigureWidget with subplots; trace 0 is the training loss (TRAIN), trace 4
 # the layer's spectrum now (SPEC_NOW) — see widgets/playground.py. No ghost (the
 # full-rank reference would train first), and a step budget it cannot finish during the test.
-PLAYGROUND = LiveWidget(name="playground", loss=(0, 0), spectrum=(0, 4), plots=1, cells=(
-    '''\
+PLAYGROUND = LiveWidget(
+    name="playground",
+    loss=(0, 0),
+    spectrum=(0, 4),
+    plots=1,
+    cells=(
+        """\
 import os
 
 import spectrallab.widgets as slw
@@ -79,8 +84,9 @@ assert os.environ["SPECTRALLAB_WIDGETS"] == "live" and os.environ["SPECTRALLAB_P
 w = slw.Playground.from_state({"scenario": "digits", "method": "lora", "rank": 4, "steps": 100_000,
                                "ghost": False})
 w
-''',
-))
+""",
+    ),
+)
 
 # Widgets driven in a real browser (give each its own `screenshot` name).
 LIVE_WIDGETS = [PLAYGROUND]
@@ -89,11 +95,11 @@ LIVE_WIDGETS = [PLAYGROUND]
 # Timeouts (upper bounds only: every wait returns as soon as its condition holds)
 # ------------------------------------------------------------------------------------------------
 
-SERVER_START_TIMEOUT = 60.0   # the server accepts connections
-PAGE_TIMEOUT = 120.0          # kernel start + running every cell + drawing (torch import on 2 cores)
-LIVE_TIMEOUT = 30.0           # Play -> the loss grows and the spectrum changes
-SETTLE_TIMEOUT = 10.0         # Pause -> the figure stops changing (a step in flight may still land)
-HOLD_SECONDS = 1.5            # ... and then stays unchanged this long
+SERVER_START_TIMEOUT = 60.0  # the server accepts connections
+PAGE_TIMEOUT = 120.0  # kernel start + running every cell + drawing (torch import on 2 cores)
+LIVE_TIMEOUT = 30.0  # Play -> the loss grows and the spectrum changes
+SETTLE_TIMEOUT = 10.0  # Pause -> the figure stops changing (a step in flight may still land)
+HOLD_SECONDS = 1.5  # ... and then stays unchanged this long
 POLL = 0.1
 
 # Browser console errors that are not ours (each checked against the message text):
@@ -119,9 +125,9 @@ DENIED_LAB_EXTENSIONS = ("jupyterlab-jupytext",)
 
 @dataclass
 class Server:
-    url: str       # http://127.0.0.1:PORT
+    url: str  # http://127.0.0.1:PORT
     token: str
-    root: Path     # the directory it serves notebooks from
+    root: Path  # the directory it serves notebooks from
     log: Path
 
     def page(self, notebook: str) -> str:
@@ -145,14 +151,14 @@ def isolated_environment(base: Path) -> dict[str, str]:
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     env.update(
-        JUPYTER_NO_CONFIG="1",                  # read no config files at all (user, env or system)
-        JUPYTER_DATA_DIR=str(dirs["data"]),     # no user kernelspecs or lab extensions
+        JUPYTER_NO_CONFIG="1",  # read no config files at all (user, env or system)
+        JUPYTER_DATA_DIR=str(dirs["data"]),  # no user kernelspecs or lab extensions
         JUPYTER_RUNTIME_DIR=str(dirs["runtime"]),
         JUPYTER_PLATFORM_DIRS="0",
-        IPYTHONDIR=str(dirs["ipython"]),        # no user profile or startup files in the kernel
-        TMPDIR=str(dirs["tmp"]),                # JUPYTER_NO_CONFIG makes a temporary config dir here
+        IPYTHONDIR=str(dirs["ipython"]),  # no user profile or startup files in the kernel
+        TMPDIR=str(dirs["tmp"]),  # JUPYTER_NO_CONFIG makes a temporary config dir here
         SPECTRALLAB_PROFILE="ci",
-        SPECTRALLAB_WIDGETS="live",             # the widgets draw FigureWidgets, whatever they detect
+        SPECTRALLAB_WIDGETS="live",  # the widgets draw FigureWidgets, whatever they detect
         SPECTRALLAB_HOME=str(dirs["home"]),
         OMP_NUM_THREADS="1",
         PYTHONUNBUFFERED="1",
@@ -204,7 +210,7 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def voila_server(browser, tmp_path_factory, request) -> Server:
+def voila_server(browser, tmp_path_factory, request) -> Server:  # noqa: F811 (the imported fixture)
     """A Voilà server on 127.0.0.1 (free port, token auth) serving a temporary directory.
 
     Asks for ``browser`` first, so that without Chromium the test skips (or fails when
@@ -216,13 +222,28 @@ def voila_server(browser, tmp_path_factory, request) -> Server:
     server = Server(url="", token=secrets.token_hex(16), root=root, log=base / "server.log")
     port = free_port()
     server.url = f"http://127.0.0.1:{port}"
-    command = [str(Path(sys.executable).parent / "voila"), str(root), "--no-browser",
-               "--Voila.ip=127.0.0.1", f"--port={port}", "--Voila.port_retries=0", f"--token={server.token}",
-               "--show_tracebacks=True", f"--Voila.connection_dir_root={base / 'runtime'}",
-               *[f"--VoilaConfiguration.extension_denylist={name}" for name in DENIED_LAB_EXTENSIONS]]
+    command = [
+        str(Path(sys.executable).parent / "voila"),
+        str(root),
+        "--no-browser",
+        "--Voila.ip=127.0.0.1",
+        f"--port={port}",
+        "--Voila.port_retries=0",
+        f"--token={server.token}",
+        "--show_tracebacks=True",
+        f"--Voila.connection_dir_root={base / 'runtime'}",
+        *[f"--VoilaConfiguration.extension_denylist={name}" for name in DENIED_LAB_EXTENSIONS],
+    ]
     log = server.log.open("wb")
-    proc = subprocess.Popen(command, cwd=root, env=isolated_environment(base), stdin=subprocess.DEVNULL,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        cwd=root,
+        env=isolated_environment(base),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
     def finish():
         try:
@@ -253,7 +274,8 @@ def write_notebook(path: Path, cells: tuple[str, ...]) -> None:
 
     notebook = nbformat.v4.new_notebook(
         cells=[nbformat.v4.new_code_cell(source) for source in cells],
-        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
     nbformat.write(notebook, path)
 
 
@@ -294,8 +316,10 @@ def button(driver, description: str):
     """The ipywidgets button whose text (its description; an icon adds no text) is ``description``."""
     from selenium.webdriver.common.by import By
 
-    xpath = (f"//button[contains(concat(' ', normalize-space(@class), ' '), ' jupyter-button ')]"
-             f"[normalize-space(.)='{description}']")
+    xpath = (
+        f"//button[contains(concat(' ', normalize-space(@class), ' '), ' jupyter-button ')]"
+        f"[normalize-space(.)='{description}']"
+    )
     found = [b for b in driver.find_elements(By.XPATH, xpath) if b.is_displayed()]
     assert found, f"no visible button {description!r} on the page"
     return found[0]
@@ -315,15 +339,20 @@ def open_live_widget(driver, server: Server, widget: LiveWidget) -> None:
         if state["plots"] >= widget.plots and {widget.play, widget.pause} <= set(state["buttons"]):
             return
         if time.monotonic() > deadline:
-            pytest.fail(f"{widget.name}: after {PAGE_TIMEOUT} s the page shows {state['plots']} of "
-                        f"{widget.plots} plots and buttons {state['buttons']}.\nPage text:\n{page_text(driver)}"
-                        f"\nServer log:\n{server.log_tail()}")
+            pytest.fail(
+                f"{widget.name}: after {PAGE_TIMEOUT} s the page shows {state['plots']} of "
+                f"{widget.plots} plots and buttons {state['buttons']}.\nPage text:\n{page_text(driver)}"
+                f"\nServer log:\n{server.log_tail()}"
+            )
         time.sleep(POLL)
 
 
 def console_errors(driver) -> list[str]:
-    return [e["message"] for e in driver.get_log("browser")
-            if e["level"] == "SEVERE" and not any(p.search(e["message"]) for p in KNOWN_CONSOLE_ERRORS)]
+    return [
+        e["message"]
+        for e in driver.get_log("browser")
+        if e["level"] == "SEVERE" and not any(p.search(e["message"]) for p in KNOWN_CONSOLE_ERRORS)
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -333,14 +362,15 @@ def console_errors(driver) -> list[str]:
 
 @pytest.mark.browser
 @pytest.mark.parametrize("widget", LIVE_WIDGETS, ids=lambda w: w.name)
-def test_play_makes_the_figures_live_and_pause_freezes_them(browser, voila_server, widget):
+def test_play_makes_the_figures_live_and_pause_freezes_them(browser, voila_server, widget):  # noqa: F811
     try:
         open_live_widget(browser, voila_server, widget)
         loss0, spectrum0 = read_trace(browser, widget.loss), read_trace(browser, widget.spectrum)
         assert spectrum0["points"] > 0, (
             f"{widget.name}: the spectrum trace {widget.spectrum} is empty before Play. If Python drew it, its "
             "FigureWidget was filled before display but shown inside an ipywidgets container, whose page "
-            "never receives that state (plotly >= 6; sync with fig._repr_mimebundle_() before display)")
+            "never receives that state (plotly >= 6; sync with fig._repr_mimebundle_() before display)"
+        )
 
         button(browser, widget.play).click()
         lengths: set[int] = set()
@@ -349,14 +379,17 @@ def test_play_makes_the_figures_live_and_pause_freezes_them(browser, voila_serve
         while len(lengths) < widget.min_redraws or not spectrum_changed:
             if time.monotonic() > deadline:
                 grew = f"{len(lengths)} larger lengths, up to {max(lengths)}" if lengths else "no growth"
-                pytest.fail(f"{widget.name}: {LIVE_TIMEOUT} s after Play the loss trace had {loss0['points']} "
-                            f"points, then {grew} (want {widget.min_redraws}); the spectrum changed: "
-                            f"{spectrum_changed}.\nPage text:\n{page_text(browser)}")
+                pytest.fail(
+                    f"{widget.name}: {LIVE_TIMEOUT} s after Play the loss trace had {loss0['points']} "
+                    f"points, then {grew} (want {widget.min_redraws}); the spectrum changed: "
+                    f"{spectrum_changed}.\nPage text:\n{page_text(browser)}"
+                )
             points = read_trace(browser, widget.loss)["points"]
             if points > loss0["points"]:
                 lengths.add(points)
-            spectrum_changed = spectrum_changed or \
-                read_trace(browser, widget.spectrum)["fingerprint"] != spectrum0["fingerprint"]
+            spectrum_changed = (
+                spectrum_changed or read_trace(browser, widget.spectrum)["fingerprint"] != spectrum0["fingerprint"]
+            )
             time.sleep(POLL)
 
         button(browser, widget.pause).click()
@@ -369,16 +402,21 @@ def test_play_makes_the_figures_live_and_pause_freezes_them(browser, voila_serve
             if now == settled:
                 break
             if time.monotonic() > deadline:
-                pytest.fail(f"{widget.name}: the figure still changes {SETTLE_TIMEOUT} s after Pause "
-                            f"(loss trace: {now[0]['points']} points)")
+                pytest.fail(
+                    f"{widget.name}: the figure still changes {SETTLE_TIMEOUT} s after Pause "
+                    f"(loss trace: {now[0]['points']} points)"
+                )
             settled = now
         end = time.monotonic() + HOLD_SECONDS
         while time.monotonic() < end:
             time.sleep(0.25)
             now = (read_trace(browser, widget.loss), read_trace(browser, widget.spectrum))
-            assert now[0]["points"] == settled[0]["points"], \
+            assert now[0]["points"] == settled[0]["points"], (
                 f"{widget.name}: the loss trace grew after Pause ({settled[0]['points']} -> {now[0]['points']})"
-            assert now[1]["fingerprint"] == settled[1]["fingerprint"], f"{widget.name}: the spectrum changed after Pause"
+            )
+            assert now[1]["fingerprint"] == settled[1]["fingerprint"], (
+                f"{widget.name}: the spectrum changed after Pause"
+            )
         assert settled[0]["points"] > loss0["points"]
     finally:
         ARTIFACTS.mkdir(exist_ok=True)

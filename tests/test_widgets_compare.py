@@ -24,8 +24,15 @@ def private_home(home):
 _ORDER = itertools.count()
 
 
-def recorded(name: str, method: str, rank: int | None, params: int, val_loss: list[float],
-             accuracy: list[float] | None = None, spectrum: list[float] | None = None) -> Run:
+def recorded(
+    name: str,
+    method: str,
+    rank: int | None,
+    params: int,
+    val_loss: list[float],
+    accuracy: list[float] | None = None,
+    spectrum: list[float] | None = None,
+) -> Run:
     """A saved run record with evaluations at steps 0, 10, 20, ... and a final spectrum of ``fc1``.
 
     Its id orders it after every run recorded before it (``load_runs`` lists runs by id, and real
@@ -33,12 +40,20 @@ def recorded(name: str, method: str, rank: int | None, params: int, val_loss: li
     config = {"method": method, "trainable_parameters": params, "methods": [method]}
     if rank is not None:
         config["rank"] = rank
-    evals = [{"step": 10 * i, "val_loss": v, **({"accuracy": accuracy[i]} if accuracy else {})}
-             for i, v in enumerate(val_loss)]
+    evals = [
+        {"step": 10 * i, "val_loss": v, **({"accuracy": accuracy[i]} if accuracy else {})}
+        for i, v in enumerate(val_loss)
+    ]
     steps = list(range(1, 10 * (len(val_loss) - 1) + 1))
-    run = Run(name, id=f"20260101-{next(_ORDER):06d}-test00", config=config, steps=steps,
-              loss=[val_loss[0] - 0.01 * s for s in steps], evals=evals,
-              spectra={"fc1": [[0, [1.0, 0.5, 0.25]], [steps[-1], spectrum or [2.0, 1.0, 0.5]]]})
+    run = Run(
+        name,
+        id=f"20260101-{next(_ORDER):06d}-test00",
+        config=config,
+        steps=steps,
+        loss=[val_loss[0] - 0.01 * s for s in steps],
+        evals=evals,
+        spectra={"fc1": [[0, [1.0, 0.5, 0.25]], [steps[-1], spectrum or [2.0, 1.0, 0.5]]]},
+    )
     run.save()
     return run
 
@@ -81,8 +96,16 @@ def test_overlays_runs_recorded_by_fit():
         model = task.make_model(seed=0)
         if method == "lora":
             sl.apply(model, "lora", rank=rank)
-        sl.fit(model, task, 6, eval_every=3, spectra_of=["fc1"], spectra_every=3, name=f"teacher-{method}",
-               config={"method": method, "rank": rank} if rank else {"method": method})
+        sl.fit(
+            model,
+            task,
+            6,
+            eval_every=3,
+            spectra_of=["fc1"],
+            spectra_every=3,
+            name=f"teacher-{method}",
+            config={"method": method, "rank": rank} if rank else {"method": method},
+        )
     w = Compare(live=False)
     records = sl.load_runs()
     assert len(records) == 2 and w.controls["selected"].value == tuple(r.id for r in records)
@@ -113,13 +136,13 @@ def test_x_axis_trainable_parameters_lines_up_final_values_per_method(runs):
     w.controls["x_axis"].value = "trainable_parameters"
     lines = {t.name: t for t in left(w)}
     assert set(lines) == {"lora", "full"}
-    assert list(lines["lora"].x) == [200, 400, 800]            # sorted by parameter count
-    assert list(lines["lora"].y) == [1.2, 1.0, 0.9]            # each run's final val loss
+    assert list(lines["lora"].x) == [200, 400, 800]  # sorted by parameter count
+    assert list(lines["lora"].y) == [1.2, 1.0, 0.9]  # each run's final val loss
     assert list(lines["lora"].text) == ["r=2", "r=4", "r=8"]
     assert list(lines["full"].x) == [5000] and list(lines["full"].y) == [0.6]
     assert w.figure.layout.xaxis.type == "log" and w.figure.layout.xaxis.title.text == "trainable parameters"
     assert w.figure.layout.yaxis.title.text == "final val loss"
-    w.controls["metric"].value = "train_loss"                  # final training loss: mean of the last 10 steps
+    w.controls["metric"].value = "train_loss"  # final training loss: mean of the last 10 steps
     lora2 = runs["lora2"]
     assert left(w)[0].y[0] == pytest.approx(sum(lora2.loss[-10:]) / 10)
 
@@ -129,11 +152,11 @@ def test_x_axis_rank_and_grouping_by_rank(runs):
     w.controls["x_axis"].value = "rank"
     lines = {t.name: t for t in left(w)}
     assert list(lines) == ["lora"] and list(lines["lora"].x) == [2, 4, 8]
-    assert "d · full: no rank recorded" in w.status.value       # full fine-tuning has no rank: said, not hidden
+    assert "d · full: no rank recorded" in w.status.value  # full fine-tuning has no rank: said, not hidden
     assert w.figure.layout.xaxis.type == "linear"
     w.controls["group_by"].value = "rank"
     names = [t.name for t in left(w)]
-    assert names == ["r = 2", "r = 4", "r = 8"]                 # in rank order
+    assert names == ["r = 2", "r = 4", "r = 8"]  # in rank order
     assert len({t.line.color for t in left(w)}) == 3
     assert [t.text for t in left(w)] == [("lora",), ("lora",), ("lora",)]
 
@@ -195,7 +218,7 @@ def test_reload_adds_and_selects_new_runs(runs):
     assert late.id in w.controls["selected"].value and len(left(w)) == 5
     assert "r = 16" in [label for label, _ in w.controls["rank"].options]
 
-    given = Compare([runs["lora2"]], live=False)               # runs passed in: nothing to reload
+    given = Compare([runs["lora2"]], live=False)  # runs passed in: nothing to reload
     assert given.controls["reload"].disabled and given.directory is None
     assert [t.name for t in left(given)] == ["a · lora r=2"]
 
@@ -225,15 +248,25 @@ def test_runs_on_the_hyperbolic_scenario_compare_by_roc_auc():
         model = task.make_model(seed=0)
         options = {"rank": rank} if rank else {}
         sl.apply(model, method, targets=list(scenario.targets), **options)
-        sl.fit(model, task, 6, lr=scenario.suggested_lr(method), eval_every=3, spectra_of=[layer], spectra_every=3,
-               name=f"disease-{method}", progress="off", config={"method": method, **options})
+        sl.fit(
+            model,
+            task,
+            6,
+            lr=scenario.suggested_lr(method),
+            eval_every=3,
+            spectra_of=[layer],
+            spectra_every=3,
+            name=f"disease-{method}",
+            progress="off",
+            config={"method": method, **options},
+        )
     w = Compare(live=False, metric="val_roc_auc", layer=layer)
     assert "val_roc_auc" in [value for _, value in w.controls["metric"].options]
     curves = left(w)
     assert len(curves) == 3 and all(list(t.x) == [0, 3, 6] for t in curves)
     assert all(0.0 <= y <= 1.0 for t in curves for y in t.y)
     assert len(right(w)) == 3 and w.error is None
-    w.controls["x_axis"].value = "trainable_parameters"   # full, sst and lora: one point each, by parameters
+    w.controls["x_axis"].value = "trainable_parameters"  # full, sst and lora: one point each, by parameters
     finals = left(w)
     assert sorted(t.name for t in finals) == ["full", "lora", "sst"] and w.error is None
     assert all(0.0 <= t.y[0] <= 1.0 for t in finals)

@@ -13,8 +13,17 @@ import spectrallab as sl
 from spectrallab.linalg import eckart_young_error, energy, truncate
 from spectrallab.methods.lora import INIT_SPECTRUM_PART, LORA_INITS, register_init
 from spectrallab.widgets import SpectrumExplorer
-from spectrallab.widgets.explorer import (DEMO_LAYER, DROPPED, ENERGY_AT_R, KEPT, MEASURED, RESIDUAL_MAP, TAKEN,
-                                          W_R_MAP, demo_matrix)
+from spectrallab.widgets.explorer import (
+    DEMO_LAYER,
+    DROPPED,
+    ENERGY_AT_R,
+    KEPT,
+    MEASURED,
+    RESIDUAL_MAP,
+    TAKEN,
+    W_R_MAP,
+    demo_matrix,
+)
 
 
 @pytest.fixture
@@ -56,7 +65,7 @@ def test_rank_slider_moves_cut_spectrum_and_reported_numbers(matrix):
     w.controls["rank"].value = 7
     S = torch.linalg.svdvals(matrix)
     spectrum_cut, error_cut = w.cut_shapes
-    assert spectrum_cut.x0 == spectrum_cut.x1 == 7.5       # between σ_7 and σ_8
+    assert spectrum_cut.x0 == spectrum_cut.x1 == 7.5  # between σ_7 and σ_8
     assert error_cut.x0 == 7
     assert list(w.figure.data[KEPT].x) == list(range(1, 8))
     np.testing.assert_allclose(w.figure.data[KEPT].y, S[:7].numpy(), rtol=1e-5)
@@ -92,7 +101,7 @@ def test_init_selector_highlights_what_a_spectral_init_takes(matrix, spectral_in
     w = SpectrumExplorer(matrix, rank=4, live=False)
     assert w.controls["init"].value == "default"
     taken = w.figure.data[TAKEN]
-    assert taken.visible is False and len(taken.x) == 0   # LoRA's own init takes nothing
+    assert taken.visible is False and len(taken.x) == 0  # LoRA's own init takes nothing
     assert "copies no singular directions" in w.status.value
 
     w.controls["init"].value = "test_top"
@@ -102,7 +111,7 @@ def test_init_selector_highlights_what_a_spectral_init_takes(matrix, spectral_in
     assert w.readout.init_energy == pytest.approx(w.readout.energy, rel=1e-5)  # the top r carry the kept energy
     assert "test_top" in w.figure.data[TAKEN].name and "σ<sub>1</sub> … σ<sub>4</sub>" in w.status.value
 
-    w.controls["rank"].value = 6                         # the highlight follows the rank
+    w.controls["rank"].value = 6  # the highlight follows the rank
     assert list(w.figure.data[TAKEN].x) == [1, 2, 3, 4, 5, 6]
     w.controls["init"].value = "test_bottom"
     assert list(w.figure.data[TAKEN].x) == list(range(35, 41))
@@ -122,7 +131,7 @@ def test_model_source_lists_linear_and_adapted_layers(model):
     np.testing.assert_allclose(shown, S_fc1.numpy(), rtol=1e-5)
 
     w.controls["rank"].value = 16
-    w.controls["layer"].value = "head"                   # 8×16: k = 8, the rank is clamped to it
+    w.controls["layer"].value = "head"  # 8×16: k = 8, the rank is clamped to it
     assert w.controls["rank"].max == 8 and w.controls["rank"].value == 8
     assert w.readout.layer == "head" and w.readout.k == 8 and len(w.figure.data[DROPPED].x) == 0
     w.controls["layer"].value = "encoder.fc2"

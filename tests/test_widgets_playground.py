@@ -16,10 +16,19 @@ import spectrallab as sl
 from spectrallab.methods import base as methods_base
 from spectrallab.methods.lora import LoRA
 from spectrallab.methods.options import Option
-from spectrallab.widgets import Playground
-from spectrallab.widgets import SCENARIOS
-from spectrallab.widgets.playground import (DELTA, GHOST, GHOST_METRIC, METRIC, SHARED_OPTIONS, SPEC_NOW, TRAIN, VAL,
-                                            option_key, period_driven)
+from spectrallab.widgets import SCENARIOS, Playground
+from spectrallab.widgets.playground import (
+    DELTA,
+    GHOST,
+    GHOST_METRIC,
+    METRIC,
+    SHARED_OPTIONS,
+    SPEC_NOW,
+    TRAIN,
+    VAL,
+    option_key,
+    period_driven,
+)
 
 HYPERBOLIC_LINKS = "hyperbolic links (Disease, HyboNet)"
 HYPERBOLIC_NODES = "hyperbolic nodes (Disease, HyboNet)"
@@ -49,7 +58,7 @@ def test_builds_with_defaults_and_draws_the_starting_point():
     assert len(w.figure.data) == 8
     # a scenario without a headline metric: its traces and their axis stay hidden
     assert not w.figure.data[METRIC].visible and not w.figure.layout.yaxis4.visible
-    assert list(w.figure.data[VAL].x) == [0]          # step 0: the starting point was evaluated
+    assert list(w.figure.data[VAL].x) == [0]  # step 0: the starting point was evaluated
     assert len(w.figure.data[SPEC_NOW].y) > 0
     assert max(w.figure.data[DELTA].y) == pytest.approx(0, abs=1e-6)  # nothing has moved yet
     assert "trainable" in w.counts.value
@@ -71,9 +80,9 @@ def test_static_play_trains_to_the_end_with_a_ghost_reference():
     w.play()
     assert w.session.done and w.session.step_count == 40
     assert len(w.figure.data[TRAIN].x) == 40
-    assert len(w.figure.data[GHOST].x) > 1            # full-rank reference, same task and steps
+    assert len(w.figure.data[GHOST].x) > 1  # full-rank reference, same task and steps
     again = Playground(scenario="low-rank teacher", method="lora", rank=4, steps=40, live=False)
-    again.play()                                       # the reference is reused from disk
+    again.play()  # the reference is reused from disk
     assert sum(r.name.startswith("reference") for r in sl.load_runs()) == 1
 
 
@@ -87,8 +96,8 @@ def test_live_play_runs_in_a_background_thread_and_pause_stops_within_a_step():
     stopped_at = w.session.step_count
     assert not training_threads()
     time.sleep(0.3)
-    assert w.session.step_count == stopped_at          # nothing trains after pause returns
-    assert len(w.figure.data[TRAIN].x) == stopped_at   # the last state is drawn
+    assert w.session.step_count == stopped_at  # nothing trains after pause returns
+    assert len(w.figure.data[TRAIN].x) == stopped_at  # the last state is drawn
     w.step()
     assert w.session.step_count == stopped_at + 1
 
@@ -97,7 +106,7 @@ def test_reset_and_structural_changes_join_the_thread_and_rebuild():
     w = Playground(scenario="digits", method="lora", steps=100_000, live=True, ghost=False)
     w.play()
     assert wait_until(lambda: w.session.step_count >= 5)
-    w.controls["method"].value = "full"               # structural: rebuilds
+    w.controls["method"].value = "full"  # structural: rebuilds
     assert not training_threads()
     assert w.session.method == "full" and w.session.step_count == 0
     assert w.controls["rank"].layout.display == "none"  # full has no rank
@@ -165,11 +174,14 @@ def test_every_registered_method_trains_in_the_playground(method):
     assert sl.trainable_parameters(w.session.model) > 0
 
 
-@pytest.mark.parametrize("method, count_periods", [
-    ("sst", lambda layer: len(layer.history)),
-    ("relora", None),
-    ("galore", None),
-])
+@pytest.mark.parametrize(
+    "method, count_periods",
+    [
+        ("sst", lambda layer: len(layer.history)),
+        ("relora", None),
+        ("galore", None),
+    ],
+)
 def test_the_period_knob_reaches_methods_with_periodic_work(method, count_periods):
     """ReLoRA's restarts, GaLore's projection updates and SST's resampling happen every `period` steps."""
     w = Playground(scenario="digits", method=method, rank=2, period=4, live=False, ghost=False)
@@ -189,6 +201,7 @@ def test_the_period_knob_reaches_methods_with_periodic_work(method, count_period
 
 # -- the hyperbolic scenarios (HyboNet on the Disease tree): a headline metric next to the loss ----------
 
+
 @pytest.mark.parametrize("scenario, key", [(HYPERBOLIC_LINKS, "val_roc_auc"), (HYPERBOLIC_NODES, "val_f1")])
 def test_hyperbolic_scenarios_adapt_the_lorentz_layers_and_draw_their_metric(scenario, key):
     w = Playground(scenario=scenario, method="lora", rank=2, live=False, ghost=False)
@@ -200,7 +213,7 @@ def test_hyperbolic_scenarios_adapt_the_lorentz_layers_and_draw_their_metric(sce
     assert w.state["lr"] == pytest.approx(SCENARIOS[scenario].suggested_lr("lora"))
     metric = w.figure.data[METRIC]
     assert metric.visible and w.figure.layout.yaxis4.visible and tuple(w.figure.layout.yaxis4.range) == (0, 1)
-    assert list(metric.x) == [0] and 0.0 <= metric.y[0] <= 1.0   # the starting point's metric
+    assert list(metric.x) == [0] and 0.0 <= metric.y[0] <= 1.0  # the starting point's metric
     assert "higher is better" in w.figure.layout.annotations[0].text
     before = list(w.figure.data[SPEC_NOW].y)
     for _ in range(3):
@@ -219,7 +232,7 @@ def test_hyperbolic_links_static_play_ends_with_auc_values_and_a_ghost():
     assert np.all((auc >= 0) & (auc <= 1))
     # it learns: chance-level (≈ 0.42 on this split) at the start; measured ≈ 0.65 at the end (ci)
     assert auc.max() > auc[0] + 0.1 and auc[-1] > 0.5, auc
-    ghost = np.asarray(w.figure.data[GHOST_METRIC].y)    # full-rank training's AUC, from the cached run
+    ghost = np.asarray(w.figure.data[GHOST_METRIC].y)  # full-rank training's AUC, from the cached run
     assert len(ghost) == len(w.reference.evals) > 2 and np.all((ghost >= 0) & (ghost <= 1))
     assert list(w.figure.data[GHOST].y) == w.reference.eval_series("val_loss")[1]
 
@@ -229,7 +242,7 @@ def test_hyperbolic_links_static_play_ends_with_auc_values_and_a_ghost():
 
 def test_switching_to_and_from_the_hyperbolic_scenario_rebuilds_layers_and_metric():
     w = Playground(scenario="digits", live=False, ghost=False)
-    w.controls["scenario"].value = HYPERBOLIC_LINKS       # other layer names than digits' fc1, fc2, fc3
+    w.controls["scenario"].value = HYPERBOLIC_LINKS  # other layer names than digits' fc1, fc2, fc3
     assert w.error is None, w.status.value
     assert w.controls["layer"].value == "encoder.layers.0.transform.linear"
     assert w.figure.data[METRIC].visible and list(w.figure.data[METRIC].x) == [0]
@@ -240,6 +253,7 @@ def test_switching_to_and_from_the_hyperbolic_scenario_rebuilds_layers_and_metri
 
 
 # -- every declared option has a control ------------------------------------------------------------
+
 
 @pytest.fixture
 def zoo():
@@ -255,8 +269,12 @@ def zoo():
             "temperature": Option(1.0, "a float above 0 (open bound)", kind="float", low=0, low_open=True),
             "flavour": Option("plain", "a choice", kind="choice", choices=("plain", "spicy", "sour")),
             "flip": Option(False, "a bool", kind="bool"),
-            "seed": Option(None, "a seed (named like the Playground's own keyword)", kind="seed",
-                           none="drawn from torch's generator"),
+            "seed": Option(
+                None,
+                "a seed (named like the Playground's own keyword)",
+                kind="seed",
+                none="drawn from torch's generator",
+            ),
             "clip": Option(None, "a None-able float in [0, 1]", kind="float", low=0, high=1, none="no clipping"),
             "every": Option(10, "the period", kind="int", low=1),
             "calm": Option(1, "a warm-up shorter than the period", kind="int", low=0),
@@ -269,6 +287,7 @@ def zoo():
     @sl.register("auto_rank")
     class AutoRank(LoRA):
         """A shared knob that may be None: rank None means "2"."""
+
         options = {"rank": Option(None, "r, or None", kind="int", low=1, high="min(out, in)", none="r = 2")}
 
         def needs_weight_values(self):
@@ -312,13 +331,13 @@ def test_every_declared_option_has_a_visible_control(method, zoo):
     assert set(applied_config(w)) == set(cls.options)
     if method == "option_zoo":
         c = w.controls
-        assert "seed" not in c and isinstance(c["method_seed"], W.IntText)   # not the Playground's own seed
+        assert "seed" not in c and isinstance(c["method_seed"], W.IntText)  # not the Playground's own seed
         assert isinstance(c["flip"], W.Checkbox) and isinstance(c["flavour"], W.Dropdown)
         assert list(c["flavour"].options) == ["plain", "spicy", "sour"]
         assert isinstance(c["bumps"], W.BoundedIntText) and (c["bumps"].min, c["bumps"].max) == (0, 5)
         assert isinstance(c["temperature"], W.BoundedFloatText) and c["temperature"].min == 0
         assert "every" not in c and "auto: no clipping" == w.auto["clip"].description
-        panel = w.control_panel()                 # the option row sits in the live layout
+        panel = w.control_panel()  # the option row sits in the live layout
         assert c["flip"] in panel.children[1].children and w.auto["clip"] in panel.children[1].children
 
 
@@ -331,20 +350,28 @@ def test_bool_choice_float_and_int_controls_reach_the_applied_layers(zoo):
     assert w.error is None and layer.rslora and layer.scale == pytest.approx(4 / math.sqrt(4))
     assert layer.dropout.p == 0.25 and layer.init == "gaussian"
     assert {k: applied_config(w)[k] for k in ("rslora", "dropout", "init")} == {
-        "rslora": True, "dropout": 0.25, "init": "gaussian"}
+        "rslora": True,
+        "dropout": 0.25,
+        "init": "gaussian",
+    }
 
     w.controls["method"].value = "option_zoo"
     for key, value in (("flip", True), ("flavour", "sour"), ("temperature", 0.5), ("bumps", 4)):
         w.controls[key].value = value
     assert w.error is None
     assert {k: applied_config(w)[k] for k in ("flip", "flavour", "temperature", "bumps", "rslora")} == {
-        "flip": True, "flavour": "sour", "temperature": 0.5, "bumps": 4, "rslora": True}  # rslora kept from lora
+        "flip": True,
+        "flavour": "sour",
+        "temperature": 0.5,
+        "bumps": 4,
+        "rslora": True,
+    }  # rslora kept from lora
 
 
 def test_a_value_the_declaration_refuses_is_shown_not_applied():
     w = Playground(scenario="digits", method="lora", live=False, ghost=False)
-    w.controls["dropout"].value = 1.0           # the box allows its bound; the declaration says [0, 1)
-    assert isinstance(w.error, ValueError) and w.session is None   # nothing half-built is kept
+    w.controls["dropout"].value = 1.0  # the box allows its bound; the declaration says [0, 1)
+    assert isinstance(w.error, ValueError) and w.session is None  # nothing half-built is kept
     assert "layers 'fc1', 'fc2', 'fc3': dropout=1.0 is outside the allowed range [0, 1)" in w.status.value
     w.controls["dropout"].value = 0.5
     assert w.error is None and applied_config(w)["dropout"] == 0.5
@@ -371,9 +398,27 @@ def test_none_able_options_can_be_set_to_none_and_back(zoo):
 
 
 def test_from_state_round_trips_every_key_and_hides_option_controls(zoo):
-    w = Playground(scenario="low-rank teacher", method="option_zoo", rank=3, period=40, alpha=6.0, rslora=True,
-                   dropout=0.1, init="gaussian", bumps=5, temperature=0.25, flavour="spicy", flip=True,
-                   method_seed=7, clip=0.75, calm=3, lr=0.005, log_y=False, live=False, ghost=False)
+    w = Playground(
+        scenario="low-rank teacher",
+        method="option_zoo",
+        rank=3,
+        period=40,
+        alpha=6.0,
+        rslora=True,
+        dropout=0.1,
+        init="gaussian",
+        bumps=5,
+        temperature=0.25,
+        flavour="spicy",
+        flip=True,
+        method_seed=7,
+        clip=0.75,
+        calm=3,
+        lr=0.005,
+        log_y=False,
+        live=False,
+        ghost=False,
+    )
     state = w.state
     defaults = Playground(scenario="digits", method="option_zoo", live=False, ghost=False).state
     changed = {k for k in state if state[k] != defaults[k]}
@@ -386,7 +431,7 @@ def test_from_state_round_trips_every_key_and_hides_option_controls(zoo):
     for name in ("alpha", "flip"):
         assert pinned.controls[name].layout.display == "none"
     assert pinned.auto["alpha"].layout.display == "none"
-    pinned.controls["method"].value = "full"    # the hidden options go with their method ...
+    pinned.controls["method"].value = "full"  # the hidden options go with their method ...
     assert "alpha" not in pinned.controls and pinned.error is None
     pinned.controls["method"].value = "option_zoo"  # ... and come back hidden, with their values
     assert pinned.controls["alpha"].layout.display == "none" and pinned.state == state
@@ -398,13 +443,13 @@ def test_switching_method_rebuilds_the_option_row_and_period_companions_follow(z
     for _ in range(3):
         w.step()
     w.controls["scenario"].value = "low-rank teacher"
-    assert w.controls["alpha"] is alpha          # neither training nor a new task rebuilds the controls
+    assert w.controls["alpha"] is alpha  # neither training nor a new task rebuilds the controls
     w.controls["method"].value = "option_zoo"
     assert "flip" in w.controls and w.controls["alpha"] is not alpha
     assert w.state["calm"] == w.state["period"] // 10
     w.controls["period"].value = 60
     assert w.state["calm"] == 6 and applied_config(w)["every"] == 60 and applied_config(w)["calm"] == 6
-    w.controls["calm"].value = 3                 # the companion can be changed after the period set it
+    w.controls["calm"].value = 3  # the companion can be changed after the period set it
     w.controls["scenario"].value = "digits"
     assert applied_config(w)["calm"] == 3
     w.controls["method"].value = "full"
@@ -423,7 +468,7 @@ def test_unknown_or_refused_option_keywords_fail_at_construction(zoo):
 
 def test_a_shared_knob_that_may_be_none_gets_its_auto_box(zoo):
     w = Playground(scenario="digits", method="lora", rank=3, live=False, ghost=False)
-    assert w.auto["rank"].layout.display == "none"             # LoRA's rank is never None
+    assert w.auto["rank"].layout.display == "none"  # LoRA's rank is never None
     w.controls["method"].value = "auto_rank"
     assert w.auto["rank"].layout.display is None and w.auto["rank"].description == "auto: r = 2"
     layer = next(iter(sl.adapted_layers(w.session.model).values()))
@@ -437,5 +482,5 @@ def test_a_shared_knob_that_may_be_none_gets_its_auto_box(zoo):
     w.auto["rank"].value = False
     assert w.state["rank"] == 3 and not w.controls["rank"].disabled
     w.auto["rank"].value = True
-    w.controls["method"].value = "lora"                         # None is not LoRA's: the box is cleared
+    w.controls["method"].value = "lora"  # None is not LoRA's: the box is cleared
     assert w.state["rank"] == 3 and not w.auto["rank"].value and w.error is None

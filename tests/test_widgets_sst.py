@@ -12,8 +12,17 @@ import torch.nn.functional as F
 from torch import nn
 
 import spectrallab as sl
-from spectrallab.widgets.sst_view import (ACTIVE, HEATMAP, HIGHLIGHT, RESVD, SIGMA, SIGMA_ACTIVE, SIGMA_FIRST,
-                                          SSTView, demo_layer)
+from spectrallab.widgets.sst_view import (
+    ACTIVE,
+    HEATMAP,
+    HIGHLIGHT,
+    RESVD,
+    SIGMA,
+    SIGMA_ACTIVE,
+    SIGMA_FIRST,
+    SSTView,
+    demo_layer,
+)
 
 
 @pytest.fixture(scope="module")

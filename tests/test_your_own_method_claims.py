@@ -61,8 +61,15 @@ def method_cell() -> str:
 
 def chapter_namespace() -> dict:
     """What the chapter's method cell needs from the chapter's imports."""
-    return {"torch": torch, "nn": nn, "F": F, "sl": sl, "LoRA": LoRA, "LoRALinear": LoRALinear,
-            "LayerCounts": LayerCounts}
+    return {
+        "torch": torch,
+        "nn": nn,
+        "F": F,
+        "sl": sl,
+        "LoRA": LoRA,
+        "LoRALinear": LoRALinear,
+        "LayerCounts": LayerCounts,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -179,9 +186,9 @@ def test_memory_report_counts_one_scalar_per_gate(runs):
         model, _, opt = runs(method, LR_GOOD)
         reports[method] = sl.memory_report(model, opt).methods[method].measured
     lora, gated = reports["lora"], reports["gated_lora"]
-    assert gated.trainable - lora.trainable == 4 * len(LAYERS)          # one float32 gate per layer
+    assert gated.trainable - lora.trainable == 4 * len(LAYERS)  # one float32 gate per layer
     assert gated.gradients - lora.gradients == 4 * len(LAYERS)
-    assert gated.optimizer_state - lora.optimizer_state == 2 * 4 * len(LAYERS)   # Adam's two moments
+    assert gated.optimizer_state - lora.optimizer_state == 2 * 4 * len(LAYERS)  # Adam's two moments
     assert gated.parameters - lora.parameters == 4 * len(LAYERS)
 
 
@@ -203,6 +210,7 @@ def test_the_gate_rescues_lora_at_ten_times_the_learning_rate(runs):
     assert lora.max() <= 0.4, f"LoRA should break down at lr {LR_HIGH}: {lora}"
     assert gated.mean() >= 0.7 and gated.min() >= 0.55, f"gated LoRA should still adapt: {gated}"
     assert gated.mean() - lora.mean() >= 0.4
-    gates = np.array([[runs("gated_lora", LR_HIGH, seed)[0].get_submodule(n).gate.item() for n in LAYERS]
-                      for seed in SEEDS])
+    gates = np.array(
+        [[runs("gated_lora", LR_HIGH, seed)[0].get_submodule(n).gate.item() for n in LAYERS] for seed in SEEDS]
+    )
     assert (gates.mean(axis=0) <= 0.7).all(), f"the gates should have shrunk: {gates}"

@@ -11,7 +11,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import ipywidgets as W
 import plotly.graph_objects as go
@@ -19,8 +20,10 @@ from IPython.display import HTML, display
 
 from .display import live_mode
 
-STATIC_NOTE = ("<p style='color:#555;font-size:0.9em;margin:0.3em 0 1em 0'>A static snapshot. Run this "
-               "chapter in JupyterLab (<code>make lab</code>) to use the controls.</p>")
+STATIC_NOTE = (
+    "<p style='color:#555;font-size:0.9em;margin:0.3em 0 1em 0'>A static snapshot. Run this "
+    "chapter in JupyterLab (<code>make lab</code>) to use the controls.</p>"
+)
 
 
 class Widget:
@@ -45,7 +48,7 @@ class Widget:
         return {name: control.value for name, control in self.controls.items() if hasattr(control, "value")}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], *, hide: Iterable[str] = (), **kwargs: Any) -> "Widget":
+    def from_state(cls, state: dict[str, Any], *, hide: Iterable[str] = (), **kwargs: Any) -> Widget:
         return cls(**state, hide=hide, **kwargs)
 
     @property
@@ -53,12 +56,14 @@ class Widget:
         """Names of the controls hidden with :meth:`hide` (or ``hide=`` at construction)."""
         return frozenset(self._hidden)
 
-    def hide(self, *names: str) -> "Widget":
+    def hide(self, *names: str) -> Widget:
         """Hide controls by name (their values still apply): pin a setting for a lesson."""
         unknown = sorted(set(names) - set(self.controls))
         if unknown:
-            raise ValueError(f"{type(self).__name__} has no control(s) {', '.join(map(repr, unknown))}; "
-                             f"controls: {', '.join(self.controls)}")
+            raise ValueError(
+                f"{type(self).__name__} has no control(s) {', '.join(map(repr, unknown))}; "
+                f"controls: {', '.join(self.controls)}"
+            )
         for name in names:
             self.controls[name].layout.display = "none"
             self._hidden.add(name)
@@ -92,8 +97,10 @@ class Widget:
     def show_error(self, where: str, error: BaseException) -> None:
         """Put an exception's message where the reader sees it (never lost in a thread)."""
         self.error = error
-        self.status.value = (f"<pre style='color:#b00020;white-space:pre-wrap;margin:0'>{where}: "
-                             f"{type(error).__name__}: {_escape(str(error))}</pre>")
+        self.status.value = (
+            f"<pre style='color:#b00020;white-space:pre-wrap;margin:0'>{where}: "
+            f"{type(error).__name__}: {_escape(str(error))}</pre>"
+        )
 
     error: BaseException | None = None
 

@@ -21,8 +21,9 @@ else the adapted layers' methods; its *rank* is the config's ``rank`` — record
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import ipywidgets as W
 import numpy as np
@@ -34,11 +35,14 @@ from spectrallab.runs import Run, load_runs, runs_dir
 from .base import Widget, _escape
 from .plots import LAYOUT, palette
 
-TRAIN_LOSS = "train_loss"    # the metric key for the per-step training loss (Run.loss), not an eval metric
+TRAIN_LOSS = "train_loss"  # the metric key for the per-step training loss (Run.loss), not an eval metric
 FINAL_TRAIN_LOSS_STEPS = 10  # a run's "final" training loss: the mean of its last this-many steps
-DEFAULT_SELECTED = 12        # with no selection given, the most recent this-many runs are shown
-X_AXES = {"step": "step", "trainable_parameters": "trainable parameters (final value per run)",
-          "rank": "rank (final value per run)"}
+DEFAULT_SELECTED = 12  # with no selection given, the most recent this-many runs are shown
+X_AXES = {
+    "step": "step",
+    "trainable_parameters": "trainable parameters (final value per run)",
+    "rank": "rank (final value per run)",
+}
 GROUPINGS = {"method": "colour by method", "rank": "colour by rank", "run": "colour by run"}
 FULL_RANK_METHODS = {"full", "none"}  # methods that have no rank (every weight trains, or nothing is adapted)
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
@@ -104,10 +108,21 @@ class Compare(Widget):
     ``log_y``; and a **reload** button.
     """
 
-    def __init__(self, records: Sequence[Run] | None = None, *, directory: str | Path | None = None,
-                 selected: Iterable[str] | None = None, metric: str = "val_loss", x_axis: str = "step",
-                 rank: int | str = "all", group_by: str = "method", layer: str | None = None,
-                 log_y: bool = False, live: bool | None = None, hide: Iterable[str] = ()):
+    def __init__(
+        self,
+        records: Sequence[Run] | None = None,
+        *,
+        directory: str | Path | None = None,
+        selected: Iterable[str] | None = None,
+        metric: str = "val_loss",
+        x_axis: str = "step",
+        rank: int | str = "all",
+        group_by: str = "method",
+        layer: str | None = None,
+        log_y: bool = False,
+        live: bool | None = None,
+        hide: Iterable[str] = (),
+    ):
         super().__init__(live=live, hide=hide)
         if x_axis not in X_AXES:
             raise ValueError(f"x_axis={x_axis!r} is not one of {', '.join(map(repr, X_AXES))}")
@@ -117,7 +132,7 @@ class Compare(Widget):
         self.directory = None if records is not None else Path(directory) if directory is not None else runs_dir()
         self.records: list[Run] = list(records) if records is not None else load_runs(self.directory)
         self._syncing = False
-        self._left: list[int] = []   # indices into figure.data of the metric panel's traces
+        self._left: list[int] = []  # indices into figure.data of the metric panel's traces
         self._right: list[int] = []  # ... and of the spectrum panel's traces
 
         ids = [run.id for run in self.records]
@@ -128,15 +143,27 @@ class Compare(Widget):
         self.controls = {
             "selected": W.SelectMultiple(description="runs", layout=W.Layout(width="460px")),
             "metric": W.Dropdown(description="metric", layout=W.Layout(width="260px")),
-            "x_axis": W.Dropdown(options=[(label, key) for key, label in X_AXES.items()], value=x_axis,
-                                 description="x-axis", layout=W.Layout(width="360px")),
+            "x_axis": W.Dropdown(
+                options=[(label, key) for key, label in X_AXES.items()],
+                value=x_axis,
+                description="x-axis",
+                layout=W.Layout(width="360px"),
+            ),
             "rank": W.Dropdown(description="rank", layout=W.Layout(width="180px")),
-            "group_by": W.Dropdown(options=[(label, key) for key, label in GROUPINGS.items()], value=group_by,
-                                   description="group", layout=W.Layout(width="220px")),
+            "group_by": W.Dropdown(
+                options=[(label, key) for key, label in GROUPINGS.items()],
+                value=group_by,
+                description="group",
+                layout=W.Layout(width="220px"),
+            ),
             "layer": W.Dropdown(description="spectrum of", layout=W.Layout(width="260px")),
             "log_y": W.Checkbox(value=bool(log_y), description="log y", indent=False, layout=W.Layout(width="80px")),
-            "reload": W.Button(description="reload runs", icon="refresh", disabled=self.directory is None,
-                               tooltip="read the runs directory again (new runs are selected)"),
+            "reload": W.Button(
+                description="reload runs",
+                icon="refresh",
+                disabled=self.directory is None,
+                tooltip="read the runs directory again (new runs are selected)",
+            ),
         }
         self._set_options(selected=[rid for rid in selected if rid in ids], metric=metric, rank=rank, layer=layer)
         self.figure = self.make_figure(self._empty_figure())
@@ -152,8 +179,7 @@ class Compare(Widget):
         """The selected runs that pass the rank filter, in record order (oldest first)."""
         chosen = set(self.controls["selected"].value)
         rank = self.controls["rank"].value
-        return [run for run in self.records
-                if run.id in chosen and (rank == "all" or run_rank(run) == rank)]
+        return [run for run in self.records if run.id in chosen and (rank == "all" or run_rank(run) == rank)]
 
     def reload(self) -> None:
         """Read the runs directory again; runs that were not there before are added to the selection."""
@@ -208,14 +234,33 @@ class Compare(Widget):
     # -- figure ----------------------------------------------------------------------------------
     def _empty_figure(self) -> go.Figure:
         """The skeleton: two panels, one trace slot per run in each (more are added if runs arrive)."""
-        fig = make_subplots(rows=1, cols=2, column_widths=[0.58, 0.42], horizontal_spacing=0.1,
-                            subplot_titles=["metric", "final spectrum"])
-        fig.add_annotation(text="", x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
-                           font=dict(size=15, color="#555"), visible=False)
+        fig = make_subplots(
+            rows=1,
+            cols=2,
+            column_widths=[0.58, 0.42],
+            horizontal_spacing=0.1,
+            subplot_titles=["metric", "final spectrum"],
+        )
+        fig.add_annotation(
+            text="",
+            x=0.5,
+            y=0.5,
+            xref="paper",
+            yref="paper",
+            showarrow=False,
+            font=dict(size=15, color="#555"),
+            visible=False,
+        )
         # The legend sits below the panels: it grows with the number of runs, and there it pushes the
         # figure taller instead of running into the titles.
-        fig.update_layout(**{**LAYOUT, "height": 480, "margin": dict(l=60, r=20, t=80, b=50),
-                             "legend": dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0)})
+        fig.update_layout(
+            **{
+                **LAYOUT,
+                "height": 480,
+                "margin": dict(l=60, r=20, t=80, b=50),
+                "legend": dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0),
+            }
+        )
         fig.update_xaxes(title_text="index i", row=1, col=2)
         fig.update_yaxes(title_text="σ<sub>i</sub>", type="log", row=1, col=2)
         self._add_slots(fig, len(self.records))
@@ -274,8 +319,9 @@ class Compare(Widget):
             fig.layout.annotations[1].text = f"final spectrum of {layer}" if layer else "final spectrum (none recorded)"
             note = self._empty_message(shown)
             fig.layout.annotations[2].update(text=note, visible=bool(note))
-            fig.layout.title.text = (f"{len(shown)} of {len(self.records)} recorded runs"
-                                     + (f" · r = {c['rank'].value}" if c["rank"].value != "all" else ""))
+            fig.layout.title.text = f"{len(shown)} of {len(self.records)} recorded runs" + (
+                f" · r = {c['rank'].value}" if c["rank"].value != "all" else ""
+            )
         self.status.value = self._status_html(shown, notes)
         self.error = None
 
@@ -298,11 +344,22 @@ class Compare(Widget):
             group = group_of[run.id]
             dash = DASHES[dash_count.get(group, 0) % len(DASHES)]
             dash_count[group] = dash_count.get(group, 0) + 1
-            traces.append(dict(x=steps, y=values, name=labels[run.id], legendgroup=run.id, showlegend=True,
-                               mode="lines" if metric == TRAIN_LOSS else "lines+markers",
-                               line=dict(color=colors[group], dash=dash, width=1.5 if metric == TRAIN_LOSS else 2),
-                               marker=dict(size=5, color=colors[group]), text=None, textposition=None,
-                               hovertext=None, hovertemplate=None))
+            traces.append(
+                dict(
+                    x=steps,
+                    y=values,
+                    name=labels[run.id],
+                    legendgroup=run.id,
+                    showlegend=True,
+                    mode="lines" if metric == TRAIN_LOSS else "lines+markers",
+                    line=dict(color=colors[group], dash=dash, width=1.5 if metric == TRAIN_LOSS else 2),
+                    marker=dict(size=5, color=colors[group]),
+                    text=None,
+                    textposition=None,
+                    hovertext=None,
+                    hovertemplate=None,
+                )
+            )
         return traces
 
     def _finals(self, shown, metric, x_axis, group_by, group_of, groups, colors, labels, notes) -> list[dict]:
@@ -317,19 +374,33 @@ class Compare(Widget):
             if not math.isfinite(y):
                 notes.append(f"{labels[run.id]}: no {metric_label(metric)}")
                 continue
-            tag = run_method(run) if group_by == "rank" else "" if group_by == "run" else (
-                f"r={run_rank(run)}" if run_rank(run) is not None else "")
+            tag = (
+                run_method(run)
+                if group_by == "rank"
+                else ""
+                if group_by == "run"
+                else (f"r={run_rank(run)}" if run_rank(run) is not None else "")
+            )
             points.setdefault(group_of[run.id], []).append((float(x), y, tag, labels[run.id]))
         traces = []
         for group in (g for g in groups if g in points):
             rows = sorted(points[group], key=lambda row: row[0])
-            traces.append(dict(x=[row[0] for row in rows], y=[row[1] for row in rows], name=group, legendgroup=group,
-                               showlegend=True,
-                               mode="lines+markers+text" if any(row[2] for row in rows) else "lines+markers",
-                               line=dict(color=colors[group], dash="solid", width=2),
-                               marker=dict(size=9, color=colors[group]), text=[row[2] for row in rows],
-                               textposition="top center", hovertext=[row[3] for row in rows],
-                               hovertemplate="%{hovertext}<br>x = %{x:,}<br>y = %{y:.4g}<extra></extra>"))
+            traces.append(
+                dict(
+                    x=[row[0] for row in rows],
+                    y=[row[1] for row in rows],
+                    name=group,
+                    legendgroup=group,
+                    showlegend=True,
+                    mode="lines+markers+text" if any(row[2] for row in rows) else "lines+markers",
+                    line=dict(color=colors[group], dash="solid", width=2),
+                    marker=dict(size=9, color=colors[group]),
+                    text=[row[2] for row in rows],
+                    textposition="top center",
+                    hovertext=[row[3] for row in rows],
+                    hovertemplate="%{hovertext}<br>x = %{x:,}<br>y = %{y:.4g}<extra></extra>",
+                )
+            )
         return traces
 
     def _spectra(self, shown, layer, x_axis, group_of, colors, labels, notes) -> list[dict]:
@@ -344,10 +415,18 @@ class Compare(Widget):
                 continue
             step, values = history[-1]
             group = group_of[run.id]
-            traces.append(dict(x=list(range(1, len(values) + 1)), y=list(values),
-                               name=f"{labels[run.id]} (step {step})",
-                               legendgroup=run.id if x_axis == "step" else group, showlegend=False, mode="lines",
-                               line=dict(color=colors[group], width=1.5), hovertemplate=None))
+            traces.append(
+                dict(
+                    x=list(range(1, len(values) + 1)),
+                    y=list(values),
+                    name=f"{labels[run.id]} (step {step})",
+                    legendgroup=run.id if x_axis == "step" else group,
+                    showlegend=False,
+                    mode="lines",
+                    line=dict(color=colors[group], width=1.5),
+                    hovertemplate=None,
+                )
+            )
         return traces
 
     # -- words -----------------------------------------------------------------------------------
@@ -363,12 +442,16 @@ class Compare(Widget):
     def _status_html(self, shown: list[Run], notes: list[str]) -> str:
         if not self.records:
             where = f" in <code>{_escape(str(self.directory))}</code>" if self.directory is not None else ""
-            return (f"No recorded runs{where} yet. Train one with <code>sl.fit(model, task, steps)</code> "
-                    "(runs are recorded by default), then press <b>reload runs</b>.")
+            return (
+                f"No recorded runs{where} yet. Train one with <code>sl.fit(model, task, steps)</code> "
+                "(runs are recorded by default), then press <b>reload runs</b>."
+            )
         parts = [f"{len(shown)} of {len(self.records)} runs shown"]
         if self._missing_pinned:
-            parts.append(f"{len(self._missing_pinned)} pinned run(s) not found: "
-                         + ", ".join(_escape(rid) for rid in self._missing_pinned))
+            parts.append(
+                f"{len(self._missing_pinned)} pinned run(s) not found: "
+                + ", ".join(_escape(rid) for rid in self._missing_pinned)
+            )
         if notes:
             parts.append("left out: " + "; ".join(_escape(note) for note in notes))
         return " · ".join(parts)

@@ -42,8 +42,15 @@ class OfflineNotebookRenderer(NotebookRenderer):
         self.height = height
 
     def to_mimebundle(self, fig_dict):
-        html = pio.to_html(fig_dict, config=self.config, include_plotlyjs=False, include_mathjax=False,
-                           full_html=False, default_width="100%", default_height=self.height)
+        html = pio.to_html(
+            fig_dict,
+            config=self.config,
+            include_plotlyjs=False,
+            include_mathjax=False,
+            full_html=False,
+            default_width="100%",
+            default_height=self.height,
+        )
         return {"text/html": html}
 
 

@@ -22,8 +22,9 @@ after it, with no change here.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import ipywidgets as W
 import numpy as np
@@ -81,7 +82,7 @@ def _mixed_cosines(size: int, generator: torch.Generator, block: int = 16) -> to
     for start in range(0, size, block):
         width = min(block, size - start)
         rotation = random_orthonormal(width, width, generator).double()
-        basis[:, start:start + width] = basis[:, start:start + width] @ rotation
+        basis[:, start : start + width] = basis[:, start : start + width] @ rotation
     return basis
 
 
@@ -108,15 +109,18 @@ def matrix_sources(source: Any) -> dict[str, Any]:
     if isinstance(source, nn.Module):
         layers: dict[str, nn.Module] = {}
         for name, module in source.named_modules():
-            inside_adapted = any(name.startswith(outer + ".") for outer, m in layers.items()
-                                 if isinstance(m, AdaptedLinear))
+            inside_adapted = any(
+                name.startswith(outer + ".") for outer, m in layers.items() if isinstance(m, AdaptedLinear)
+            )
             if isinstance(module, (nn.Linear, AdaptedLinear)) and not inside_adapted:
                 layers[name or type(module).__name__] = module
         if not layers:
             raise ValueError(f"{type(source).__name__} has no nn.Linear or adapted layer to explore")
         return layers
-    raise TypeError(f"source must be None, a 2-D tensor, a linear/adapted layer, a mapping of those or a model; "
-                    f"got {type(source).__name__}")
+    raise TypeError(
+        f"source must be None, a 2-D tensor, a linear/adapted layer, a mapping of those or a model; "
+        f"got {type(source).__name__}"
+    )
 
 
 def _shape_label(name: str, item: Any) -> str:
@@ -146,7 +150,7 @@ class Decomposition:
         self.U, self.S, self.Vh = svd(self.W)
         self.US = self.U * self.S  # so a rank-r reconstruction is one matmul: US[:, :r] @ Vh[:r]
         self.norm = float(torch.linalg.matrix_norm(self.W))
-        self.energy = energy(self.S).double().cpu().numpy()                     # [r-1] → energy at rank r
+        self.energy = energy(self.S).double().cpu().numpy()  # [r-1] → energy at rank r
         self.relative_bound = np.sqrt(np.clip(1.0 - self.energy, 0.0, None))  # ‖W − W_r‖_F / ‖W‖_F
         self.sigma = self.S.double().cpu().numpy()
         self.rows = _stride(self.m)
@@ -178,13 +182,13 @@ class Readout:
     layer: str
     rank: int
     k: int
-    energy: float           # fraction of ‖W‖_F² kept by the top r singular values
-    error: float            # measured ‖W − W_r‖_F of the reconstruction
-    bound: float            # Eckart–Young: √Σ_{i>r} σ_i², the smallest possible rank-r error
-    relative_error: float   # error / ‖W‖_F
+    energy: float  # fraction of ‖W‖_F² kept by the top r singular values
+    error: float  # measured ‖W − W_r‖_F of the reconstruction
+    bound: float  # Eckart–Young: √Σ_{i>r} σ_i², the smallest possible rank-r error
+    relative_error: float  # error / ‖W‖_F
     init: str
     init_indices: list[int]  # 0-based spectrum indices the init copies into BA (empty for LoRA's own)
-    init_energy: float       # fraction of ‖W‖_F² in those directions
+    init_energy: float  # fraction of ‖W‖_F² in those directions
 
 
 class SpectrumExplorer(Widget):
@@ -199,9 +203,17 @@ class SpectrumExplorer(Widget):
     :attr:`readout`.
     """
 
-    def __init__(self, source: Any = None, *, layer: str | None = None, rank: int | None = None,
-                 init: str | None = None, log_y: bool = True, live: bool | None = None,
-                 hide: Iterable[str] = ()):
+    def __init__(
+        self,
+        source: Any = None,
+        *,
+        layer: str | None = None,
+        rank: int | None = None,
+        init: str | None = None,
+        log_y: bool = True,
+        live: bool | None = None,
+        hide: Iterable[str] = (),
+    ):
         super().__init__(live=live, hide=hide)
         self.sources = matrix_sources(source)
         self._decompositions: dict[str, Decomposition] = {}
@@ -222,13 +234,22 @@ class SpectrumExplorer(Widget):
             raise ValueError(f"rank={rank!r} is outside the allowed range [1, {decomposition.k}] for layer {layer!r}")
 
         self.controls = {
-            "layer": W.Dropdown(options=[(_shape_label(name, item), name) for name, item in self.sources.items()],
-                                value=layer, description="layer", layout=W.Layout(width="320px")),
-            "rank": W.IntSlider(value=int(rank), min=1, max=decomposition.k, description="rank r",
-                                continuous_update=True, layout=W.Layout(width="360px")),
+            "layer": W.Dropdown(
+                options=[(_shape_label(name, item), name) for name, item in self.sources.items()],
+                value=layer,
+                description="layer",
+                layout=W.Layout(width="320px"),
+            ),
+            "rank": W.IntSlider(
+                value=int(rank),
+                min=1,
+                max=decomposition.k,
+                description="rank r",
+                continuous_update=True,
+                layout=W.Layout(width="360px"),
+            ),
             "init": W.Dropdown(options=inits, value=init, description="init", layout=W.Layout(width="220px")),
-            "log_y": W.Checkbox(value=bool(log_y), description="log σ", indent=False,
-                                layout=W.Layout(width="80px")),
+            "log_y": W.Checkbox(value=bool(log_y), description="log σ", indent=False, layout=W.Layout(width="80px")),
         }
         self.figure = self.make_figure(self._empty_figure())
         self._draw_layer()
@@ -254,44 +275,96 @@ class SpectrumExplorer(Widget):
     # -- figure ----------------------------------------------------------------------------------
     def _empty_figure(self) -> go.Figure:
         """The figure's fixed skeleton: every trace and shape exists from the start and is only updated."""
-        fig = make_subplots(rows=2, cols=3, specs=[[{"colspan": 2}, None, {}], [{}, {}, {}]],
-                            row_heights=[0.55, 0.45], vertical_spacing=0.12, horizontal_spacing=0.06,
-                            subplot_titles=["Singular values σ<sub>i</sub>", "Error and energy against rank r",
-                                            "W", "W<sub>r</sub> (rank-r reconstruction)",
-                                            "W − W<sub>r</sub> (what is lost)"])
+        fig = make_subplots(
+            rows=2,
+            cols=3,
+            specs=[[{"colspan": 2}, None, {}], [{}, {}, {}]],
+            row_heights=[0.55, 0.45],
+            vertical_spacing=0.12,
+            horizontal_spacing=0.06,
+            subplot_titles=[
+                "Singular values σ<sub>i</sub>",
+                "Error and energy against rank r",
+                "W",
+                "W<sub>r</sub> (rank-r reconstruction)",
+                "W − W<sub>r</sub> (what is lost)",
+            ],
+        )
         kept = dict(mode="lines+markers", marker=dict(size=4))
-        fig.add_trace(go.Scatter(name="kept σ<sub>1</sub> … σ<sub>r</sub>", line=dict(color=KEPT_COLOR), **kept),
-                      row=1, col=1)
-        fig.add_trace(go.Scatter(name="dropped σ<sub>r+1</sub> … σ<sub>k</sub>", line=dict(color=DROPPED_COLOR),
-                                 **kept), row=1, col=1)
-        fig.add_trace(go.Scatter(name="taken into BA by the init", mode="markers",
-                                 marker=dict(symbol="circle-open", size=9, color=INIT_COLOR, line=dict(width=2))),
-                      row=1, col=1)
+        fig.add_trace(
+            go.Scatter(name="kept σ<sub>1</sub> … σ<sub>r</sub>", line=dict(color=KEPT_COLOR), **kept), row=1, col=1
+        )
+        fig.add_trace(
+            go.Scatter(name="dropped σ<sub>r+1</sub> … σ<sub>k</sub>", line=dict(color=DROPPED_COLOR), **kept),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                name="taken into BA by the init",
+                mode="markers",
+                marker=dict(symbol="circle-open", size=9, color=INIT_COLOR, line=dict(width=2)),
+            ),
+            row=1,
+            col=1,
+        )
         bound_name = "Eckart–Young bound ‖W − W<sub>r</sub>‖<sub>F</sub> / ‖W‖<sub>F</sub>"
         fig.add_trace(go.Scatter(name=bound_name, mode="lines", line=dict(color=KEPT_COLOR)), row=1, col=3)
         fig.add_trace(go.Scatter(name="energy captured", mode="lines", line=dict(color=ENERGY_COLOR)), row=1, col=3)
-        fig.add_trace(go.Scatter(name="measured error at r", mode="markers",
-                                 marker=dict(symbol="x", size=11, color="black")), row=1, col=3)
-        fig.add_trace(go.Scatter(name="energy at r", mode="markers", showlegend=False,
-                                 marker=dict(size=9, color=ENERGY_COLOR)), row=1, col=3)
+        fig.add_trace(
+            go.Scatter(name="measured error at r", mode="markers", marker=dict(symbol="x", size=11, color="black")),
+            row=1,
+            col=3,
+        )
+        fig.add_trace(
+            go.Scatter(name="energy at r", mode="markers", showlegend=False, marker=dict(size=9, color=ENERGY_COLOR)),
+            row=1,
+            col=3,
+        )
         for col, name in zip((1, 2, 3), ("W", "W_r", "W − W_r")):
-            fig.add_trace(go.Heatmap(name=name, coloraxis="coloraxis", hovertemplate="row %{y}, col %{x}: %{z:.3g}"
-                                     "<extra>" + name + "</extra>"), row=2, col=col)
+            fig.add_trace(
+                go.Heatmap(
+                    name=name,
+                    coloraxis="coloraxis",
+                    hovertemplate="row %{y}, col %{x}: %{z:.3g}<extra>" + name + "</extra>",
+                ),
+                row=2,
+                col=col,
+            )
         for col in (1, 3):  # the cut, on the spectrum and on the error/energy panel
             fig.add_vline(x=1, line_dash="dash", line_color="gray", row=1, col=col)
-        fig.update_layout(**{**LAYOUT, "height": 780, "margin": dict(l=60, r=20, t=150, b=30),
-                             "legend": dict(orientation="h", yanchor="bottom", y=1.06, xanchor="left", x=0)},
-                          title=dict(y=0.98, yanchor="top", font_size=15),
-                          coloraxis=dict(colorscale="RdBu", cmid=0, colorbar=dict(title="entry", len=0.4, y=0.2)))
+        fig.update_layout(
+            **{
+                **LAYOUT,
+                "height": 780,
+                "margin": dict(l=60, r=20, t=150, b=30),
+                "legend": dict(orientation="h", yanchor="bottom", y=1.06, xanchor="left", x=0),
+            },
+            title=dict(y=0.98, yanchor="top", font_size=15),
+            coloraxis=dict(colorscale="RdBu", cmid=0, colorbar=dict(title="entry", len=0.4, y=0.2)),
+        )
         fig.update_xaxes(title_text="index i", row=1, col=1)
         fig.update_yaxes(title_text="σ<sub>i</sub>", row=1, col=1)
         fig.update_xaxes(title_text="rank r", row=1, col=3)
-        fig.update_yaxes(title_text="fraction of ‖W‖<sub>F</sub> (error) or ‖W‖<sub>F</sub>² (energy)",
-                         title_font_size=11, range=[0, 1.05], row=1, col=3)
+        fig.update_yaxes(
+            title_text="fraction of ‖W‖<sub>F</sub> (error) or ‖W‖<sub>F</sub>² (energy)",
+            title_font_size=11,
+            range=[0, 1.05],
+            row=1,
+            col=3,
+        )
         for col, axis in zip((1, 2, 3), ("x3", "x4", "x5")):
             fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, constrain="domain", row=2, col=col)
-            fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed",
-                             scaleanchor=axis, constrain="domain", row=2, col=col)
+            fig.update_yaxes(
+                showticklabels=False,
+                showgrid=False,
+                zeroline=False,
+                autorange="reversed",
+                scaleanchor=axis,
+                constrain="domain",
+                row=2,
+                col=col,
+            )
         return fig
 
     @property
@@ -335,10 +408,17 @@ class SpectrumExplorer(Widget):
         W_r_sample = d.reconstruction_sample(r)
         taken = spectrum_indices(init, d.k, r)
         self.readout = Readout(
-            layer=self.controls["layer"].value, rank=r, k=d.k, energy=float(d.energy[r - 1]), error=error,
-            bound=float(eckart_young_error(d.S, r)), relative_error=error / d.norm if d.norm else 0.0, init=init,
-            init_indices=taken, init_energy=float(np.square(d.sigma[taken]).sum() / np.square(d.sigma).sum())
-            if taken and d.norm else 0.0)
+            layer=self.controls["layer"].value,
+            rank=r,
+            k=d.k,
+            energy=float(d.energy[r - 1]),
+            error=error,
+            bound=float(eckart_young_error(d.S, r)),
+            relative_error=error / d.norm if d.norm else 0.0,
+            init=init,
+            init_indices=taken,
+            init_energy=float(np.square(d.sigma[taken]).sum() / np.square(d.sigma).sum()) if taken and d.norm else 0.0,
+        )
         index = np.arange(1, d.k + 1)
         fig = self.figure
         with fig.batch_update():
@@ -369,9 +449,11 @@ class SpectrumExplorer(Widget):
     # -- words -----------------------------------------------------------------------------------
     def _title(self) -> str:
         o = self.readout
-        return (f"r = {o.rank} of {o.k}: energy captured {o.energy:.1%}, ‖W − W<sub>r</sub>‖<sub>F</sub> = "
-                f"{o.error:.4g} (Eckart–Young bound {o.bound:.4g})<br>"
-                f"<sup>{o.layer} · {self._init_sentence()}</sup>")
+        return (
+            f"r = {o.rank} of {o.k}: energy captured {o.energy:.1%}, ‖W − W<sub>r</sub>‖<sub>F</sub> = "
+            f"{o.error:.4g} (Eckart–Young bound {o.bound:.4g})<br>"
+            f"<sup>{o.layer} · {self._init_sentence()}</sup>"
+        )
 
     def _init_sentence(self) -> str:
         """What the selected init takes from the spectrum, worked out from the library's table."""
@@ -385,14 +467,17 @@ class SpectrumExplorer(Widget):
             which = f"σ<sub>{first}</sub> … σ<sub>{last}</sub>"
         else:
             which = f"{len(o.init_indices)} singular directions (circled)"
-        return (f"init '{o.init}' copies {which} ({o.init_energy:.1%} of the energy) into BA; "
-                f"the frozen W keeps the rest")
+        return (
+            f"init '{o.init}' copies {which} ({o.init_energy:.1%} of the energy) into BA; the frozen W keeps the rest"
+        )
 
     def _status_html(self) -> str:
         o = self.readout
-        return (f"r = {o.rank}/{o.k} · energy captured {o.energy:.1%} · ‖W − W<sub>r</sub>‖<sub>F</sub> = "
-                f"{o.error:.4g} (Eckart–Young bound {o.bound:.4g}; {o.relative_error:.1%} of ‖W‖<sub>F</sub>) · "
-                f"{self._init_sentence()}")
+        return (
+            f"r = {o.rank}/{o.k} · energy captured {o.energy:.1%} · ‖W − W<sub>r</sub>‖<sub>F</sub> = "
+            f"{o.error:.4g} (Eckart–Young bound {o.bound:.4g}; {o.relative_error:.1%} of ‖W‖<sub>F</sub>) · "
+            f"{self._init_sentence()}"
+        )
 
     # -- plumbing --------------------------------------------------------------------------------
     def _observe(self, name: str, redraw) -> None:

@@ -85,8 +85,7 @@ def dropdown_options(option: Option) -> list[Any]:
 
 def value_control(name: str, option: Option, value: Any, description: str | None = None) -> W.ValueWidget:
     """The control for one option holding ``value`` (a None-able number holds its placeholder instead)."""
-    common = dict(description=description or name, tooltip=tooltip(option),
-                  style={"description_width": "initial"})
+    common = dict(description=description or name, tooltip=tooltip(option), style={"description_width": "initial"})
     shown = placeholder(option) if value is None else value
     if option.kind == "choice":
         return W.Dropdown(options=dropdown_options(option), value=shown, **common)
@@ -103,9 +102,14 @@ def value_control(name: str, option: Option, value: Any, description: str | None
         return W.FloatText(value=float(shown), step=None, layout=box, **common)
     # Bounds of the box are inclusive; an open end (dropout < 1) typed exactly is refused by the
     # declaration when the run is built, with the allowed range in the message.
-    return W.BoundedFloatText(value=float(shown), step=None, layout=box,
-                              min=-FLOAT_LIMIT if option.low is None else float(option.low),
-                              max=FLOAT_LIMIT if high is None else float(high), **common)
+    return W.BoundedFloatText(
+        value=float(shown),
+        step=None,
+        layout=box,
+        min=-FLOAT_LIMIT if option.low is None else float(option.low),
+        max=FLOAT_LIMIT if high is None else float(high),
+        **common,
+    )
 
 
 def needs_auto(option: Option) -> bool:
@@ -115,9 +119,24 @@ def needs_auto(option: Option) -> bool:
 
 def auto_checkbox(option: Option, value: Any) -> W.Checkbox:
     """The checkbox that says "None" for a None-able option: ``auto: <what None means>``."""
-    return W.Checkbox(value=value is None, description=f"auto: {option.none}", indent=False,
-                      tooltip=f"None: {option.none}", layout=W.Layout(width="auto"))
+    return W.Checkbox(
+        value=value is None,
+        description=f"auto: {option.none}",
+        indent=False,
+        tooltip=f"None: {option.none}",
+        layout=W.Layout(width="auto"),
+    )
 
 
-__all__ = ["declared", "fits", "placeholder", "int_bounds", "value_control", "needs_auto", "auto_checkbox",
-           "choice_pairs", "dropdown_options", "tooltip"]
+__all__ = [
+    "declared",
+    "fits",
+    "placeholder",
+    "int_bounds",
+    "value_control",
+    "needs_auto",
+    "auto_checkbox",
+    "choice_pairs",
+    "dropdown_options",
+    "tooltip",
+]

@@ -22,7 +22,8 @@ import math
 import threading
 import time
 import weakref
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import ipywidgets as W
 import numpy as np
@@ -38,7 +39,7 @@ from .option_controls import auto_checkbox, declared, dropdown_options, fits, ne
 from .plots import LAYOUT, palette
 from .session import SCENARIOS, TrainingSession, reference_run
 
-REFRESH_SECONDS = 0.1       # redraw at most ~10 times a second while training
+REFRESH_SECONDS = 0.1  # redraw at most ~10 times a second while training
 STRUCTURAL = ("scenario", "method", "rank", "sparsity", "init", "period", "steps")
 # Options many methods share: permanent controls (their state keys never change), hidden for a method
 # that lacks them. Every other declared option gets a control of its own when its method is chosen.
@@ -46,7 +47,7 @@ SHARED_OPTIONS = ("rank", "sparsity", "init")
 # The Playground's own keywords: a method option of the same name (SST's layer `seed`) gets the key
 # "method_<name>", so that Playground(**state) cannot confuse the two.
 OWN_KEYWORDS = ("scenario", "method", "period", "lr", "steps", "layer", "log_y", "seed", "ghost", "live", "hide")
-_PLAYGROUNDS: "weakref.WeakSet[Playground]" = weakref.WeakSet()
+_PLAYGROUNDS: weakref.WeakSet[Playground] = weakref.WeakSet()
 
 # Trace order in the figure. The last two (the scenario's headline metric and its ghost) are hidden,
 # with their axis, for a scenario that has none; they come last so the first six keep their places.
@@ -96,11 +97,24 @@ class Playground(Widget):
     laptop CPU).
     """
 
-    def __init__(self, scenario: str = "rotated digits (fine-tune)", method: str = "lora", rank: int | None = 4,
-                 sparsity: float | None = 0.05, init: Any = "default", period: int | None = None,
-                 lr: float | None = None, steps: int | None = None, layer: str | None = None, log_y: bool = True,
-                 seed: int = 0, ghost: bool = True, live: bool | None = None, hide: Iterable[str] = (),
-                 **options: Any):
+    def __init__(
+        self,
+        scenario: str = "rotated digits (fine-tune)",
+        method: str = "lora",
+        rank: int | None = 4,
+        sparsity: float | None = 0.05,
+        init: Any = "default",
+        period: int | None = None,
+        lr: float | None = None,
+        steps: int | None = None,
+        layer: str | None = None,
+        log_y: bool = True,
+        seed: int = 0,
+        ghost: bool = True,
+        live: bool | None = None,
+        hide: Iterable[str] = (),
+        **options: Any,
+    ):
         super().__init__(live=live, hide=hide)
         if scenario not in SCENARIOS:
             raise ValueError(f"scenario={scenario!r} is not one of {', '.join(SCENARIOS)}")
@@ -118,10 +132,17 @@ class Playground(Widget):
         c["scenario"] = W.Dropdown(options=list(SCENARIOS), value=scenario, description="task")
         c["method"] = W.Dropdown(options=sl.methods(), value=method, description="method")
         rank_shown = 4 if rank is None else rank
-        c["rank"] = W.IntSlider(value=rank_shown, min=1, max=max(rank_shown, 64), description="rank",
-                                continuous_update=False)
-        c["sparsity"] = W.FloatSlider(value=0.05 if sparsity is None else sparsity, min=0.01, max=1.0, step=0.01,
-                                      description="sparsity", continuous_update=False)
+        c["rank"] = W.IntSlider(
+            value=rank_shown, min=1, max=max(rank_shown, 64), description="rank", continuous_update=False
+        )
+        c["sparsity"] = W.FloatSlider(
+            value=0.05 if sparsity is None else sparsity,
+            min=0.01,
+            max=1.0,
+            step=0.01,
+            description="sparsity",
+            continuous_update=False,
+        )
         init_choices = _shared_choices(method_class, "init") or sorted(LORA_INITS)
         init_values = [choice[1] if isinstance(choice, tuple) else choice for choice in init_choices]
         shown = init
@@ -131,22 +152,35 @@ class Playground(Widget):
         c["init"] = W.Dropdown(options=init_choices, value=shown, description="init")
         # "auto" (None) for a shared option, shown only for a method whose declaration allows None.
         self.auto: dict[str, W.Checkbox] = {
-            name: W.Checkbox(value=value is None, description="auto", indent=False,
-                             layout=W.Layout(width="auto", display="none"))
-            for name, value in (("rank", rank), ("sparsity", sparsity), ("init", init))}
+            name: W.Checkbox(
+                value=value is None, description="auto", indent=False, layout=W.Layout(width="auto", display="none")
+            )
+            for name, value in (("rank", rank), ("sparsity", sparsity), ("init", init))
+        }
         # One knob for every method with periodic work (ReLoRA's restarts, GaLore's projection
         # updates, SST's resampling): short enough by default that a run shows several periods.
-        c["period"] = W.BoundedIntText(value=period or sl.pick(ci=25, cpu=50, gpu=200), min=1, max=10**6,
-                                       description="period")
-        c["lr"] = W.FloatLogSlider(value=lr or spec.suggested_lr(method), base=10, min=-4, max=-0.5, step=0.1,
-                                   description="lr", readout_format=".1e", continuous_update=False)
-        c["steps"] = W.BoundedIntText(value=steps or sl.pick(ci=150, cpu=600, gpu=3000), min=1, max=10**7,
-                                      description="steps")
+        c["period"] = W.BoundedIntText(
+            value=period or sl.pick(ci=25, cpu=50, gpu=200), min=1, max=10**6, description="period"
+        )
+        c["lr"] = W.FloatLogSlider(
+            value=lr or spec.suggested_lr(method),
+            base=10,
+            min=-4,
+            max=-0.5,
+            step=0.1,
+            description="lr",
+            readout_format=".1e",
+            continuous_update=False,
+        )
+        c["steps"] = W.BoundedIntText(
+            value=steps or sl.pick(ci=150, cpu=600, gpu=3000), min=1, max=10**7, description="steps"
+        )
         c["layer"] = W.Dropdown(options=list(spec.layers), value=layer or spec.layers[0], description="layer")
         c["log_y"] = W.Checkbox(value=log_y, description="log scale")
-        self.buttons = {name: W.Button(description=name.capitalize(), icon=icon, layout=W.Layout(width="90px"))
-                        for name, icon in (("play", "play"), ("pause", "pause"), ("step", "step-forward"),
-                                           ("reset", "refresh"))}
+        self.buttons = {
+            name: W.Button(description=name.capitalize(), icon=icon, layout=W.Layout(width="90px"))
+            for name, icon in (("play", "play"), ("pause", "pause"), ("step", "step-forward"), ("reset", "refresh"))
+        }
         self.buttons["play"].on_click(lambda _: self._guard("Play", self.play))
         self.buttons["pause"].on_click(lambda _: self._guard("Pause", self.pause))
         self.buttons["step"].on_click(lambda _: self._guard("Step", self.step))
@@ -169,8 +203,9 @@ class Playground(Widget):
         self._build_option_controls(method_class, c["period"].value)
         c["lr"].observe(lambda change: self._guard("changing lr", self._apply_lr), names="value")
         for name in ("layer", "log_y"):  # (not while reset() refills them: it draws once at its end)
-            c[name].observe(lambda change: None if self._building else self._guard("redrawing", self.draw),
-                            names="value")
+            c[name].observe(
+                lambda change: None if self._building else self._guard("redrawing", self.draw), names="value"
+            )
         self._finish_controls()
         for other in list(_PLAYGROUNDS):
             other.pause()
@@ -187,7 +222,7 @@ class Playground(Widget):
                 state[key] = None
         return state
 
-    def hide(self, *names: str) -> "Playground":
+    def hide(self, *names: str) -> Playground:
         super().hide(*names)
         for name in names:
             if name in self.auto:
@@ -200,8 +235,11 @@ class Playground(Widget):
         """key -> (name, declaration) of the options that get a control of their own: all the declared
         ones but the shared knobs and what the period knob sets."""
         primary, _ = period_driven(method_class)
-        return {option_key(name): (name, option) for name, option in declared(method_class).items()
-                if name not in SHARED_OPTIONS and name not in primary}
+        return {
+            option_key(name): (name, option)
+            for name, option in declared(method_class).items()
+            if name not in SHARED_OPTIONS and name not in primary
+        }
 
     def _check_option_keywords(self, method_class: type, options: dict[str, Any]) -> None:
         own = self._own_options(method_class)
@@ -209,9 +247,11 @@ class Playground(Widget):
         if unknown:
             primary, _ = period_driven(method_class)
             by_period = f"; the period knob sets {', '.join(sorted(primary))}" if primary else ""
-            raise TypeError(f"Playground(method={method_class.name!r}) got unknown keyword(s) {', '.join(unknown)}; "
-                            f"the method's other options are: {', '.join(own) or 'none'} (rank, sparsity "
-                            f"and init are keywords of their own{by_period})")
+            raise TypeError(
+                f"Playground(method={method_class.name!r}) got unknown keyword(s) {', '.join(unknown)}; "
+                f"the method's other options are: {', '.join(own) or 'none'} (rank, sparsity "
+                f"and init are keywords of their own{by_period})"
+            )
         for key, value in options.items():
             name, option = own[key]
             option.validate(f"Playground(method={method_class.name!r})", name, value)
@@ -229,8 +269,10 @@ class Playground(Widget):
         own = self._own_options(method_class)
         clash = sorted(set(own) & set(self.controls))
         if clash:
-            raise ValueError(f"method {method_class.name!r}: option(s) {', '.join(clash)} would take the "
-                             f"Playground's control(s) of that name")
+            raise ValueError(
+                f"method {method_class.name!r}: option(s) {', '.join(clash)} would take the "
+                f"Playground's control(s) of that name"
+            )
         _, companions = period_driven(method_class)
         derived = method_class.period_options(period) or {}
         row = []
@@ -358,8 +400,9 @@ class Playground(Widget):
         S0 = self.session.start_spectra[layer].numpy()
         ghost = self.reference.eval_series("val_loss") if self.reference is not None else ([], [])
         metric = self.session.scenario.metric
-        ghost_metric = (self.reference.eval_series(metric.key) if self.reference is not None and metric is not None
-                        else ([], []))
+        ghost_metric = (
+            self.reference.eval_series(metric.key) if self.reference is not None and metric is not None else ([], [])
+        )
         idx = np.arange(1, len(S) + 1)
         fig = self.figure
         with fig.batch_update():
@@ -373,10 +416,12 @@ class Playground(Widget):
             scale = "log" if self.controls["log_y"].value else "linear"
             fig.layout.yaxis2.type = scale
             fig.layout.yaxis3.type = scale
-            fig.layout.title.text = (f"{self.session.method} on {self.session.scenario.name} — step "
-                                     f"{self.session.step_count}/{self.session.steps}")
+            fig.layout.title.text = (
+                f"{self.session.method} on {self.session.scenario.name} — step "
+                f"{self.session.step_count}/{self.session.steps}"
+            )
             fig.layout.annotations[1].text = f"σ of {layer}"
-            fig.layout.annotations[2].text = f"σ of ΔW = W − W_start"
+            fig.layout.annotations[2].text = "σ of ΔW = W − W_start"
         self._update_counts()
         self._last_draw = time.monotonic()
 
@@ -392,35 +437,60 @@ class Playground(Widget):
             return
         better = "higher" if metric.higher_is_better else "lower"
         fig.data[METRIC].update(x=h["val_step"], y=h["metric"], name=f"{metric.label} (right axis)")
-        fig.data[GHOST_METRIC].update(x=np.asarray(ghost[0]), y=np.asarray(ghost[1]),
-                                      name=f"full-rank reference, {metric.label}")
+        fig.data[GHOST_METRIC].update(
+            x=np.asarray(ghost[0]), y=np.asarray(ghost[1]), name=f"full-rank reference, {metric.label}"
+        )
         fig.layout.yaxis4.range = list(metric.range) if metric.range is not None else None
         fig.layout.yaxis4.autorange = metric.range is None
         fig.layout.annotations[0].text = f"loss (left) · {metric.label} (right, {better} is better)"
 
     def _empty_figure(self) -> go.Figure:
         # A little wider apart than the spectra need: the loss panel may carry a right-hand axis.
-        fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.085,
-                            subplot_titles=("loss", "spectrum", "spectrum of ΔW"))
+        fig = make_subplots(
+            rows=1, cols=3, horizontal_spacing=0.085, subplot_titles=("loss", "spectrum", "spectrum of ΔW")
+        )
         colors = palette(3)
-        fig.add_trace(go.Scatter(name="train loss", mode="lines", line=dict(color=colors[0], width=1), opacity=0.35),
-                      1, 1)
-        fig.add_trace(go.Scatter(name="validation loss", mode="lines+markers", line=dict(color=colors[0]),
-                                 marker=dict(size=4)), 1, 1)
-        fig.add_trace(go.Scatter(name="full-rank reference", mode="lines", line=dict(color="gray", dash="dash")),
-                      1, 1)
+        fig.add_trace(
+            go.Scatter(name="train loss", mode="lines", line=dict(color=colors[0], width=1), opacity=0.35), 1, 1
+        )
+        fig.add_trace(
+            go.Scatter(name="validation loss", mode="lines+markers", line=dict(color=colors[0]), marker=dict(size=4)),
+            1,
+            1,
+        )
+        fig.add_trace(go.Scatter(name="full-rank reference", mode="lines", line=dict(color="gray", dash="dash")), 1, 1)
         fig.add_trace(go.Scatter(name="σ at start", mode="lines", line=dict(color="gray", dash="dot")), 1, 2)
-        fig.add_trace(go.Scatter(name="σ now", mode="lines+markers", marker=dict(size=3),
-                                 line=dict(color=colors[2])), 1, 2)
-        fig.add_trace(go.Scatter(name="σ(ΔW) now", mode="lines+markers", marker=dict(size=3),
-                                 line=dict(color=colors[1])), 1, 3)
+        fig.add_trace(
+            go.Scatter(name="σ now", mode="lines+markers", marker=dict(size=3), line=dict(color=colors[2])), 1, 2
+        )
+        fig.add_trace(
+            go.Scatter(name="σ(ΔW) now", mode="lines+markers", marker=dict(size=3), line=dict(color=colors[1])), 1, 3
+        )
         # The headline metric: its own axis (yaxis4) over the loss panel, on the right, so a loss on a
         # log scale and an AUC in [0, 1] both stay readable; added as a plain layout axis so the
         # spectra keep theirs (yaxis2, yaxis3).
-        fig.add_trace(go.Scatter(name="metric", mode="lines+markers", line=dict(color=METRIC_COLOR),
-                                 marker=dict(size=4, symbol="diamond"), xaxis="x", yaxis="y4", visible=False))
-        fig.add_trace(go.Scatter(name="full-rank reference, metric", mode="lines", xaxis="x", yaxis="y4",
-                                 line=dict(color=METRIC_COLOR, dash="dash", width=1), opacity=0.6, visible=False))
+        fig.add_trace(
+            go.Scatter(
+                name="metric",
+                mode="lines+markers",
+                line=dict(color=METRIC_COLOR),
+                marker=dict(size=4, symbol="diamond"),
+                xaxis="x",
+                yaxis="y4",
+                visible=False,
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                name="full-rank reference, metric",
+                mode="lines",
+                xaxis="x",
+                yaxis="y4",
+                line=dict(color=METRIC_COLOR, dash="dash", width=1),
+                opacity=0.6,
+                visible=False,
+            )
+        )
         # legend under the panels: above them it would collide with the subplot titles
         layout = {**LAYOUT, "height": 440, "legend": dict(orientation="h", yanchor="top", y=-0.18, x=0)}
         fig.update_layout(**layout)
@@ -428,8 +498,16 @@ class Playground(Widget):
         fig.update_xaxes(title_text="index i", row=1, col=2)
         fig.update_xaxes(title_text="index i", row=1, col=3)
         fig.update_yaxes(type="log", row=1, col=1)
-        fig.update_layout(yaxis4=dict(overlaying="y", anchor="x", side="right", showgrid=False, visible=False,
-                                      tickfont=dict(color=METRIC_COLOR)))
+        fig.update_layout(
+            yaxis4=dict(
+                overlaying="y",
+                anchor="x",
+                side="right",
+                showgrid=False,
+                visible=False,
+                tickfont=dict(color=METRIC_COLOR),
+            )
+        )
         return fig
 
     # -- internals -------------------------------------------------------------------------------
@@ -534,9 +612,11 @@ class Playground(Widget):
         trainable = sl.trainable_parameters(s.model)
         total = sum(p.numel() for p in s.model.parameters())
         state = s.optimizer_state_numel()
-        self.counts.value = (f"<span style='font-family:monospace'>trainable {trainable:,} of {total:,} "
-                             f"({trainable / total:.1%}) · optimizer state "
-                             f"{'—' if state is None else f'{state:,}'} scalars</span>")
+        self.counts.value = (
+            f"<span style='font-family:monospace'>trainable {trainable:,} of {total:,} "
+            f"({trainable / total:.1%}) · optimizer state "
+            f"{'—' if state is None else f'{state:,}'} scalars</span>"
+        )
 
     def _set_status(self, text: str) -> None:
         if self.error is None:
@@ -556,6 +636,6 @@ class Playground(Widget):
                 fixed.append(control)
                 if name in self.auto:
                     fixed.append(self.auto[name])
-        return W.VBox([W.HBox(fixed, layout=W.Layout(flex_flow="row wrap")), self._options_row,
-                       W.HBox([buttons, self.counts])])
-
+        return W.VBox(
+            [W.HBox(fixed, layout=W.Layout(flex_flow="row wrap")), self._options_row, W.HBox([buttons, self.counts])]
+        )

@@ -13,8 +13,9 @@ validation metric that is the task's headline (a graph task's ROC AUC or F1), dr
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,10 +30,10 @@ class Metric:
     """A task's headline validation metric: the key in ``task.evaluate(model)``, how to call it, which
     way is better, and its range when it has a fixed one (so its axis does not jump while training)."""
 
-    key: str                                                  # e.g. "val_roc_auc"
-    label: str                                                # e.g. "validation ROC AUC"
+    key: str  # e.g. "val_roc_auc"
+    label: str  # e.g. "validation ROC AUC"
     higher_is_better: bool = True
-    range: tuple[float, float] | None = None                  # e.g. (0, 1) for AUC, F1, accuracy
+    range: tuple[float, float] | None = None  # e.g. (0, 1) for AUC, F1, accuracy
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,12 @@ class Scenario:
 
     name: str
     make_task: Callable[[], Task]
-    layers: tuple[str, ...]                                   # layers whose spectra are shown
-    targets: tuple[str, ...] | None = None                    # layers a method adapts (None: every Linear)
-    pretrained_on: Callable[[], Task] | None = None           # fine-tuning: the base is trained on this first
+    layers: tuple[str, ...]  # layers whose spectra are shown
+    targets: tuple[str, ...] | None = None  # layers a method adapts (None: every Linear)
+    pretrained_on: Callable[[], Task] | None = None  # fine-tuning: the base is trained on this first
     pretrain_steps: int = 0
-    lr: dict[str, float] = field(default_factory=dict)        # suggested lr per method; "*" for the rest
-    metric: Metric | None = None                              # headline metric besides the loss (None: loss only)
+    lr: dict[str, float] = field(default_factory=dict)  # suggested lr per method; "*" for the rest
+    metric: Metric | None = None  # headline metric besides the loss (None: loss only)
 
     @property
     def fine_tuning(self) -> bool:
@@ -74,23 +75,52 @@ _LORENTZ_LINEARS = ("encoder.layers.0.transform.linear", "encoder.layers.1.trans
 _HYPERBOLIC_LR = {"full": 1e-3, "*": 1e-2}
 
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
-    Scenario("digits", _digits, layers=("fc1", "fc2", "fc3"), lr={"full": 2e-3, "*": 1e-2}),
-    Scenario("rotated digits (fine-tune)", lambda: _digits().shifted("rot90"), layers=("fc1", "fc2", "fc3"),
-             pretrained_on=_digits, pretrain_steps=sl.pick(ci=300, cpu=800, gpu=1500), lr={"*": 1e-2}),
-    Scenario("low-rank teacher", lambda: sl.task("teacher"), layers=("fc1", "fc2"), lr={"full": 3e-3, "*": 1e-2}),
-    Scenario("shifted teacher (fine-tune)", lambda: sl.task("teacher").shifted(shift_rank=2),
-             layers=("fc1", "fc2"), pretrained_on=lambda: sl.task("teacher"),
-             pretrain_steps=sl.pick(ci=300, cpu=600, gpu=1000), lr={"*": 1e-2}),
-    Scenario("tiny GPT", lambda: sl.task("chargpt"), layers=("blocks.0.mlp.fc1", "blocks.0.attn.qkv", "head"),
-             targets=("qkv", "proj", "fc1", "fc2"), lr={"full": 3e-3, "*": 1e-2}),
-    Scenario("hyperbolic links (Disease, HyboNet)", lambda: sl.task("disease_lp"), layers=_LORENTZ_LINEARS,
-             targets=("transform.linear",), lr=_HYPERBOLIC_LR,
-             metric=Metric("val_roc_auc", "validation ROC AUC", higher_is_better=True, range=(0.0, 1.0))),
-    Scenario("hyperbolic nodes (Disease, HyboNet)", lambda: sl.task("disease_nc"), layers=_LORENTZ_LINEARS,
-             targets=("transform.linear",), lr=_HYPERBOLIC_LR,
-             metric=Metric("val_f1", "validation F1", higher_is_better=True, range=(0.0, 1.0))),
-]}
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario("digits", _digits, layers=("fc1", "fc2", "fc3"), lr={"full": 2e-3, "*": 1e-2}),
+        Scenario(
+            "rotated digits (fine-tune)",
+            lambda: _digits().shifted("rot90"),
+            layers=("fc1", "fc2", "fc3"),
+            pretrained_on=_digits,
+            pretrain_steps=sl.pick(ci=300, cpu=800, gpu=1500),
+            lr={"*": 1e-2},
+        ),
+        Scenario("low-rank teacher", lambda: sl.task("teacher"), layers=("fc1", "fc2"), lr={"full": 3e-3, "*": 1e-2}),
+        Scenario(
+            "shifted teacher (fine-tune)",
+            lambda: sl.task("teacher").shifted(shift_rank=2),
+            layers=("fc1", "fc2"),
+            pretrained_on=lambda: sl.task("teacher"),
+            pretrain_steps=sl.pick(ci=300, cpu=600, gpu=1000),
+            lr={"*": 1e-2},
+        ),
+        Scenario(
+            "tiny GPT",
+            lambda: sl.task("chargpt"),
+            layers=("blocks.0.mlp.fc1", "blocks.0.attn.qkv", "head"),
+            targets=("qkv", "proj", "fc1", "fc2"),
+            lr={"full": 3e-3, "*": 1e-2},
+        ),
+        Scenario(
+            "hyperbolic links (Disease, HyboNet)",
+            lambda: sl.task("disease_lp"),
+            layers=_LORENTZ_LINEARS,
+            targets=("transform.linear",),
+            lr=_HYPERBOLIC_LR,
+            metric=Metric("val_roc_auc", "validation ROC AUC", higher_is_better=True, range=(0.0, 1.0)),
+        ),
+        Scenario(
+            "hyperbolic nodes (Disease, HyboNet)",
+            lambda: sl.task("disease_nc"),
+            layers=_LORENTZ_LINEARS,
+            targets=("transform.linear",),
+            lr=_HYPERBOLIC_LR,
+            metric=Metric("val_f1", "validation F1", higher_is_better=True, range=(0.0, 1.0)),
+        ),
+    ]
+}
 
 
 class TrainingSession:
@@ -99,8 +129,16 @@ class TrainingSession:
     ``listener(event)`` is called after every step from whichever thread took the step.
     """
 
-    def __init__(self, scenario: Scenario, method: str, options: dict[str, Any], lr: float, steps: int,
-                 seed: int = 0, name: str | None = None):
+    def __init__(
+        self,
+        scenario: Scenario,
+        method: str,
+        options: dict[str, Any],
+        lr: float,
+        steps: int,
+        seed: int = 0,
+        name: str | None = None,
+    ):
         self.scenario, self.method, self.options, self.steps, self.seed = scenario, method, dict(options), steps, seed
         self.task = scenario.make_task()
         self.model = scenario.initial_model(self.task, seed).to(self.task.device)
@@ -112,10 +150,17 @@ class TrainingSession:
         sl.apply(self.model, method, targets=list(scenario.targets) if scenario.targets else None, **options)
         self.optimizer = sl.optimizer(self.model, lr=lr)
         self.run = Run(name or f"playground {scenario.name} {method}")
-        self._events = sl.train(self.model, self.task, steps, optimizer=self.optimizer, seed=seed, run=self.run,
-                                eval_every=max(1, min(steps // 30, 50)),  # a live run may have a huge budget
-                                config={"method": method, **options, "scenario": scenario.name, "widget": "Playground"})
-        self._lock = threading.Lock()      # one step at a time, whoever asks
+        self._events = sl.train(
+            self.model,
+            self.task,
+            steps,
+            optimizer=self.optimizer,
+            seed=seed,
+            run=self.run,
+            eval_every=max(1, min(steps // 30, 50)),  # a live run may have a huge budget
+            config={"method": method, **options, "scenario": scenario.name, "widget": "Playground"},
+        )
+        self._lock = threading.Lock()  # one step at a time, whoever asks
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.step_count = 0
@@ -142,8 +187,12 @@ class TrainingSession:
     def playing(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def play(self, listener: Callable[[sl.Event], None], on_stop: Callable[[], None] | None = None,
-             before: Callable[[], None] | None = None) -> None:
+    def play(
+        self,
+        listener: Callable[[sl.Event], None],
+        on_stop: Callable[[], None] | None = None,
+        before: Callable[[], None] | None = None,
+    ) -> None:
         """Step in a background thread until paused, finished or failed; ``before`` runs first, in the thread."""
         if self.playing or self.done:
             return
@@ -210,8 +259,9 @@ class TrainingSession:
 
     def optimizer_state_numel(self) -> int | None:
         """Scalars held in optimizer state (None before the first step creates it)."""
-        tensors = [v for state in self.optimizer.state.values() for v in state.values()
-                   if torch.is_tensor(v) and v.dim() > 0]
+        tensors = [
+            v for state in self.optimizer.state.values() for v in state.values() if torch.is_tensor(v) and v.dim() > 0
+        ]
         return sum(t.numel() for t in tensors) if tensors else None
 
 
@@ -219,7 +269,11 @@ def reference_run(scenario: Scenario, steps: int, seed: int = 0) -> Run:
     """Full-rank training on the scenario — the ghost trace — recorded once and reused from disk."""
     name = f"reference {scenario.name}"
     for run in reversed(load_runs(name=name)):
-        if run.config.get("steps") == steps and run.config.get("seed") == seed and run.config.get("profile") == sl.profile():
+        if (
+            run.config.get("steps") == steps
+            and run.config.get("seed") == seed
+            and run.config.get("profile") == sl.profile()
+        ):
             return run
     session = TrainingSession(scenario, "full", {}, scenario.suggested_lr("full"), steps, seed=seed, name=name)
     while session.step() is not None:

@@ -16,7 +16,8 @@ demo layer first (a fraction of a second) so the widget always builds.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import ipywidgets as W
 import numpy as np
@@ -42,7 +43,7 @@ def demo_layer(steps: int = 60, seed: int = 0) -> SSTLayer:
     torch.manual_seed(seed)
     layer = sl.apply(nn.Linear(24, 32), "sst", rank=4, resample_every=5, warmup=1, seed=seed)
     generator = torch.Generator().manual_seed(seed)
-    teacher = torch.randn(32, 24, generator=generator) / 24 ** 0.5
+    teacher = torch.randn(32, 24, generator=generator) / 24**0.5
     opt = sl.optimizer(layer, lr=0.02)
     for _ in range(steps):
         x = torch.randn(64, 24, generator=generator)
@@ -58,13 +59,18 @@ def _sst_layer(layer: nn.Module) -> SSTLayer:
     which is what ``sl.apply`` adapts, so ``SSTView(model.encoder.layers[0].transform)`` shows that."""
     if isinstance(layer, SSTLayer):
         return layer
-    inside = {name: m for name, m in layer.named_modules() if isinstance(m, SSTLayer)} \
-        if isinstance(layer, nn.Module) else {}
+    inside = (
+        {name: m for name, m in layer.named_modules() if isinstance(m, SSTLayer)}
+        if isinstance(layer, nn.Module)
+        else {}
+    )
     if len(inside) == 1:
         return next(iter(inside.values()))
     if len(inside) > 1:
-        raise TypeError(f"SSTView needs one SST layer; this {type(layer).__name__} holds {len(inside)} "
-                        f"({', '.join(inside)}): pass one of them")
+        raise TypeError(
+            f"SSTView needs one SST layer; this {type(layer).__name__} holds {len(inside)} "
+            f"({', '.join(inside)}): pass one of them"
+        )
     raise TypeError(f"SSTView needs a layer made by sl.apply(..., 'sst'), got {type(layer).__name__}")
 
 
@@ -76,19 +82,29 @@ class SSTView(Widget):
     ``period`` (which period the right panel shows) and ``log_color`` (log₁₀ Σ in the heatmap).
     """
 
-    def __init__(self, layer: SSTLayer | None = None, *, period: int = 0, log_color: bool = True,
-                 title: str | None = None, live: bool | None = None, hide: Iterable[str] = ()):
+    def __init__(
+        self,
+        layer: SSTLayer | None = None,
+        *,
+        period: int = 0,
+        log_color: bool = True,
+        title: str | None = None,
+        live: bool | None = None,
+        hide: Iterable[str] = (),
+    ):
         super().__init__(live=live, hide=hide)
         if layer is None:
             layer = demo_layer()
         layer = _sst_layer(layer)
         self.layer = layer
         self.history = list(layer.history)
-        self.sigma = np.array([h["sigma"] for h in self.history], dtype=float)      # periods × k
+        self.sigma = np.array([h["sigma"] for h in self.history], dtype=float)  # periods × k
         last = len(self.history) - 1
         if isinstance(period, bool) or not isinstance(period, int) or not 0 <= period <= last:
-            raise ValueError(f"period={period!r} is outside the allowed range [0, {last}] "
-                             f"(this layer has {len(self.history)} recorded periods)")
+            raise ValueError(
+                f"period={period!r} is outside the allowed range [0, {last}] "
+                f"(this layer has {len(self.history)} recorded periods)"
+            )
         self.title = title or f"SST: active singular vectors per period (rank {layer.rank} of k = {layer.k})"
         self.controls["period"] = W.IntSlider(value=period, min=0, max=last, description="period")
         self.controls["log_color"] = W.Checkbox(value=log_color, description="log₁₀ Σ colour")
@@ -106,26 +122,74 @@ class SSTView(Widget):
         return np.log10(np.maximum(self.sigma, FLOOR)) if self.controls["log_color"].value else self.sigma
 
     def _build(self) -> go.Figure:
-        fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.12,
-                            subplot_titles=("active indices per period", "Σ at the chosen period"))
+        fig = make_subplots(
+            rows=1,
+            cols=2,
+            column_widths=[0.6, 0.4],
+            horizontal_spacing=0.12,
+            subplot_titles=("active indices per period", "Σ at the chosen period"),
+        )
         periods = np.arange(len(self.history))
         k = self.sigma.shape[1]
-        fig.add_trace(go.Heatmap(z=self._colour_values(), x=np.arange(k), y=periods, colorscale="Viridis",
-                                 colorbar=dict(x=0.53, len=0.9), name="Σ"), row=1, col=1)
+        fig.add_trace(
+            go.Heatmap(
+                z=self._colour_values(),
+                x=np.arange(k),
+                y=periods,
+                colorscale="Viridis",
+                colorbar=dict(x=0.53, len=0.9),
+                name="Σ",
+            ),
+            row=1,
+            col=1,
+        )
         xs = [i for h in self.history for i in h["active"]]
         ys = [p for p, h in zip(periods, self.history) for _ in h["active"]]
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="active",
-                                 marker=dict(symbol="x", color="white", size=6, line=dict(width=1))), row=1, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="markers",
+                name="active",
+                marker=dict(symbol="x", color="white", size=6, line=dict(width=1)),
+            ),
+            row=1,
+            col=1,
+        )
         resvd = [p for p, h in zip(periods, self.history) if h["resvd"]]
-        fig.add_trace(go.Scatter(x=[-1.5] * len(resvd), y=resvd, mode="markers", name="re-SVD",
-                                 marker=dict(symbol="circle-open", color="red", size=9)), row=1, col=1)
-        fig.add_trace(go.Scatter(mode="lines", line=dict(color="red", width=1), name="chosen period",
-                                 showlegend=False), row=1, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=[-1.5] * len(resvd),
+                y=resvd,
+                mode="markers",
+                name="re-SVD",
+                marker=dict(symbol="circle-open", color="red", size=9),
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(mode="lines", line=dict(color="red", width=1), name="chosen period", showlegend=False),
+            row=1,
+            col=1,
+        )
         fig.add_trace(go.Bar(marker_color="#b0b0b0", name="Σ_i"), row=1, col=2)
-        fig.add_trace(go.Scatter(mode="markers", marker=dict(symbol="x", color="#d62728", size=8), name="active Σ_i"),
-                      row=1, col=2)
-        fig.add_trace(go.Scatter(x=np.arange(k), y=self.sigma[0], mode="lines", name="Σ at period 0",
-                                 line=dict(color="black", dash="dot")), row=1, col=2)
+        fig.add_trace(
+            go.Scatter(mode="markers", marker=dict(symbol="x", color="#d62728", size=8), name="active Σ_i"),
+            row=1,
+            col=2,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=np.arange(k),
+                y=self.sigma[0],
+                mode="lines",
+                name="Σ at period 0",
+                line=dict(color="black", dash="dot"),
+            ),
+            row=1,
+            col=2,
+        )
         fig.update_xaxes(title_text="singular index i", row=1, col=1)
         fig.update_yaxes(title_text="period", row=1, col=1)
         fig.update_xaxes(title_text="singular index i", row=1, col=2)

@@ -94,7 +94,7 @@ def _options(lines: list[str], start: int) -> tuple[dict, int]:
     if i < len(lines) and lines[i].strip() == "---":
         end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == "---"), None)
         if end is not None:
-            options = yaml.safe_load("\n".join(lines[i + 1:end])) or {}
+            options = yaml.safe_load("\n".join(lines[i + 1 : end])) or {}
             return {str(k): "" if v is None else str(v) for k, v in options.items()}, end + 1
     while i < len(lines) and (m := OPTION.match(lines[i])):
         options[m["key"]] = m["value"] or ""
@@ -142,32 +142,45 @@ def parse(chapter_path, chapter_number: int | None = None) -> Chapter:
 
     def solution_of(label: str, here: str) -> str:
         if not label:
-            raise MarkupError(f"{where}: the solution at {here} names no exercise (its directive needs the "
-                              "exercise's label as argument)")
+            raise MarkupError(
+                f"{where}: the solution at {here} names no exercise (its directive needs the "
+                "exercise's label as argument)"
+            )
         solutions.append((label, here))
         return label
 
     def nothing_open(name: str, here: str, stack: list) -> None:
         """Raise if an exercise or solution is still open where {name} starts."""
         if gated_exercise is not None:
-            raise MarkupError(f"{where}: {{exercise-start}} of exercise {gated_exercise.number} ({gated_exercise.label}) "
-                              f"(at {gated_exercise.at}) has no {{exercise-end}} before the {{{name}}} at {here}")
+            raise MarkupError(
+                f"{where}: {{exercise-start}} of exercise {gated_exercise.number} ({gated_exercise.label}) "
+                f"(at {gated_exercise.at}) has no {{exercise-end}} before the {{{name}}} at {here}"
+            )
         if gated_solution is not None:
-            raise MarkupError(f"{where}: {{solution-start}} {gated_solution[0]} (at {gated_solution[1]}) has no "
-                              f"{{solution-end}} before the {{{name}}} at {here}")
+            raise MarkupError(
+                f"{where}: {{solution-start}} {gated_solution[0]} (at {gated_solution[1]}) has no "
+                f"{{solution-end}} before the {{{name}}} at {here}"
+            )
         for kind, _, _, payload, opened in reversed(stack):
             if kind in ("exercise", "solution"):
-                what = f"exercise {payload.number} ({payload.label})" if kind == "exercise" else f"the solution of {payload!r}"
-                raise MarkupError(f"{where}: {what} (at {opened}) is never closed: a {{{name}}} follows inside it "
-                                  f"at {here}")
+                what = (
+                    f"exercise {payload.number} ({payload.label})"
+                    if kind == "exercise"
+                    else f"the solution of {payload!r}"
+                )
+                raise MarkupError(
+                    f"{where}: {what} (at {opened}) is never closed: a {{{name}}} follows inside it at {here}"
+                )
 
     for index, cell in enumerate(notebook.cells):
         tokens.append(("break", cell))
         if cell.cell_type != "markdown":
             if gated_exercise is not None:
-                raise MarkupError(f"{where}: exercise {gated_exercise.number} ({gated_exercise.label}) holds a "
-                                  f"code cell (at line {starts[index]}); put code in its solution, or close it with "
-                                  "{exercise-end} first")
+                raise MarkupError(
+                    f"{where}: exercise {gated_exercise.number} ({gated_exercise.label}) holds a "
+                    f"code cell (at line {starts[index]}); put code in its solution, or close it with "
+                    "{exercise-end} first"
+                )
             tokens.append(("code", cell, gated_solution is not None))
             continue
         lines = cell.source.split("\n")
@@ -200,11 +213,15 @@ def parse(chapter_path, chapter_number: int | None = None) -> Chapter:
                     if name.endswith("-start"):
                         nothing_open(name, here, stack)
                     if stack:
-                        raise MarkupError(f"{where}: {{{name}}} at {here} sits inside a {{{stack[-1][3]}}} "
-                                          "directive; gated markers belong at the top level")
+                        raise MarkupError(
+                            f"{where}: {{{name}}} at {here} sits inside a {{{stack[-1][3]}}} "
+                            "directive; gated markers belong at the top level"
+                        )
                     if body >= len(lines) or not _closes(lines[body], fence[0], len(fence)):
-                        raise MarkupError(f"{where}: {{{name}}} at {here} is not closed right after its "
-                                          f"options (expected a line {fence})")
+                        raise MarkupError(
+                            f"{where}: {{{name}}} at {here} is not closed right after its "
+                            f"options (expected a line {fence})"
+                        )
                     i = body + 1
                     if name == "exercise-start":
                         gated_exercise = new_exercise(options.get("label", ""), here)
@@ -251,16 +268,21 @@ def parse(chapter_path, chapter_number: int | None = None) -> Chapter:
                 raise MarkupError(f"{where}: the solution of {payload!r} at {opened} is never closed")
 
     if gated_exercise is not None:
-        raise MarkupError(f"{where}: {{exercise-start}} of exercise {gated_exercise.number} ({gated_exercise.label}) "
-                          f"at {gated_exercise.at} has no {{exercise-end}}")
+        raise MarkupError(
+            f"{where}: {{exercise-start}} of exercise {gated_exercise.number} ({gated_exercise.label}) "
+            f"at {gated_exercise.at} has no {{exercise-end}}"
+        )
     if gated_solution is not None:
-        raise MarkupError(f"{where}: {{solution-start}} {gated_solution[0]} at {gated_solution[1]} has no "
-                          "{solution-end}")
+        raise MarkupError(
+            f"{where}: {{solution-start}} {gated_solution[0]} at {gated_solution[1]} has no {{solution-end}}"
+        )
     for label, here in solutions:
         if label not in by_label:
             known = ", ".join(sorted(by_label)) or "none"
-            raise MarkupError(f"{where}: the solution at {here} is for {label!r}, which names no exercise "
-                              f"in this chapter (exercise labels: {known})")
+            raise MarkupError(
+                f"{where}: the solution at {here} is for {label!r}, which names no exercise "
+                f"in this chapter (exercise labels: {known})"
+            )
         by_label[label].solved = True
     chapter.by_label = by_label
     return chapter
@@ -421,7 +443,9 @@ def toc_files(root) -> list[Path]:
     files = []
     for entry in entries:
         path = root / entry
-        candidates = [path] if path.suffix in (".md", ".ipynb") else [path.with_suffix(".md"), path.with_suffix(".ipynb")]
+        candidates = (
+            [path] if path.suffix in (".md", ".ipynb") else [path.with_suffix(".md"), path.with_suffix(".ipynb")]
+        )
         found = next((c for c in candidates if c.exists()), None)
         if found is None:
             raise MarkupError(f"_toc.yml lists {entry!r}, but none of {', '.join(map(str, candidates))} exists")
@@ -449,7 +473,9 @@ def write_handouts(outdir, root=ROOT) -> list[Path]:
     if duplicates:
         raise MarkupError(f"two chapters share the name {', '.join(duplicates)}: their handouts would collide")
     numbers = chapter_numbers(root)
-    rendered = [(c, {a: _render(parse(c, numbers[c]), a) for a in AUDIENCES}) for c in chapters]  # all parsed before writing
+    rendered = [
+        (c, {a: _render(parse(c, numbers[c]), a) for a in AUDIENCES}) for c in chapters
+    ]  # all parsed before writing
     written = []
     for chapter, notebooks in rendered:
         for audience, notebook in notebooks.items():
@@ -463,7 +489,9 @@ def write_handouts(outdir, root=ROOT) -> list[Path]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Write student and instructor notebooks for every chapter.")
     parser.add_argument("outdir", help="folder for student/ and instructor/")
-    parser.add_argument("--root", default=str(ROOT), help="the book's root (where _toc.yml is); default: this repository")
+    parser.add_argument(
+        "--root", default=str(ROOT), help="the book's root (where _toc.yml is); default: this repository"
+    )
     args = parser.parse_args(argv)
     try:
         written = write_handouts(args.outdir, args.root)

@@ -21,7 +21,8 @@ from __future__ import annotations
 import difflib
 import re
 import warnings
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ def method_class(name: str) -> type[Method]:
     return table[key]
 
 
-def options_table(method: "str | type[Method]") -> OptionTable:
+def options_table(method: str | type[Method]) -> OptionTable:
     """A method's options — name, default, allowed values, help — from its declarations: a table in a
     notebook, aligned text when printed. ``method`` is a registered name or a :class:`Method` subclass."""
     cls = method if isinstance(method, type) and issubclass(method, Method) else method_class(method)
@@ -82,7 +83,7 @@ def resolve_targets(model: nn.Module, targets: Targets = None) -> dict[str, nn.M
     places = _module_names(model)
     candidates = {names[0]: m for m, names in places.values() if _adaptable(m)}
     every_name = [(n, m) for m, names in places.values() for n in names]
-    explicit: set[str] = set()   # names given literally: a tie there is an error, not a warning
+    explicit: set[str] = set()  # names given literally: a tie there is an error, not a warning
     if targets is None:
         chosen = dict(candidates)
     elif isinstance(targets, str):
@@ -95,14 +96,16 @@ def resolve_targets(model: nn.Module, targets: Targets = None) -> dict[str, nn.M
     elif isinstance(targets, Iterable):
         entries = list(targets)
         if not entries or not all(isinstance(t, str) for t in entries):
-            raise TypeError(f"targets must be None, a regex string or a non-empty list of module-name "
-                            f"suffixes; got {targets!r}")
+            raise TypeError(
+                f"targets must be None, a regex string or a non-empty list of module-name suffixes; got {targets!r}"
+            )
         chosen = {}
         for entry in entries:
             hits = {places[id(m)][1][0]: m for n, m in every_name if n == entry or n.endswith("." + entry)}
             if not hits:
-                raise ValueError(f"targets entry {entry!r} matches no module. Linear layers in this model: "
-                                 f"{_name_list(candidates)}")
+                raise ValueError(
+                    f"targets entry {entry!r} matches no module. Linear layers in this model: {_name_list(candidates)}"
+                )
             chosen.update(hits)
         explicit = set(entries)
     else:
@@ -112,29 +115,39 @@ def resolve_targets(model: nn.Module, targets: Targets = None) -> dict[str, nn.M
         raise ValueError(f"targets={targets!r} match no layer. Linear layers in this model: {_name_list(candidates)}")
     for name, module in chosen.items():
         if not _adaptable(module):
-            raise TypeError(f"layer {name or '<model>'!r} is a {type(module).__name__}; methods adapt "
-                            f"nn.Linear and transformers' Conv1D layers only")
+            raise TypeError(
+                f"layer {name or '<model>'!r} is a {type(module).__name__}; methods adapt "
+                f"nn.Linear and transformers' Conv1D layers only"
+            )
 
     ties = _ties(model, chosen, places)
     for name, tie in ties.items():
         if explicit & set(places[id(chosen[name])][1]):
-            raise ValueError(f"layer {name or '<model>'!r}: {tie} (one tensor used at both places). A method "
-                             "would untie them (its own copy of the weight) or update the shared tensor twice. "
-                             "Untie it first (Hugging Face: build with config.tie_word_embeddings=False, or "
-                             "give the layer its own copy: layer.weight = nn.Parameter(layer.weight.detach()"
-                             ".clone())), or leave it out of the targets")
+            raise ValueError(
+                f"layer {name or '<model>'!r}: {tie} (one tensor used at both places). A method "
+                "would untie them (its own copy of the weight) or update the shared tensor twice. "
+                "Untie it first (Hugging Face: build with config.tie_word_embeddings=False, or "
+                "give the layer its own copy: layer.weight = nn.Parameter(layer.weight.detach()"
+                ".clone())), or leave it out of the targets"
+            )
     if ties:
-        warnings.warn(f"{'; '.join(ties.values())}; left out of the targets (adapting a tied weight would "
-                      "untie it or update it twice)", stacklevel=3)
+        warnings.warn(
+            f"{'; '.join(ties.values())}; left out of the targets (adapting a tied weight would "
+            "untie it or update it twice)",
+            stacklevel=3,
+        )
         chosen = {n: m for n, m in chosen.items() if n not in ties}
         if not chosen:
-            raise ValueError(f"targets={targets!r} match only layers with tied weights ({', '.join(ties)}), "
-                             "which are left out; untie them first or choose other targets")
+            raise ValueError(
+                f"targets={targets!r} match only layers with tied weights ({', '.join(ties)}), "
+                "which are left out; untie them first or choose other targets"
+            )
     return chosen
 
 
-def apply(model: nn.Module, method: str, *, targets: Targets = None, freeze_others: bool | None = None,
-          **options: Any) -> nn.Module:
+def apply(
+    model: nn.Module, method: str, *, targets: Targets = None, freeze_others: bool | None = None, **options: Any
+) -> nn.Module:
     """Replace the targeted ``nn.Linear`` (and ``Conv1D``) layers of ``model`` by ``method``'s layers, in place.
 
     ``options`` are the method's keywords (``rank``, ``alpha``, ``init``, ... — see its docstring).
@@ -154,14 +167,18 @@ def apply(model: nn.Module, method: str, *, targets: Targets = None, freeze_othe
     layers = resolve_targets(model, targets)
     for name, layer in layers.items():
         if isinstance(layer, AdaptedLinear):
-            raise ValueError(f"layer {name or '<model>'!r} already has method {layer.method!r} applied; "
-                             f"call spectrallab.merge(model) first, or choose other targets")
+            raise ValueError(
+                f"layer {name or '<model>'!r} already has method {layer.method!r} applied; "
+                f"call spectrallab.merge(model) first, or choose other targets"
+            )
     reason = spec.needs_weight_values()
     for name, layer in layers.items():
         if reason is not None and layer.weight.is_meta:
-            raise ValueError(f"layer {name or '<model>'!r} is on the meta device (a shape without values) and "
-                             f"method {spec.name!r} cannot be initialized there: {reason}. Load the weights "
-                             f"first (model.to_empty(device=...) then load_state_dict(...)), then apply")
+            raise ValueError(
+                f"layer {name or '<model>'!r} is on the meta device (a shape without values) and "
+                f"method {spec.name!r} cannot be initialized there: {reason}. Load the weights "
+                f"first (model.to_empty(device=...) then load_state_dict(...)), then apply"
+            )
     # The options once (they do not depend on the layer), then each layer.
     spec.validate_options([name or "<model>" for name in layers])
     # Methods are written for nn.Linear: a Conv1D is shown as the equivalent nn.Linear.
@@ -169,9 +186,10 @@ def apply(model: nn.Module, method: str, *, targets: Targets = None, freeze_othe
     for name, linear in linears.items():
         spec.check(name or "<model>", linear)
     # Build every replacement before touching the model: a failure here changes nothing.
-    replacements = {name: spec.build(name or "<model>", linear,
-                                     type(layers[name]) if is_conv1d(layers[name]) else None)
-                    for name, linear in linears.items()}
+    replacements = {
+        name: spec.build(name or "<model>", linear, type(layers[name]) if is_conv1d(layers[name]) else None)
+        for name, linear in linears.items()
+    }
 
     if "" in replacements:  # the model is itself one linear layer
         return replacements[""]
@@ -278,4 +296,3 @@ def _name_list(modules: dict[str, nn.Module], limit: int = 12) -> str:
         return "(none)"
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-

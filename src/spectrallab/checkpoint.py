@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -110,17 +111,31 @@ def identity(**settings: Any) -> str:
     return json.dumps(settings, sort_keys=True, default=repr)
 
 
-def training_state(*, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                   scheduler: Any | None, generator: torch.Generator, run: Any, run_identity: str) -> dict:
+def training_state(
+    *,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None,
+    generator: torch.Generator,
+    run: Any,
+    run_identity: str,
+) -> dict:
     """Everything a resumed :func:`spectrallab.train` needs, as a ``weights_only``-loadable dict."""
     cuda = None
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         cuda = torch.cuda.get_rng_state_all()
     return {
-        "format": FORMAT, "version": VERSION, "step": int(step), "identity": run_identity,
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "format": FORMAT,
+        "version": VERSION,
+        "step": int(step),
+        "identity": run_identity,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
         "scheduler": None if scheduler is None else scheduler.state_dict(),
-        "data_rng": generator.get_state(), "torch_rng": torch.get_rng_state(), "cuda_rng": cuda,
+        "data_rng": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": cuda,
         "run": {k: getattr(run, k) for k in RUN_FIELDS},
     }
 
@@ -129,26 +144,42 @@ def load_training_state(path: Path | str) -> dict:
     """Read a checkpoint written by :func:`spectrallab.train` (``weights_only=True``)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {str(path)!r} is not a spectrallab.train checkpoint "
-                         f"(format {state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
+        raise ValueError(
+            f"checkpoint {str(path)!r} is not a spectrallab.train checkpoint "
+            f"(format {state.get('format') if isinstance(state, dict) else type(state).__name__!r})"
+        )
     if state.get("version") != VERSION:
-        raise ValueError(f"checkpoint {str(path)!r} has version {state.get('version')!r}; this spectrallab "
-                         f"reads version {VERSION}")
+        raise ValueError(
+            f"checkpoint {str(path)!r} has version {state.get('version')!r}; this spectrallab reads version {VERSION}"
+        )
     return state
 
 
-def restore_training_state(state: dict, path: Path | str, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                           scheduler: Any | None, generator: torch.Generator, run: Any, run_identity: str) -> int:
+def restore_training_state(
+    state: dict,
+    path: Path | str,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None,
+    generator: torch.Generator,
+    run: Any,
+    run_identity: str,
+) -> int:
     """Load ``state`` (from :func:`load_training_state`) into the run's objects; returns the step."""
     if state["identity"] != run_identity:
         saved, now = json.loads(state["identity"]), json.loads(run_identity)
         differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
         details = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, this run {now.get(k)!r}" for k in differ)
-        raise ValueError(f"checkpoint {str(path)!r} was written by a different run ({details}); "
-                         "delete it or choose another checkpoint path")
+        raise ValueError(
+            f"checkpoint {str(path)!r} was written by a different run ({details}); "
+            "delete it or choose another checkpoint path"
+        )
     if (scheduler is None) != (state["scheduler"] is None):
-        raise ValueError(f"checkpoint {str(path)!r} was written {'with' if state['scheduler'] is not None else 'without'}"
-                         f" an LR schedule; this run has {'one' if scheduler is not None else 'none'}")
+        raise ValueError(
+            f"checkpoint {str(path)!r} was written {'with' if state['scheduler'] is not None else 'without'}"
+            f" an LR schedule; this run has {'one' if scheduler is not None else 'none'}"
+        )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None:

@@ -29,7 +29,8 @@ from torch import nn
 from .apply import apply
 from .memory import MemoryReport, memory_report
 from .optim import optimizer
-from .profiles import PROFILES, profile as active_profile
+from .profiles import PROFILES
+from .profiles import profile as active_profile
 from .runs import Run
 from .tasks import CharGPT, task
 from .tasks.base import Task
@@ -50,16 +51,16 @@ class HeadToHead:
     """
 
     profile: str
-    task_size: dict[str, Any]       # CharGPT's sizes, all given: the active profile does not change them
-    batch_size: int                 # training and evaluation batch
+    task_size: dict[str, Any]  # CharGPT's sizes, all given: the active profile does not change them
+    batch_size: int  # training and evaluation batch
     rank: int
     steps: int
-    sst_period: int                 # SST: resample every T3 steps ...
-    sst_warmup: int                 # ... with this LR warm-up after each resampling
-    relora_period: int              # ReLoRA*: merge and restart every T steps
-    galore_gap: int                 # GaLore: refresh the projection every T steps
-    seeds: tuple[int, ...]          # the seeds the chapter runs (the sweep uses others)
-    delta: float = 0.03             # SLTrain's density of S (its default, the paper's value)
+    sst_period: int  # SST: resample every T3 steps ...
+    sst_warmup: int  # ... with this LR warm-up after each resampling
+    relora_period: int  # ReLoRA*: merge and restart every T steps
+    galore_gap: int  # GaLore: refresh the projection every T steps
+    seeds: tuple[int, ...]  # the seeds the chapter runs (the sweep uses others)
+    delta: float = 0.03  # SLTrain's density of S (its default, the paper's value)
     targets: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")
     methods: tuple[str, ...] = field(default=METHODS)
 
@@ -76,8 +77,12 @@ class HeadToHead:
         """Every setting as plain JSON types (lists for tuples), the per-method options included: what
         a sweep records beside its results, so a changed setting shows as a stale sweep."""
         fields = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-        return {**fields, "eval_every": self.eval_every, "warmup": self.warmup,
-                "options": {m: self.options(m) for m in self.methods}}
+        return {
+            **fields,
+            "eval_every": self.eval_every,
+            "warmup": self.warmup,
+            "options": {m: self.options(m) for m in self.methods},
+        }
 
     def make_task(self) -> CharGPT:
         made = task("chargpt", **self.task_size, eval_batches=8)
@@ -87,21 +92,27 @@ class HeadToHead:
     def options(self, method: str) -> dict[str, Any]:
         """The keyword options of ``sl.apply`` for ``method`` (besides ``targets``, ``freeze_others``)."""
         if method not in self.methods:
-            raise ValueError(f"head_to_head: method {method!r} is not a contender; contenders: {', '.join(self.methods)}")
+            raise ValueError(
+                f"head_to_head: method {method!r} is not a contender; contenders: {', '.join(self.methods)}"
+            )
         r = self.rank
-        return {"full": {},
-                "lora": dict(rank=r),
-                "relora": dict(rank=r, reset_every=self.relora_period, restart_warmup=self.relora_period // 10,
-                               prune_ratio=0.99),
-                "galore": dict(rank=r, update_proj_gap=self.galore_gap, scale=0.25),
-                "sltrain": dict(rank=r, sparsity=self.delta),
-                "sst": dict(rank=r, resample_every=self.sst_period, warmup=self.sst_warmup)}[method]
+        return {
+            "full": {},
+            "lora": dict(rank=r),
+            "relora": dict(
+                rank=r, reset_every=self.relora_period, restart_warmup=self.relora_period // 10, prune_ratio=0.99
+            ),
+            "galore": dict(rank=r, update_proj_gap=self.galore_gap, scale=0.25),
+            "sltrain": dict(rank=r, sparsity=self.delta),
+            "sst": dict(rank=r, resample_every=self.sst_period, warmup=self.sst_warmup),
+        }[method]
 
     def schedule(self):
         return warmup_cosine(self.steps, warmup=self.warmup)
 
-    def pretrain(self, task: CharGPT, method: str, lr: float, seed: int = 0, *,
-                 options: dict[str, Any] | None = None) -> tuple[Run, MemoryReport, nn.Module]:
+    def pretrain(
+        self, task: CharGPT, method: str, lr: float, seed: int = 0, *, options: dict[str, Any] | None = None
+    ) -> tuple[Run, MemoryReport, nn.Module]:
         """Train one contender from scratch; return its run, the memory report taken right after the
         last step (``fit`` zeroes gradients at the *start* of a step, so the last step's gradients and
         Adam's moments are still there) and the model. ``options`` replaces :meth:`options`."""
@@ -110,28 +121,65 @@ class HeadToHead:
         opts = dict(self.options(method) if options is None else options)
         if method == "sst":
             opts.setdefault("seed", seed)
-        model = task.make_model(seed=seed)          # also seeds the global generator the factors come from
+        model = task.make_model(seed=seed)  # also seeds the global generator the factors come from
         apply(model, method, targets=list(self.targets), freeze_others=False, **opts)
         opt = optimizer(model, lr=lr)
         if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()    # so that the report's CUDA peak is this run's
-        run = fit(model, task, self.steps, optimizer=opt, lr=lr, schedule=self.schedule(), eval_every=self.eval_every,
-                  seed=seed, name=f"{LABELS[method]} lr={lr:g} seed={seed}", record=False, progress="off")
+            torch.cuda.reset_peak_memory_stats()  # so that the report's CUDA peak is this run's
+        run = fit(
+            model,
+            task,
+            self.steps,
+            optimizer=opt,
+            lr=lr,
+            schedule=self.schedule(),
+            eval_every=self.eval_every,
+            seed=seed,
+            name=f"{LABELS[method]} lr={lr:g} seed={seed}",
+            record=False,
+            progress="off",
+        )
         return run, memory_report(model, opt), model
 
 
 _HEAD_TO_HEAD = {
     # ci: seconds per run, so the chapter fits the tests' 45 s; d 32, r 1 (3 % of d)
-    "ci": dict(task_size=dict(n_chars=200_000, d_model=32, n_layer=2, n_head=4, context=32), batch_size=16,
-               rank=1, steps=600, sst_period=20, sst_warmup=4, relora_period=100, galore_gap=50, seeds=(0,)),
+    "ci": dict(
+        task_size=dict(n_chars=200_000, d_model=32, n_layer=2, n_head=4, context=32),
+        batch_size=16,
+        rank=1,
+        steps=600,
+        sst_period=20,
+        sst_warmup=4,
+        relora_period=100,
+        galore_gap=50,
+        seeds=(0,),
+    ),
     # cpu: the cpu profile's model (d 64, r 2) within a reader's 3 minutes on 2 cores
-    "cpu": dict(task_size=dict(n_chars=1_000_000, d_model=64, n_layer=2, n_head=4, context=64), batch_size=32,
-                rank=2, steps=400, sst_period=40, sst_warmup=4, relora_period=100, galore_gap=50, seeds=(0, 1)),
+    "cpu": dict(
+        task_size=dict(n_chars=1_000_000, d_model=64, n_layer=2, n_head=4, context=64),
+        batch_size=32,
+        rank=2,
+        steps=400,
+        sst_period=40,
+        sst_warmup=4,
+        relora_period=100,
+        galore_gap=50,
+        seeds=(0, 1),
+    ),
     # gpu: the gpu profile's model, r/d = 32/384 ≈ 8.3 % (the paper's 64/768 on OPT-125M), SST's and
     # GaLore's periods from their papers
-    "gpu": dict(task_size=dict(n_chars=3_500_000, d_model=384, n_layer=6, n_head=6, context=256), batch_size=64,
-                rank=32, steps=8000, sst_period=200, sst_warmup=20, relora_period=1000, galore_gap=200,
-                seeds=(0, 1, 2)),
+    "gpu": dict(
+        task_size=dict(n_chars=3_500_000, d_model=384, n_layer=6, n_head=6, context=256),
+        batch_size=64,
+        rank=32,
+        steps=8000,
+        sst_period=200,
+        sst_warmup=20,
+        relora_period=1000,
+        galore_gap=200,
+        seeds=(0, 1, 2),
+    ),
 }
 
 
@@ -143,12 +191,13 @@ def head_to_head(profile: str | None = None) -> HeadToHead:
     return HeadToHead(profile=chosen, **_HEAD_TO_HEAD[chosen])
 
 
-VALIDATION_SEED = 4321   # the fixed windows' seed: any fixed value; this one is what the chapters have always used
+VALIDATION_SEED = 4321  # the fixed windows' seed: any fixed value; this one is what the chapters have always used
 
 
 @torch.no_grad()
-def window_losses(model: nn.Module, task: Task, windows: int, *, batch_size: int | None = None,
-                  seed: int = VALIDATION_SEED) -> np.ndarray:
+def window_losses(
+    model: nn.Module, task: Task, windows: int, *, batch_size: int | None = None, seed: int = VALIDATION_SEED
+) -> np.ndarray:
     """The loss of ``model`` on each of ``windows`` fixed validation batches ("windows") of ``task``.
 
     Entry ``i`` of the returned array (shape ``(windows,)``, float64) is ``float(task.loss(model, b_i))``,
@@ -190,8 +239,7 @@ class PairedDifference:
     per_seed: tuple[float, ...]
     windows: int
 
-    def verdict(self, above: str, below: str, *, unanimous: bool = False,
-                otherwise: str = "indistinguishable") -> str:
+    def verdict(self, above: str, below: str, *, unanimous: bool = False, otherwise: str = "indistinguishable") -> str:
         """``above`` if ``mean > two_se``, ``below`` if ``mean < −two_se``, else ``otherwise``. With
         ``unanimous``, a side also needs every seed's own difference to have its sign."""
         if self.mean > self.two_se and (not unanimous or all(d > 0 for d in self.per_seed)):
@@ -212,15 +260,30 @@ def paired_difference(a: Sequence[np.ndarray] | np.ndarray, b: Sequence[np.ndarr
     if b.ndim == 1:
         b = b[None]
     if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"paired_difference: a and b must be the same seeds' window losses, got shapes "
-                         f"{a.shape} and {b.shape}")
+        raise ValueError(
+            f"paired_difference: a and b must be the same seeds' window losses, got shapes {a.shape} and {b.shape}"
+        )
     if a.shape[1] < 2:
-        raise ValueError(f"paired_difference: {a.shape[1]} window(s) is outside the allowed range [2, inf) "
-                         "(a standard error needs two)")
+        raise ValueError(
+            f"paired_difference: {a.shape[1]} window(s) is outside the allowed range [2, inf) "
+            "(a standard error needs two)"
+        )
     diff = np.mean([x - y for x, y in zip(a, b)], axis=0)
-    return PairedDifference(mean=float(diff.mean()), two_se=float(2 * diff.std(ddof=1) / math.sqrt(len(diff))),
-                            per_seed=tuple(float((x - y).mean()) for x, y in zip(a, b)), windows=len(diff))
+    return PairedDifference(
+        mean=float(diff.mean()),
+        two_se=float(2 * diff.std(ddof=1) / math.sqrt(len(diff))),
+        per_seed=tuple(float((x - y).mean()) for x, y in zip(a, b)),
+        windows=len(diff),
+    )
 
 
-__all__ = ["HeadToHead", "head_to_head", "METHODS", "LABELS", "window_losses", "paired_difference",
-           "PairedDifference", "VALIDATION_SEED"]
+__all__ = [
+    "HeadToHead",
+    "head_to_head",
+    "METHODS",
+    "LABELS",
+    "window_losses",
+    "paired_difference",
+    "PairedDifference",
+    "VALIDATION_SEED",
+]

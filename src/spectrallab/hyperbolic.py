@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -79,9 +79,19 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit.script.*")
     import geoopt
 
-__all__ = ["LorentzLinear", "LorentzCentroid", "LorentzGraphConv", "HyboNet", "GraphConv", "GCN",
-           "LinkPredictor", "NodeClassifier", "normalized_adjacency", "lorentz_constraint_error",
-           "lorentz_manifold"]
+__all__ = [
+    "LorentzLinear",
+    "LorentzCentroid",
+    "LorentzGraphConv",
+    "HyboNet",
+    "GraphConv",
+    "GCN",
+    "LinkPredictor",
+    "NodeClassifier",
+    "normalized_adjacency",
+    "lorentz_constraint_error",
+    "lorentz_manifold",
+]
 
 # A denominator that can vanish (‖W h(x) + b‖ at a point the layer maps to the origin, ‖s‖_L of a
 # centroid sum) is kept above this; far below any value a trained layer produces.
@@ -97,7 +107,7 @@ def lorentz_manifold(k: float = 1.0) -> geoopt.Lorentz:
 
 def lorentz_constraint_error(x: torch.Tensor, k: float | torch.Tensor) -> torch.Tensor:
     """``max |⟨x, x⟩_L + k|`` over the rows of ``x`` (0 for points exactly on the hyperboloid)."""
-    quad = -x[..., 0] ** 2 + (x[..., 1:] ** 2).sum(-1)
+    quad = -(x[..., 0] ** 2) + (x[..., 1:] ** 2).sum(-1)
     return (quad + k).abs().max()
 
 
@@ -106,8 +116,9 @@ def _activation(nonlinearity: str | Callable | None) -> Callable | None:
         return nonlinearity
     table = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu}
     if nonlinearity not in table:
-        raise ValueError(f"nonlinearity={nonlinearity!r} is not one of None, {', '.join(map(repr, table))} "
-                         "or a callable")
+        raise ValueError(
+            f"nonlinearity={nonlinearity!r} is not one of None, {', '.join(map(repr, table))} or a callable"
+        )
     return table[nonlinearity]
 
 
@@ -136,9 +147,17 @@ class LorentzLinear(nn.Module):
     it, so every method's layer works here and ``merge`` gives the ``nn.Linear`` back.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, dropout: float = 0.0,
-                 nonlinearity: str | Callable | None = None, manifold: geoopt.Lorentz | None = None,
-                 scale: float = 5.0, max_scale: float = 10.0):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dropout: float = 0.0,
+        nonlinearity: str | Callable | None = None,
+        manifold: geoopt.Lorentz | None = None,
+        scale: float = 5.0,
+        max_scale: float = 10.0,
+    ):
         super().__init__()
         _check_size("in_features", in_features, 1)
         _check_size("out_features", out_features, 2)
@@ -159,8 +178,8 @@ class LorentzLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x if self.nonlinearity is None else self.nonlinearity(x)
-        z = self.linear(self.dropout(h))             # (…, out): [vᵀh + b′ ; W h + b]
-        length = self.scale * torch.sigmoid(z[..., :1])          # ‖φ‖ = λσ(vᵀh + b′)
+        z = self.linear(self.dropout(h))  # (…, out): [vᵀh + b′ ; W h + b]
+        length = self.scale * torch.sigmoid(z[..., :1])  # ‖φ‖ = λσ(vᵀh + b′)
         direction = z[..., 1:]
         space = direction * (length / direction.norm(dim=-1, keepdim=True).clamp_min(_EPS))
         # projx sets the time coordinate to √(k + ‖space‖²): the paper's √(‖φ‖² + k).
@@ -191,11 +210,20 @@ class LorentzCentroid(nn.Module):
 class LorentzGraphConv(nn.Module):
     """One HyboNet layer: a Lorentz linear layer (``.transform``), then the neighbourhood centroid."""
 
-    def __init__(self, in_features: int, out_features: int, manifold: geoopt.Lorentz, *, bias: bool = True,
-                 dropout: float = 0.0, nonlinearity: str | Callable | None = None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        manifold: geoopt.Lorentz,
+        *,
+        bias: bool = True,
+        dropout: float = 0.0,
+        nonlinearity: str | Callable | None = None,
+    ):
         super().__init__()
-        self.transform = LorentzLinear(in_features, out_features, bias=bias, dropout=dropout,
-                                       nonlinearity=nonlinearity, manifold=manifold)
+        self.transform = LorentzLinear(
+            in_features, out_features, bias=bias, dropout=dropout, nonlinearity=nonlinearity, manifold=manifold
+        )
         self.aggregate = LorentzCentroid(manifold)
 
     def forward(self, x: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
@@ -214,8 +242,18 @@ class HyboNet(nn.Module):
 
     hyperbolic = True
 
-    def __init__(self, in_features: int, hidden: int, out: int, layers: int = 2, *, dropout: float = 0.0,
-                 nonlinearity: str | Callable | None = None, k: float = 1.0, bias: bool = True):
+    def __init__(
+        self,
+        in_features: int,
+        hidden: int,
+        out: int,
+        layers: int = 2,
+        *,
+        dropout: float = 0.0,
+        nonlinearity: str | Callable | None = None,
+        k: float = 1.0,
+        bias: bool = True,
+    ):
         super().__init__()
         _check_size("in_features", in_features, 1)
         _check_size("hidden", hidden, 2)
@@ -225,9 +263,16 @@ class HyboNet(nn.Module):
         self.manifold = lorentz_manifold(k)
         sizes = [in_features + 1] + [hidden] * (layers - 1) + [out]
         self.layers = nn.ModuleList(
-            LorentzGraphConv(sizes[i], sizes[i + 1], self.manifold, bias=bias, dropout=dropout,
-                             nonlinearity=nonlinearity if i > 0 else None)
-            for i in range(layers))
+            LorentzGraphConv(
+                sizes[i],
+                sizes[i + 1],
+                self.manifold,
+                bias=bias,
+                dropout=dropout,
+                nonlinearity=nonlinearity if i > 0 else None,
+            )
+            for i in range(layers)
+        )
 
     def lift(self, x: torch.Tensor) -> torch.Tensor:
         """``expmap0((0, x))``: a feature vector as a tangent vector at the origin, mapped onto Hⁿ."""
@@ -257,8 +302,15 @@ class HyboNet(nn.Module):
 class GraphConv(nn.Module):
     """One layer of the Euclidean twin: ``A · linear(dropout(h(x)))`` (``.transform`` is an nn.Linear)."""
 
-    def __init__(self, in_features: int, out_features: int, *, bias: bool = True, dropout: float = 0.0,
-                 nonlinearity: str | Callable | None = None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool = True,
+        dropout: float = 0.0,
+        nonlinearity: str | Callable | None = None,
+    ):
         super().__init__()
         self.transform = nn.Linear(in_features, out_features, bias=bias)
         self.dropout = nn.Dropout(_check_dropout(dropout))
@@ -279,8 +331,17 @@ class GCN(nn.Module):
 
     hyperbolic = False
 
-    def __init__(self, in_features: int, hidden: int, out: int, layers: int = 2, *, dropout: float = 0.0,
-                 nonlinearity: str | Callable | None = "relu", bias: bool = True):
+    def __init__(
+        self,
+        in_features: int,
+        hidden: int,
+        out: int,
+        layers: int = 2,
+        *,
+        dropout: float = 0.0,
+        nonlinearity: str | Callable | None = "relu",
+        bias: bool = True,
+    ):
         super().__init__()
         _check_size("in_features", in_features, 1)
         _check_size("hidden", hidden, 1)
@@ -289,9 +350,9 @@ class GCN(nn.Module):
         self.in_features, self.out_features = in_features, out
         sizes = [in_features] + [hidden] * (layers - 1) + [out]
         self.layers = nn.ModuleList(
-            GraphConv(sizes[i], sizes[i + 1], bias=bias, dropout=dropout,
-                      nonlinearity=nonlinearity if i > 0 else None)
-            for i in range(layers))
+            GraphConv(sizes[i], sizes[i + 1], bias=bias, dropout=dropout, nonlinearity=nonlinearity if i > 0 else None)
+            for i in range(layers)
+        )
 
     def forward(self, x: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:

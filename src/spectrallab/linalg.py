@@ -27,8 +27,8 @@ from torch import nn
 
 
 class SVD(NamedTuple):
-    U: torch.Tensor   # m × r, orthonormal columns
-    S: torch.Tensor   # r, descending, non-negative
+    U: torch.Tensor  # m × r, orthonormal columns
+    S: torch.Tensor  # r, descending, non-negative
     Vh: torch.Tensor  # r × n, orthonormal rows
 
 
@@ -47,8 +47,7 @@ def is_conv1d(module: nn.Module) -> bool:
     GPT-2's projections are ``Conv1D`` layers, linear layers that store their weight transposed
     (in × out). Recognised by class name and module, so spectrallab never imports transformers.
     """
-    return any(cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers.")
-               for cls in type(module).__mro__)
+    return any(cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers.") for cls in type(module).__mro__)
 
 
 def as_matrix(x: torch.Tensor | nn.Module, name: str = "matrix") -> torch.Tensor:
@@ -81,9 +80,16 @@ def as_matrix(x: torch.Tensor | nn.Module, name: str = "matrix") -> torch.Tensor
     return w
 
 
-def svd(W: torch.Tensor | nn.Module, rank: int | None = None, *,
-        method: Literal["exact", "randomized"] = "exact", oversample: int = 10, n_iter: int = 2,
-        generator: torch.Generator | None = None, name: str = "matrix") -> SVD:
+def svd(
+    W: torch.Tensor | nn.Module,
+    rank: int | None = None,
+    *,
+    method: Literal["exact", "randomized"] = "exact",
+    oversample: int = 10,
+    n_iter: int = 2,
+    generator: torch.Generator | None = None,
+    name: str = "matrix",
+) -> SVD:
     """Top-``rank`` singular triplets of ``W`` (all ``k`` when ``rank`` is None)."""
     W = as_matrix(W, name)
     k = min(W.shape)
@@ -98,8 +104,9 @@ def svd(W: torch.Tensor | nn.Module, rank: int | None = None, *,
     raise ValueError(f"svd method={method!r} is not one of 'exact', 'randomized'")
 
 
-def randomized_svd(W: torch.Tensor, rank: int, *, oversample: int = 10, n_iter: int = 2,
-                   generator: torch.Generator | None = None) -> SVD:
+def randomized_svd(
+    W: torch.Tensor, rank: int, *, oversample: int = 10, n_iter: int = 2, generator: torch.Generator | None = None
+) -> SVD:
     """Halko–Martinsson–Tropp randomized SVD (their Algorithm 4.4 + 5.1).
 
     1. Sketch: ``Y = W Ω`` with Gaussian ``Ω ∈ R^{n×(r+p)}`` (``p = oversample``).
@@ -110,14 +117,14 @@ def randomized_svd(W: torch.Tensor, rank: int, *, oversample: int = 10, n_iter: 
     return _randomized_svd(as_matrix(W), rank, oversample, n_iter, generator)
 
 
-def _randomized_svd(W: torch.Tensor, rank: int, oversample: int, n_iter: int,
-                    generator: torch.Generator | None) -> SVD:
+def _randomized_svd(W: torch.Tensor, rank: int, oversample: int, n_iter: int, generator: torch.Generator | None) -> SVD:
     """The algorithm of :func:`randomized_svd` on an already validated float matrix."""
     m, n = W.shape
     width = min(rank + oversample, min(m, n))
     # Drawn where the generator lives (a CPU generator with a CUDA matrix is the common case), then moved.
-    omega = torch.randn(n, width, dtype=W.dtype, generator=generator,
-                        device=generator.device if generator is not None else W.device).to(W.device)
+    omega = torch.randn(
+        n, width, dtype=W.dtype, generator=generator, device=generator.device if generator is not None else W.device
+    ).to(W.device)
     Q, _ = torch.linalg.qr(W @ omega)
     for _ in range(n_iter):
         Z, _ = torch.linalg.qr(W.T @ Q)
@@ -187,7 +194,9 @@ def principal_angles(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     ``cos θ_i`` are the singular values of ``Q_Xᵀ Q_Y`` (Björck & Golub 1973).
     """
     if X.shape[0] != Y.shape[0]:
-        raise ValueError(f"principal_angles: both bases need the same number of rows, got {X.shape[0]} and {Y.shape[0]}")
+        raise ValueError(
+            f"principal_angles: both bases need the same number of rows, got {X.shape[0]} and {Y.shape[0]}"
+        )
     cosines = torch.linalg.svdvals(orthonormal_basis(X).T @ orthonormal_basis(Y)).clamp(-1.0, 1.0)
     return torch.arccos(cosines).float()
 
@@ -216,10 +225,10 @@ def spectral_gap(S: torch.Tensor, rank: int) -> float:
 class Intruders(NamedTuple):
     """What :func:`intruder_dimensions` found in the top ``k`` singular vectors of a fine-tuned weight."""
 
-    count: int                    # how many of the top-k fine-tuned singular vectors are intruders
-    indices: torch.Tensor         # their positions in the fine-tuned spectrum (0-based, ascending, int64)
+    count: int  # how many of the top-k fine-tuned singular vectors are intruders
+    indices: torch.Tensor  # their positions in the fine-tuned spectrum (0-based, ascending, int64)
     max_similarity: torch.Tensor  # (k,): max_i |cos(u'_j, u_i)| for each of the top-k fine-tuned vectors
-    similarity: torch.Tensor      # (k, k_pre): |cos(u'_j, u_i)| against every pretrained singular vector
+    similarity: torch.Tensor  # (k, k_pre): |cos(u'_j, u_i)| against every pretrained singular vector
     singular_values: torch.Tensor  # (k,): σ'_j of the fine-tuned weight, to place intruders in its spectrum
     epsilon: float
 
@@ -237,9 +246,15 @@ def check_similarity_threshold(epsilon, name: str = "intruder_dimensions") -> fl
     return float(epsilon)
 
 
-def intruder_dimensions(W_pre: torch.Tensor | nn.Module, W_ft: torch.Tensor | nn.Module, k: int = 10,
-                        epsilon: float = 0.5, *, side: Literal["left", "right"] = "left",
-                        name: str = "intruder_dimensions") -> Intruders:
+def intruder_dimensions(
+    W_pre: torch.Tensor | nn.Module,
+    W_ft: torch.Tensor | nn.Module,
+    k: int = 10,
+    epsilon: float = 0.5,
+    *,
+    side: Literal["left", "right"] = "left",
+    name: str = "intruder_dimensions",
+) -> Intruders:
     """Intruder dimensions of a fine-tuned weight (Shuttleworth, Andreas, Torralba & Sharma 2024,
     "LoRA vs Full Fine-tuning: An Illusion of Equivalence", arXiv:2410.21228).
 
@@ -282,14 +297,17 @@ def intruder_dimensions(W_pre: torch.Tensor | nn.Module, W_ft: torch.Tensor | nn
     pre = as_matrix(W_pre, f"{name}: W_pre")
     ft = as_matrix(W_ft, f"{name}: W_ft")
     if pre.shape != ft.shape:
-        raise ValueError(f"{name}: W_pre and W_ft must have the same shape, got {tuple(pre.shape)} and "
-                         f"{tuple(ft.shape)}")
+        raise ValueError(
+            f"{name}: W_pre and W_ft must have the same shape, got {tuple(pre.shape)} and {tuple(ft.shape)}"
+        )
     limit = min(pre.shape)
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"{name}: k must be an int in [1, {limit}], got {k!r}")
     if not 1 <= k <= limit:
-        raise ValueError(f"{name} ({pre.shape[0]}×{pre.shape[1]}): k={k} is outside the allowed range "
-                         f"[1, {limit}] = [1, min(out, in)]")
+        raise ValueError(
+            f"{name} ({pre.shape[0]}×{pre.shape[1]}): k={k} is outside the allowed range "
+            f"[1, {limit}] = [1, min(out, in)]"
+        )
     epsilon = check_similarity_threshold(epsilon, name)
     if side not in ("left", "right"):
         raise ValueError(f"{name}: side={side!r} is not one of 'left', 'right'")
@@ -297,10 +315,10 @@ def intruder_dimensions(W_pre: torch.Tensor | nn.Module, W_ft: torch.Tensor | nn
     U_pre, _, Vh_pre = torch.linalg.svd(pre.to(dtype), full_matrices=False)
     U_ft, S_ft, Vh_ft = torch.linalg.svd(ft.to(device=pre.device, dtype=dtype), full_matrices=False)
     if side == "left":
-        similarity = (U_ft[:, :k].T @ U_pre).abs()   # rows: fine-tuned u'_j, columns: pretrained u_i
+        similarity = (U_ft[:, :k].T @ U_pre).abs()  # rows: fine-tuned u'_j, columns: pretrained u_i
     else:
         similarity = (Vh_ft[:k] @ Vh_pre.T).abs()
-    similarity = similarity.clamp(max=1.0)          # |cos| ≤ 1; rounding may overshoot by an ulp
+    similarity = similarity.clamp(max=1.0)  # |cos| ≤ 1; rounding may overshoot by an ulp
     max_similarity = similarity.max(dim=1).values
     indices = torch.nonzero(max_similarity < epsilon).flatten()
     return Intruders(int(indices.numel()), indices, max_similarity, similarity, S_ft[:k], epsilon)

@@ -50,8 +50,9 @@ Choices where the papers leave room (each formula's docstring has the details):
 from __future__ import annotations
 
 import html
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -78,6 +79,7 @@ def formula_table(m: int, n: int, **options) -> dict[str, LayerCounts | None]:
 
 
 # -- measurement ---------------------------------------------------------------------------------
+
 
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
@@ -106,12 +108,12 @@ def _state_tensors(obj: Any, seen: set[int]) -> Iterator[tuple[str, torch.Tensor
 class Usage:
     """Measured bytes in one scope (the adapted weights of a method, or everything outside them)."""
 
-    parameters: int = 0           # every parameter tensor (frozen + trainable)
-    trainable: int = 0            # parameters with requires_grad
-    gradients: int = 0            # .grad tensors present
-    optimizer_state: int = 0      # optimizer.state tensors, step counters excluded
-    buffers: int = 0              # buffer bytes
-    buffer_elements: int = 0      # buffer elements (formulas count elements: indices may be int64)
+    parameters: int = 0  # every parameter tensor (frozen + trainable)
+    trainable: int = 0  # parameters with requires_grad
+    gradients: int = 0  # .grad tensors present
+    optimizer_state: int = 0  # optimizer.state tensors, step counters excluded
+    buffers: int = 0  # buffer bytes
+    buffer_elements: int = 0  # buffer elements (formulas count elements: indices may be int64)
 
 
 @dataclass
@@ -123,15 +125,25 @@ class MethodMemory:
     bytes_per_scalar: int
     formula: LayerCounts | None
     measured: Usage
-    full_reference: LayerCounts   # `full` training of the same weights, for the "vs full" ratios
+    full_reference: LayerCounts  # `full` training of the same weights, for the "vs full" ratios
 
     def formula_bytes(self) -> dict[str, int | None]:
         f, b = self.formula, self.bytes_per_scalar
         if f is None:
-            return {"parameters": None, "trainable": None, "gradients": None, "optimizer_state": None,
-                    "buffer_elements": None}
-        return {"parameters": f.weights * b, "trainable": f.trainable * b, "gradients": f.gradients * b,
-                "optimizer_state": f.optimizer_states * b, "buffer_elements": f.extra}
+            return {
+                "parameters": None,
+                "trainable": None,
+                "gradients": None,
+                "optimizer_state": None,
+                "buffer_elements": None,
+            }
+        return {
+            "parameters": f.weights * b,
+            "trainable": f.trainable * b,
+            "gradients": f.gradients * b,
+            "optimizer_state": f.optimizer_states * b,
+            "buffer_elements": f.extra,
+        }
 
     def matches(self) -> dict[str, bool | None]:
         """Per quantity: does the measurement equal the formula exactly (None: nothing to compare)."""
@@ -140,9 +152,13 @@ class MethodMemory:
         return {key: None if value is None else value == measured[key] for key, value in expected.items()}
 
 
-ROWS = (("parameters", "weights stored as parameters"), ("trainable", "trainable parameters"),
-        ("gradients", "gradients"), ("optimizer_state", "optimizer state"),
-        ("buffer_elements", "extra buffers (elements)"))
+ROWS = (
+    ("parameters", "weights stored as parameters"),
+    ("trainable", "trainable parameters"),
+    ("gradients", "gradients"),
+    ("optimizer_state", "optimizer state"),
+    ("buffer_elements", "extra buffers (elements)"),
+)
 
 
 @dataclass
@@ -160,9 +176,9 @@ class MemoryReport:
     frozen_parameters: int
     buffers: int
     gradients: int
-    optimizer_state: int            # every tensor in optimizer.state, nested ones and step counters included
-    optimizer_step_counters: int    # Adam's per-tensor `step` entries (part of optimizer_state)
-    cuda_peak: int | None           # torch.cuda.max_memory_allocated on the model's device; None off CUDA
+    optimizer_state: int  # every tensor in optimizer.state, nested ones and step counters included
+    optimizer_step_counters: int  # Adam's per-tensor `step` entries (part of optimizer_state)
+    cuda_peak: int | None  # torch.cuda.max_memory_allocated on the model's device; None off CUDA
     optimizer: str | None
     methods: dict[str, MethodMemory] = field(default_factory=dict)
     outside: Usage = field(default_factory=Usage)
@@ -184,24 +200,36 @@ class MemoryReport:
     # -- display -----------------------------------------------------------------------------
 
     def _summary_rows(self) -> list[tuple[str, str]]:
-        rows = [("parameters (all)", _human(self.parameters)),
-                ("  trainable", _human(self.trainable_parameters)),
-                ("  frozen", _human(self.frozen_parameters)),
-                ("buffers", _human(self.buffers)),
-                ("gradients (present)", _human(self.gradients)),
-                ("optimizer state", _human(self.optimizer_state)
-                 + (f" (incl. {_human(self.optimizer_step_counters)} of step counters)"
-                    if self.optimizer_step_counters else "")),
-                ("total without activations", _human(self.total)),
-                ("CUDA peak allocated", _human(self.cuda_peak) if self.cuda_peak is not None else "— (not on CUDA)")]
+        rows = [
+            ("parameters (all)", _human(self.parameters)),
+            ("  trainable", _human(self.trainable_parameters)),
+            ("  frozen", _human(self.frozen_parameters)),
+            ("buffers", _human(self.buffers)),
+            ("gradients (present)", _human(self.gradients)),
+            (
+                "optimizer state",
+                _human(self.optimizer_state)
+                + (
+                    f" (incl. {_human(self.optimizer_step_counters)} of step counters)"
+                    if self.optimizer_step_counters
+                    else ""
+                ),
+            ),
+            ("total without activations", _human(self.total)),
+            ("CUDA peak allocated", _human(self.cuda_peak) if self.cuda_peak is not None else "— (not on CUDA)"),
+        ]
         return rows
 
     def _method_rows(self, method: MethodMemory) -> list[tuple[str, str, str, str, str]]:
         expected, matches = method.formula_bytes(), method.matches()
         measured = asdict(method.measured)
         full = method.full_reference
-        full_bytes = {"parameters": full.weights, "trainable": full.trainable, "gradients": full.gradients,
-                      "optimizer_state": full.optimizer_states}
+        full_bytes = {
+            "parameters": full.weights,
+            "trainable": full.trainable,
+            "gradients": full.gradients,
+            "optimizer_state": full.optimizer_states,
+        }
         rows = []
         for key, label in ROWS:
             value = expected[key]
@@ -218,40 +246,51 @@ class MemoryReport:
         lines = [f"Memory report ({self.optimizer or 'no optimizer'})"]
         lines += [f"  {label:<28} {value}" for label, value in self._summary_rows()]
         for method in self.methods.values():
-            title = (f"{method.method}: {method.layers} adapted layer(s), formula vs measured "
-                     f"({method.bytes_per_scalar} bytes per scalar; weights only, biases below)")
-            lines += ["", title,
-                      f"  {'':<30} {'formula':>12} {'measured':>12}    {'vs full':>8}"]
+            title = (
+                f"{method.method}: {method.layers} adapted layer(s), formula vs measured "
+                f"({method.bytes_per_scalar} bytes per scalar; weights only, biases below)"
+            )
+            lines += ["", title, f"  {'':<30} {'formula':>12} {'measured':>12}    {'vs full':>8}"]
             for label, shown, got, check, ratio in self._method_rows(method):
                 lines.append(f"  {label:<30} {shown:>12} {got:>12} {check:>2} {ratio:>8}")
         o = self.outside
-        lines += ["", f"outside the formulas (biases, embeddings, norms, other layers): parameters "
-                      f"{_human(o.parameters)} (trainable {_human(o.trainable)}), gradients {_human(o.gradients)}, "
-                      f"optimizer state {_human(o.optimizer_state)}, buffers {_human(o.buffers)}"]
+        lines += [
+            "",
+            f"outside the formulas (biases, embeddings, norms, other layers): parameters "
+            f"{_human(o.parameters)} (trainable {_human(o.trainable)}), gradients {_human(o.gradients)}, "
+            f"optimizer state {_human(o.optimizer_state)}, buffers {_human(o.buffers)}",
+        ]
         if self.notes:
             lines += ["", "Notes:"] + [f"  - {note}" for note in self.notes]
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return (f"MemoryReport(parameters={self.parameters}, trainable={self.trainable_parameters}, "
-                f"gradients={self.gradients}, optimizer_state={self.optimizer_state}, "
-                f"methods={list(self.methods)})")
+        return (
+            f"MemoryReport(parameters={self.parameters}, trainable={self.trainable_parameters}, "
+            f"gradients={self.gradients}, optimizer_state={self.optimizer_state}, "
+            f"methods={list(self.methods)})"
+        )
 
     def _repr_html_(self) -> str:
         esc = html.escape
-        cells = "".join(f"<tr><td>{esc(a)}</td><td style='text-align:right'>{esc(b)}</td></tr>"
-                        for a, b in self._summary_rows())
-        parts = [f"<p><b>Memory report</b> ({esc(self.optimizer or 'no optimizer')})</p>",
-                 f"<table>{cells}</table>"]
+        cells = "".join(
+            f"<tr><td>{esc(a)}</td><td style='text-align:right'>{esc(b)}</td></tr>" for a, b in self._summary_rows()
+        )
+        parts = [f"<p><b>Memory report</b> ({esc(self.optimizer or 'no optimizer')})</p>", f"<table>{cells}</table>"]
         for method in self.methods.values():
             head = "".join(f"<th>{h}</th>" for h in ("", "formula", "measured", "", "vs full"))
-            body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
-                           for row in self._method_rows(method))
-            parts.append(f"<p><b>{esc(method.method)}</b>: {method.layers} adapted layer(s), "
-                         f"{method.bytes_per_scalar} bytes per scalar</p><table><tr>{head}</tr>{body}</table>")
+            body = "".join(
+                "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in self._method_rows(method)
+            )
+            parts.append(
+                f"<p><b>{esc(method.method)}</b>: {method.layers} adapted layer(s), "
+                f"{method.bytes_per_scalar} bytes per scalar</p><table><tr>{head}</tr>{body}</table>"
+            )
         o = self.outside
-        parts.append(f"<p>Outside the formulas: parameters {_human(o.parameters)}, gradients "
-                     f"{_human(o.gradients)}, optimizer state {_human(o.optimizer_state)}.</p>")
+        parts.append(
+            f"<p>Outside the formulas: parameters {_human(o.parameters)}, gradients "
+            f"{_human(o.gradients)}, optimizer state {_human(o.optimizer_state)}.</p>"
+        )
         if self.notes:
             parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in self.notes) + "</ul>")
         return "".join(parts)
@@ -260,7 +299,7 @@ class MemoryReport:
 def _human(n: int | None) -> str:
     if n is None:
         return "—"
-    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= size:
             return f"{n / size:.2f} {unit}"
     return f"{n} B"
@@ -330,7 +369,7 @@ def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = No
         for p, state in optimizer.state.items():
             u = bucket(p)
             for key, t in _state_tensors(state, seen):
-                if id(t) in param_ids:       # a reference to the parameter itself costs nothing extra
+                if id(t) in param_ids:  # a reference to the parameter itself costs nothing extra
                     continue
                 size = _nbytes(t)
                 state_bytes += size
@@ -339,26 +378,36 @@ def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = No
                 else:
                     u.optimizer_state += size
         if not optimizer.state:
-            notes.append("the optimizer has no state yet: call memory_report after at least one backward() "
-                         "and step() (Adam allocates its moments on the first step)")
+            notes.append(
+                "the optimizer has no state yet: call memory_report after at least one backward() "
+                "and step() (Adam allocates its moments on the first step)"
+            )
         if not _adam_like(optimizer):
-            notes.append(f"the formulas' optimizer states assume Adam/AdamW (two moments per trained scalar); "
-                         f"this optimizer is {type(optimizer).__name__}, so expect the optimizer-state rows to differ")
+            notes.append(
+                f"the formulas' optimizer states assume Adam/AdamW (two moments per trained scalar); "
+                f"this optimizer is {type(optimizer).__name__}, so expect the optimizer-state rows to differ"
+            )
     else:
         notes.append("no optimizer given: optimizer state not measured")
     if trainable and not gradients:
-        notes.append("no gradients present: call memory_report after backward() and before zero_grad() "
-                     "(zero_grad(set_to_none=True), the default, frees them)")
+        notes.append(
+            "no gradients present: call memory_report after backward() and before zero_grad() "
+            "(zero_grad(set_to_none=True), the default, frees them)"
+        )
 
     cuda_peak = None
     device = params[0].device if params else torch.device("cpu")
     if device.type == "cuda" and torch.cuda.is_available():
         cuda_peak = int(torch.cuda.max_memory_allocated(device))
-        notes.append("CUDA peak = torch.cuda.max_memory_allocated since the last reset_peak_memory_stats(): "
-                     "it includes activations and temporaries, which the rows above do not")
+        notes.append(
+            "CUDA peak = torch.cuda.max_memory_allocated since the last reset_peak_memory_stats(): "
+            "it includes activations and temporaries, which the rows above do not"
+        )
     else:
-        notes.append("activations are not counted (they live only between forward and backward); on CUDA the "
-                     "report adds torch.cuda.max_memory_allocated, which includes them")
+        notes.append(
+            "activations are not counted (they live only between forward and backward); on CUDA the "
+            "report adds torch.cuda.max_memory_allocated, which includes them"
+        )
 
     # Formulas, summed per method.
     by_method: dict[str, list[nn.Module]] = {}
@@ -366,33 +415,54 @@ def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = No
         by_method.setdefault(layer.method, []).append(layer)
     methods: dict[str, MethodMemory] = {}
     for name, group in by_method.items():
-        full_ref = sum((LayerCounts.dense(l.out_features, l.in_features) for l in group), LayerCounts(0, 0, 0))
-        per_layer = [l.paper_counts() for l in group]
+        full_ref = sum(
+            (LayerCounts.dense(layer.out_features, layer.in_features) for layer in group), LayerCounts(0, 0, 0)
+        )
+        per_layer = [layer.paper_counts() for layer in group]
         counts: LayerCounts | None = None
         if any(c is None for c in per_layer):
-            notes.append(f"no memory formula for method {name!r}: measured only (give its layer a "
-                         f"paper_counts() method returning spectrallab.memory.LayerCounts)")
+            notes.append(
+                f"no memory formula for method {name!r}: measured only (give its layer a "
+                f"paper_counts() method returning spectrallab.memory.LayerCounts)"
+            )
         else:
             counts = sum(per_layer, LayerCounts(0, 0, 0))
-        weight = next((t for l in group for t in l.parameters() if t is not getattr(l, "bias", None)), None)
-        methods[name] = MethodMemory(name, len(group), weight.element_size() if weight is not None else 4,
-                                     counts, usage.get(name, Usage()), full_ref)
+        weight = next((t for layer in group for t in layer.parameters() if t is not getattr(layer, "bias", None)), None)
+        methods[name] = MethodMemory(
+            name,
+            len(group),
+            weight.element_size() if weight is not None else 4,
+            counts,
+            usage.get(name, Usage()),
+            full_ref,
+        )
         if counts is not None and not all(v in (True, None) for v in methods[name].matches().values()):
             wrong = [k for k, v in methods[name].matches().items() if v is False]
-            notes.append(f"{name}: measured ≠ formula for {', '.join(wrong)} (mixed dtypes, an optimizer "
-                         f"other than Adam, or storage the paper does not count)")
-    for name, group in by_method.items():   # what a method's own file says a reader should know
+            notes.append(
+                f"{name}: measured ≠ formula for {', '.join(wrong)} (mixed dtypes, an optimizer "
+                f"other than Adam, or storage the paper does not count)"
+            )
+    for group in by_method.values():  # what a method's own file says a reader should know
         note = getattr(group[0], "memory_note", None)
         if note:
             notes.append(note)
     if not layers:
         notes.append("no adapted layers: nothing to compare with a formula (apply a method to see its formula)")
 
-    return MemoryReport(parameters=total_params, trainable_parameters=trainable,
-                        frozen_parameters=total_params - trainable, buffers=buffers, gradients=gradients,
-                        optimizer_state=state_bytes, optimizer_step_counters=step_bytes, cuda_peak=cuda_peak,
-                        optimizer=None if optimizer is None else type(optimizer).__name__,
-                        methods=methods, outside=usage.get("", Usage()), notes=notes)
+    return MemoryReport(
+        parameters=total_params,
+        trainable_parameters=trainable,
+        frozen_parameters=total_params - trainable,
+        buffers=buffers,
+        gradients=gradients,
+        optimizer_state=state_bytes,
+        optimizer_step_counters=step_bytes,
+        cuda_peak=cuda_peak,
+        optimizer=None if optimizer is None else type(optimizer).__name__,
+        methods=methods,
+        outside=usage.get("", Usage()),
+        notes=notes,
+    )
 
 
 __all__ = ["memory_report", "MemoryReport", "MethodMemory", "Usage", "LayerCounts", "formula_table"]

@@ -27,8 +27,9 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 }
 
 
-def optimizer(model: nn.Module, lr: float = 1e-3, optimizer: str | type[torch.optim.Optimizer] = "adamw",
-              **kwargs: Any) -> torch.optim.Optimizer:
+def optimizer(
+    model: nn.Module, lr: float = 1e-3, optimizer: str | type[torch.optim.Optimizer] = "adamw", **kwargs: Any
+) -> torch.optim.Optimizer:
     """Build the optimizer for ``model``'s trainable parameters and attach every method's hooks.
 
     ``optimizer`` is a name (``"adamw"``, ``"adam"``, ``"sgd"``) or an optimizer class; other
@@ -44,8 +45,9 @@ def optimizer(model: nn.Module, lr: float = 1e-3, optimizer: str | type[torch.op
     """
     if isinstance(optimizer, str):
         if optimizer.lower() not in OPTIMIZERS:
-            raise ValueError(f"optimizer={optimizer!r} is not one of {', '.join(OPTIMIZERS)} "
-                             "(or pass an optimizer class)")
+            raise ValueError(
+                f"optimizer={optimizer!r} is not one of {', '.join(OPTIMIZERS)} (or pass an optimizer class)"
+            )
         cls = OPTIMIZERS[optimizer.lower()]
     elif isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
         cls = optimizer
@@ -55,8 +57,10 @@ def optimizer(model: nn.Module, lr: float = 1e-3, optimizer: str | type[torch.op
         raise ValueError(f"lr={lr!r} is outside the allowed range (0, inf)")
     params, aliases = _distinct_trainable(model)
     if not params:
-        raise ValueError("the model has no trainable parameters (every requires_grad is False); "
-                         "apply a method first or unfreeze something")
+        raise ValueError(
+            "the model has no trainable parameters (every requires_grad is False); "
+            "apply a method first or unfreeze something"
+        )
 
     # Group adapted layers by the method instance that made them; each method hooks in once.
     by_spec: dict[int, tuple[Any, dict]] = {}
@@ -77,8 +81,10 @@ def optimizer(model: nn.Module, lr: float = 1e-3, optimizer: str | type[torch.op
                 if id(p) not in trainable:
                     continue  # frozen by the user: nothing to optimize
                 if id(p) in claimed:
-                    raise ValueError(f"method {spec.name!r} puts a parameter of shape {tuple(p.shape)} in an "
-                                     f"optimizer group that method {claimed[id(p)]!r} already claimed")
+                    raise ValueError(
+                        f"method {spec.name!r} puts a parameter of shape {tuple(p.shape)} in an "
+                        f"optimizer group that method {claimed[id(p)]!r} already claimed"
+                    )
                 claimed[id(p)] = spec.name
                 mine.append(p)
             if mine:
@@ -102,6 +108,7 @@ def optimizer(model: nn.Module, lr: float = 1e-3, optimizer: str | type[torch.op
 # first of them only; the others' gradients are added to its gradient before each step, which is
 # what autograd does for one Parameter used at two places.
 
+
 def _distinct_trainable(model: nn.Module) -> tuple[list[nn.Parameter], dict[int, tuple[nn.Parameter, nn.Parameter]]]:
     """The trainable parameters, one per memory, and ``{id(duplicate): (kept, duplicate)}``."""
     kept: dict[tuple, tuple[str, nn.Parameter]] = {}
@@ -114,8 +121,11 @@ def _distinct_trainable(model: nn.Module) -> tuple[list[nn.Parameter], dict[int,
         if key in kept:
             first_name, first = kept[key]
             aliases[id(p)] = (first, p)
-            warnings.warn(f"parameters {first_name!r} and {name!r} are two Parameters on the same memory; the "
-                          f"optimizer updates it once, with their gradients summed", stacklevel=3)
+            warnings.warn(
+                f"parameters {first_name!r} and {name!r} are two Parameters on the same memory; the "
+                f"optimizer updates it once, with their gradients summed",
+                stacklevel=3,
+            )
             continue
         kept[key] = (name, p)
         params.append(p)

@@ -7,10 +7,9 @@ It sits at the bottom of the library (torch only), so a method file can use it w
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-
 
 # -- methods that own part of the learning-rate schedule -----------------------------------------
 #
@@ -27,6 +26,7 @@ import torch
 # before the LR scaling and before any method hook or the optimizer touch a parameter, so a
 # ``ValueError`` leaves parameters, buffers and optimizer state exactly as they were — a loop can
 # catch it, ``zero_grad()`` and go on with the next batch.
+
 
 def install(opt: torch.optim.Optimizer) -> None:
     """The first pre-hook (checks, then LR scaling) and the first post-hook (LR restore), once."""

@@ -96,22 +96,22 @@ from .methods.lora import LoRAExport, lora_scale
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_WEIGHTS_BIN = "adapter_model.bin"
 ADAPTER_CONFIG = "adapter_config.json"
-PREFIX = "base_model.model."   # PEFT's saved keys: PeftModel.base_model (LoraModel).model (yours)
+PREFIX = "base_model.model."  # PEFT's saved keys: PeftModel.base_model (LoraModel).model (yours)
 
 # Why a method's layers cannot be written as a PEFT LoRA (by method name). A method not named here
 # and without `as_lora()` gets a generic reason.
 NO_PEFT_FORM = {
     "full": "it trains the dense weight, so W' − W has full rank in general",
     "galore": "GaLore trains the dense weight (its projection is of the gradient, not of the weight), "
-              "so W' − W has full rank in general",
+    "so W' − W has full rank in general",
     "sst": "SST trains every singular value and re-samples the trained singular vectors, "
-           "so W' − W has full rank in general",
+    "so W' − W has full rank in general",
     "sltrain": "SLTrain has no pretrained base to adapt: W = s·BA + S (sparse) is trained from scratch",
     "relora": "ReLoRA merges s·BA into W at every restart (and trains the biases); the change from the "
-              "starting W is a sum of rank-r pieces that is not kept",
+    "starting W is a sum of rank-r pieces that is not kept",
     "svft": "SVFT's update U·M·Vh spans all k = min(out, in) singular vectors (rank up to k for every "
-            "pattern, k already for the diagonal one), and its base is the SVD reconstruction of W: "
-            "a rank-k LoRA would store k·(out + in) numbers, more than the merged weight",
+    "pattern, k already for the diagonal one), and its base is the SVD reconstruction of W: "
+    "a rank-k LoRA would store k·(out + in) numbers, more than the merged weight",
 }
 
 
@@ -136,8 +136,14 @@ class PeftExport:
 
 # -- save ----------------------------------------------------------------------------------------
 
-def save_peft(model: nn.Module, directory: str | os.PathLike, *, task_type: str | None = None,
-              base_model_name_or_path: str | None = None) -> PeftExport:
+
+def save_peft(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    *,
+    task_type: str | None = None,
+    base_model_name_or_path: str | None = None,
+) -> PeftExport:
     """Write ``model``'s adapted layers as a PEFT LoRA adapter that ``PeftModel.from_pretrained``
     loads onto the **original** model (the one before ``sl.apply``) with the same outputs.
 
@@ -150,20 +156,29 @@ def save_peft(model: nn.Module, directory: str | os.PathLike, *, task_type: str 
     """
     layers = adapted_layers(model)
     if isinstance(model, AdaptedLinear) or "" in layers:
-        raise ValueError("save_peft needs a model that contains adapted layers (PEFT names each one by its "
-                         "module name); got a single adapted layer — wrap it in a module")
+        raise ValueError(
+            "save_peft needs a model that contains adapted layers (PEFT names each one by its "
+            "module name); got a single adapted layer — wrap it in a module"
+        )
     if not layers:
-        raise ValueError("save_peft: the model has no adapted layers; use spectrallab.apply(model, 'lora', ...) "
-                         "first, or save a plain model with torch.save(model.state_dict(), ...)")
+        raise ValueError(
+            "save_peft: the model has no adapted layers; use spectrallab.apply(model, 'lora', ...) "
+            "first, or save a plain model with torch.save(model.state_dict(), ...)"
+        )
     exports: dict[str, LoRAExport] = {}
     for name, layer in layers.items():
         if not callable(getattr(layer, "as_lora", None)):
-            reason = NO_PEFT_FORM.get(layer.method, f"method {layer.method!r} does not say how to write its "
-                                                    "update as B·A on the original weight (no as_lora())")
-            raise PeftExportError(f"layer {name!r} (method {layer.method!r}) has no exact PEFT form: {reason}. "
-                                  "Use spectrallab.merge(model) for plain layers with the same outputs "
-                                  "(and torch.save(model.state_dict(), ...)); PEFT adapters exist for "
-                                  "low-rank updates only")
+            reason = NO_PEFT_FORM.get(
+                layer.method,
+                f"method {layer.method!r} does not say how to write its "
+                "update as B·A on the original weight (no as_lora())",
+            )
+            raise PeftExportError(
+                f"layer {name!r} (method {layer.method!r}) has no exact PEFT form: {reason}. "
+                "Use spectrallab.merge(model) for plain layers with the same outputs "
+                "(and torch.save(model.state_dict(), ...)); PEFT adapters exist for "
+                "low-rank updates only"
+            )
         exports[name] = _fit_rank(layer.as_lora(), layer)
     _warn_trainable_outside(model, layers)
 
@@ -175,8 +190,11 @@ def save_peft(model: nn.Module, directory: str | os.PathLike, *, task_type: str 
     own = {}
     for name, layer in layers.items():
         r, s = ranks[name], float(exports[name].scale)
-        alpha, rslora, rank = getattr(layer, "alpha", None), bool(getattr(layer, "rslora", False)), \
-            getattr(layer, "rank", None)
+        alpha, rslora, rank = (
+            getattr(layer, "alpha", None),
+            bool(getattr(layer, "rslora", False)),
+            getattr(layer, "rank", None),
+        )
         if alpha is not None and rank == r and lora_scale(float(alpha), r, rslora) == s:
             own[name] = (float(alpha), rslora)
         else:
@@ -233,8 +251,9 @@ def save_peft(model: nn.Module, directory: str | os.PathLike, *, task_type: str 
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     _write_atomic(path / ADAPTER_WEIGHTS, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-    _write_atomic(path / ADAPTER_CONFIG,
-                  lambda tmp: tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))
+    _write_atomic(
+        path / ADAPTER_CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    )
     return PeftExport(path, ranks, {name: layer.method for name, layer in layers.items()}, config)
 
 
@@ -247,10 +266,10 @@ def _fit_rank(e: LoRAExport, layer: AdaptedLinear) -> LoRAExport:
         return e
     with torch.no_grad():
         wide = torch.promote_types(e.A.dtype, torch.float32)
-        delta = (float(e.scale) * (e.B.to(wide) @ e.A.to(wide))).to(e.A.dtype)   # m × n
-        if n <= m:   # ΔW = ΔW · I_n: lora_A = I (n × n), lora_B = ΔW
+        delta = (float(e.scale) * (e.B.to(wide) @ e.A.to(wide))).to(e.A.dtype)  # m × n
+        if n <= m:  # ΔW = ΔW · I_n: lora_A = I (n × n), lora_B = ΔW
             A, B = torch.eye(n, dtype=delta.dtype, device=delta.device), delta
-        else:        # ΔW = I_m · ΔW: lora_A = ΔW, lora_B = I (m × m)
+        else:  # ΔW = I_m · ΔW: lora_A = ΔW, lora_B = I (m × m)
             A, B = delta, torch.eye(m, dtype=delta.dtype, device=delta.device)
     return e._replace(A=A, B=B, scale=1.0)
 
@@ -275,8 +294,9 @@ def _dropout(layer: nn.Module) -> float:
 
 def _is_conv1d(layer: AdaptedLinear) -> bool:
     """Whether the layer replaced a transformers ``Conv1D`` (``apply`` records it as ``layer.origin``)."""
-    return layer.origin is not None and any(cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers.")
-                                            for cls in layer.origin.__mro__)
+    return layer.origin is not None and any(
+        cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers.") for cls in layer.origin.__mro__
+    )
 
 
 def _name_or_path(model: nn.Module) -> str | None:
@@ -289,14 +309,18 @@ def _warn_trainable_outside(model: nn.Module, layers: dict[str, AdaptedLinear]) 
     outside = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in inside]
     if outside:
         shown = ", ".join(outside[:8]) + (f", ... ({len(outside)} in all)" if len(outside) > 8 else "")
-        warnings.warn(f"save_peft writes the adapted layers only; these trainable parameters outside them are not "
-                      f"in the adapter (PEFT's base model must already hold their values): {shown}", stacklevel=3)
+        warnings.warn(
+            f"save_peft writes the adapted layers only; these trainable parameters outside them are not "
+            f"in the adapter (PEFT's base model must already hold their values): {shown}",
+            stacklevel=3,
+        )
 
 
 # PEFT's matching rules, restated so that what we write is checked against what PEFT will do:
 # target_modules (a list): a module is targeted when its name equals an entry or ends in "." + entry
 # (a string: re.fullmatch); rank_pattern / alpha_pattern: the first key with
 # re.match(rf"(.*\.)?({key})$", name) (peft.utils.other.get_pattern_key).
+
 
 def _peft_targets(entries: list[str] | str, name: str) -> bool:
     if isinstance(entries, str):
@@ -363,22 +387,36 @@ def _safetensors():
     try:
         import safetensors.torch
     except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("PEFT adapters are stored as safetensors: pip install safetensors "
-                          "(or pip install 'spectrallab[peft]')") from None
+        raise ImportError(
+            "PEFT adapters are stored as safetensors: pip install safetensors (or pip install 'spectrallab[peft]')"
+        ) from None
     return safetensors.torch
 
 
 # -- load ----------------------------------------------------------------------------------------
 
 # Config fields that change what an adapter means in ways spectrallab's lora/dora cannot reproduce.
-_UNSUPPORTED_FIELDS = ("modules_to_save", "layer_replication", "target_parameters", "trainable_token_indices",
-                       "lora_bias", "use_qalora", "alora_invocation_tokens", "use_bdlora", "arrow_config",
-                       "monteclora_config")
-_SUFFIXES = {".lora_A.weight": "A", ".lora_B.weight": "B", ".lora_magnitude_vector": "magnitude",
-             ".lora_magnitude_vector.weight": "magnitude",
-             # a full copy of the base weight: PEFT's save_embedding_layers, on by default when
-             # target_modules names lm_head / embed_tokens (for resized vocabularies)
-             ".base_layer.weight": "base"}
+_UNSUPPORTED_FIELDS = (
+    "modules_to_save",
+    "layer_replication",
+    "target_parameters",
+    "trainable_token_indices",
+    "lora_bias",
+    "use_qalora",
+    "alora_invocation_tokens",
+    "use_bdlora",
+    "arrow_config",
+    "monteclora_config",
+)
+_SUFFIXES = {
+    ".lora_A.weight": "A",
+    ".lora_B.weight": "B",
+    ".lora_magnitude_vector": "magnitude",
+    ".lora_magnitude_vector.weight": "magnitude",
+    # a full copy of the base weight: PEFT's save_embedding_layers, on by default when
+    # target_modules names lm_head / embed_tokens (for resized vocabularies)
+    ".base_layer.weight": "base",
+}
 
 
 def load_peft(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
@@ -398,8 +436,10 @@ def load_peft(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     path = Path(directory)
     config_file = path / ADAPTER_CONFIG
     if not config_file.is_file():
-        raise FileNotFoundError(f"load_peft: no {ADAPTER_CONFIG} in {path} (a PEFT adapter directory holds "
-                                f"{ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})")
+        raise FileNotFoundError(
+            f"load_peft: no {ADAPTER_CONFIG} in {path} (a PEFT adapter directory holds "
+            f"{ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})"
+        )
     try:
         config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -408,15 +448,21 @@ def load_peft(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
         raise ValueError(f"load_peft: {config_file} must hold a JSON object, got {type(config).__name__}")
     peft_type = config.get("peft_type")
     if peft_type != "LORA":
-        raise ValueError(f"load_peft: {config_file} has peft_type={peft_type!r}; only 'LORA' adapters "
-                         "(LoRA, rsLoRA, DoRA) can be loaded")
+        raise ValueError(
+            f"load_peft: {config_file} has peft_type={peft_type!r}; only 'LORA' adapters "
+            "(LoRA, rsLoRA, DoRA) can be loaded"
+        )
     for key in _UNSUPPORTED_FIELDS:
         if config.get(key):
-            raise ValueError(f"load_peft: {config_file} sets {key}={config[key]!r}, which spectrallab's lora/dora "
-                             "cannot reproduce; only plain LoRA, rsLoRA and DoRA adapters are supported")
+            raise ValueError(
+                f"load_peft: {config_file} sets {key}={config[key]!r}, which spectrallab's lora/dora "
+                "cannot reproduce; only plain LoRA, rsLoRA and DoRA adapters are supported"
+            )
     if config.get("bias", "none") != "none":
-        raise ValueError(f"load_peft: {config_file} has bias={config['bias']!r}; only bias='none' is supported "
-                         "(spectrallab's LoRA keeps the base biases frozen)")
+        raise ValueError(
+            f"load_peft: {config_file} has bias={config['bias']!r}; only bias='none' is supported "
+            "(spectrallab's LoRA keeps the base biases frozen)"
+        )
     r, alpha = config.get("r", 8), config.get("lora_alpha", 8)
     use_rslora, use_dora = bool(config.get("use_rslora", False)), bool(config.get("use_dora", False))
     rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
@@ -427,9 +473,11 @@ def load_peft(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     for key, tensor in tensors.items():
         part = next(((k, v) for k, v in _SUFFIXES.items() if key.endswith(k)), None)
         if not key.startswith(PREFIX) or part is None:
-            raise ValueError(f"load_peft: {weights_file} holds {key!r}, which is not a LoRA tensor "
-                             f"('{PREFIX}<module>.lora_A.weight', '.lora_B.weight', '.lora_magnitude_vector')")
-        name = key[len(PREFIX):-len(part[0])]
+            raise ValueError(
+                f"load_peft: {weights_file} holds {key!r}, which is not a LoRA tensor "
+                f"('{PREFIX}<module>.lora_A.weight', '.lora_B.weight', '.lora_magnitude_vector')"
+            )
+        name = key[len(PREFIX) : -len(part[0])]
         per_layer.setdefault(name, {})[part[1]] = tensor
     if not per_layer:
         raise ValueError(f"load_peft: {weights_file} holds no LoRA tensors")
@@ -442,46 +490,66 @@ def load_peft(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
         module = modules.get(name) if name else None
         if module is None:
             linear = [n for n, m in modules.items() if isinstance(m, nn.Linear) or is_conv1d(m)]
-            raise ValueError(f"load_peft: {where}: the model has no module named {name!r}. Linear layers in this "
-                             f"model: {', '.join(linear[:12]) or '(none)'}{' ...' if len(linear) > 12 else ''}")
+            raise ValueError(
+                f"load_peft: {where}: the model has no module named {name!r}. Linear layers in this "
+                f"model: {', '.join(linear[:12]) or '(none)'}{' ...' if len(linear) > 12 else ''}"
+            )
         if isinstance(module, AdaptedLinear):
-            raise ValueError(f"load_peft: {where}: already has method {module.method!r} applied; load the adapter "
-                             "onto the plain model (or call spectrallab.merge(model) first)")
+            raise ValueError(
+                f"load_peft: {where}: already has method {module.method!r} applied; load the adapter "
+                "onto the plain model (or call spectrallab.merge(model) first)"
+            )
         if not (isinstance(module, nn.Linear) or is_conv1d(module)):
-            raise ValueError(f"load_peft: {where} is a {type(module).__name__}; spectrallab's LoRA adapts nn.Linear "
-                             "(and transformers' Conv1D) layers")
+            raise ValueError(
+                f"load_peft: {where} is a {type(module).__name__}; spectrallab's LoRA adapts nn.Linear "
+                "(and transformers' Conv1D) layers"
+            )
         if not _config_targets(config, name):
-            raise ValueError(f"load_peft: {where}: has weights, but {ADAPTER_CONFIG} does not target it "
-                             f"(target_modules={config.get('target_modules')!r}, exclude_modules="
-                             f"{config.get('exclude_modules')!r}); PEFT would not load them: the two files disagree")
+            raise ValueError(
+                f"load_peft: {where}: has weights, but {ADAPTER_CONFIG} does not target it "
+                f"(target_modules={config.get('target_modules')!r}, exclude_modules="
+                f"{config.get('exclude_modules')!r}); PEFT would not load them: the two files disagree"
+            )
         tie = _ties(model, {name: module}, places).get(name)
         if tie:
-            raise ValueError(f"load_peft: {where}: {tie}. PEFT adds B·A to a tied layer's output and leaves the "
-                             "shared weight alone; spectrallab's methods do not adapt tied layers (apply leaves them "
-                             "out). Give the layer its own copy first (layer.weight = nn.Parameter(layer.weight"
-                             ".detach().clone()); the outputs are the same) and load again")
+            raise ValueError(
+                f"load_peft: {where}: {tie}. PEFT adds B·A to a tied layer's output and leaves the "
+                "shared weight alone; spectrallab's methods do not adapt tied layers (apply leaves them "
+                "out). Give the layer its own copy first (layer.weight = nn.Parameter(layer.weight"
+                ".detach().clone()); the outputs are the same) and load again"
+            )
         base = parts.pop("base", None)
-        if base is not None and not (base.shape == module.weight.shape and
-                                     torch.equal(base.to(module.weight.dtype), module.weight.detach().cpu())):
-            raise ValueError(f"load_peft: {where}: the file holds a copy of the layer's base weight (PEFT's "
-                             "save_embedding_layers) that differs from the model's: PEFT would replace the model's "
-                             f"weight by it. Copy it in first (the tensor '{PREFIX}{name}.base_layer.weight', "
-                             f"shape {tuple(base.shape)}; the model's is {tuple(module.weight.shape)}), then load")
+        if base is not None and not (
+            base.shape == module.weight.shape
+            and torch.equal(base.to(module.weight.dtype), module.weight.detach().cpu())
+        ):
+            raise ValueError(
+                f"load_peft: {where}: the file holds a copy of the layer's base weight (PEFT's "
+                "save_embedding_layers) that differs from the model's: PEFT would replace the model's "
+                f"weight by it. Copy it in first (the tensor '{PREFIX}{name}.base_layer.weight', "
+                f"shape {tuple(base.shape)}; the model's is {tuple(module.weight.shape)}), then load"
+            )
         needed = {"A", "B", "magnitude"} if use_dora else {"A", "B"}
         if set(parts) != needed:
-            raise ValueError(f"load_peft: {where}: has {sorted(parts)}, expected {sorted(needed)} "
-                             f"(use_dora={use_dora} in {ADAPTER_CONFIG})")
+            raise ValueError(
+                f"load_peft: {where}: has {sorted(parts)}, expected {sorted(needed)} "
+                f"(use_dora={use_dora} in {ADAPTER_CONFIG})"
+            )
         out_f, in_f = _shape(module)
         rank = _peft_pattern(rank_pattern, name, r)
         expect = {"A": (rank, in_f), "B": (out_f, rank), "magnitude": (out_f,)}
         for part, tensor in parts.items():
             if tuple(tensor.shape) != expect[part]:
-                raise ValueError(f"load_peft: {where}: {part} has shape {tuple(tensor.shape)}, but the layer is "
-                                 f"{out_f}×{in_f} (out × in) at rank {rank} (from {ADAPTER_CONFIG}), so it must be "
-                                 f"{expect[part]}")
+                raise ValueError(
+                    f"load_peft: {where}: {part} has shape {tuple(tensor.shape)}, but the layer is "
+                    f"{out_f}×{in_f} (out × in) at rank {rank} (from {ADAPTER_CONFIG}), so it must be "
+                    f"{expect[part]}"
+                )
         if not (isinstance(rank, int) and 1 <= rank <= min(out_f, in_f)):
-            raise ValueError(f"load_peft: {where} ({out_f}×{in_f}): rank={rank!r} is outside the range spectrallab's "
-                             f"LoRA allows, [1, {min(out_f, in_f)}] = [1, min(out, in)]")
+            raise ValueError(
+                f"load_peft: {where} ({out_f}×{in_f}): rank={rank!r} is outside the range spectrallab's "
+                f"LoRA allows, [1, {min(out_f, in_f)}] = [1, min(out, in)]"
+            )
         plan[name] = (rank, float(_peft_pattern(alpha_pattern, name, alpha)))
 
     # One apply per (rank, alpha); if a later one fails, put every original module (and every
@@ -496,8 +564,15 @@ def load_peft(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
             groups.setdefault(key, []).append(name)
         for (rank, a), names in groups.items():
             regex = "(?:" + "|".join(re.escape(n) for n in names) + ")"
-            apply(model, "dora" if use_dora else "lora", targets=regex, rank=rank, alpha=a, rslora=use_rslora,
-                  dropout=dropout)
+            apply(
+                model,
+                "dora" if use_dora else "lora",
+                targets=regex,
+                rank=rank,
+                alpha=a,
+                rslora=use_rslora,
+                dropout=dropout,
+            )
         with torch.no_grad():
             for name, parts in per_layer.items():
                 layer = model.get_submodule(name)

@@ -26,8 +26,11 @@ import torch
 
 PROFILES = ("ci", "cpu", "gpu")
 # Seconds: "chapter" for each chapter's execution, "book" for all chapters together (None: no book budget).
-BUDGETS = {"ci": {"chapter": 45, "book": None}, "cpu": {"chapter": 180, "book": 1200},
-           "gpu": {"chapter": 300, "book": None}}
+BUDGETS = {
+    "ci": {"chapter": 45, "book": None},
+    "cpu": {"chapter": 180, "book": 1200},
+    "gpu": {"chapter": 300, "book": None},
+}
 T = TypeVar("T")
 
 

@@ -35,8 +35,15 @@ def progress_mode() -> str:
 class Progress:
     """Progress of one run of ``total`` steps, named ``label``. Call :meth:`update` after each step."""
 
-    def __init__(self, total: int, label: str, mode: str | None = None, *, quiet_seconds: float = 10.0,
-                 every_seconds: float = 15.0):
+    def __init__(
+        self,
+        total: int,
+        label: str,
+        mode: str | None = None,
+        *,
+        quiet_seconds: float = 10.0,
+        every_seconds: float = 15.0,
+    ):
         self.total, self.label = total, label
         self.mode = progress_mode() if mode is None else mode
         if self.mode not in MODES:
@@ -63,8 +70,11 @@ class Progress:
                 elapsed = now - self.start
                 left = elapsed / max(step, 1) * (self.total - step)
                 loss_text = f", loss {loss:.3f}" if loss is not None else ""
-                print(f"[{self.label}] step {step:,}/{self.total:,}: {elapsed:.0f} s so far, ~{left:.0f} s left"
-                      f"{loss_text}", flush=True)
+                print(
+                    f"[{self.label}] step {step:,}/{self.total:,}: {elapsed:.0f} s so far, ~{left:.0f} s left"
+                    f"{loss_text}",
+                    flush=True,
+                )
                 self.next_line = now + self.every_seconds
 
     def close(self) -> None:
@@ -74,5 +84,7 @@ class Progress:
         elif self.mode == "lines":
             elapsed = time.perf_counter() - self.start
             if elapsed >= self.quiet_seconds:
-                print(f"[{self.label}] {self.step:,} steps in {elapsed:.0f} s ({self.step / elapsed:.1f} steps/s)",
-                      flush=True)
+                print(
+                    f"[{self.label}] {self.step:,} steps in {elapsed:.0f} s ({self.step / elapsed:.1f} steps/s)",
+                    flush=True,
+                )

@@ -66,8 +66,10 @@ class Run:
         run (no method changes which parameters train during a run). A hand-made record states it the
         same way: ``Run("frozen base", config={"trainable_parameters": 0})``."""
         if "trainable_parameters" not in self.config:
-            raise AttributeError(f"run {self.name!r} has no trainable_parameters in its config "
-                                 "(sl.fit records it; a hand-made Run needs config={'trainable_parameters': n})")
+            raise AttributeError(
+                f"run {self.name!r} has no trainable_parameters in its config "
+                "(sl.fit records it; a hand-made Run needs config={'trainable_parameters': n})"
+            )
         return self.config["trainable_parameters"]
 
     def best(self, metric: str = "val_loss", mode: str = "min") -> float:
@@ -78,9 +80,18 @@ class Run:
 
     # -- writing -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "id": self.id, "config": self.config, "steps": self.steps, "loss": self.loss,
-                "lr": self.lr, "grad_norm": self.grad_norm, "seconds": self.seconds, "evals": self.evals,
-                "spectra": self.spectra}
+        return {
+            "name": self.name,
+            "id": self.id,
+            "config": self.config,
+            "steps": self.steps,
+            "loss": self.loss,
+            "lr": self.lr,
+            "grad_norm": self.grad_norm,
+            "seconds": self.seconds,
+            "evals": self.evals,
+            "spectra": self.spectra,
+        }
 
     def save(self, directory: Path | str | None = None) -> Path:
         directory = Path(directory) if directory is not None else runs_dir()
@@ -93,7 +104,7 @@ class Run:
         return path
 
     @classmethod
-    def load(cls, path: Path | str) -> "Run":
+    def load(cls, path: Path | str) -> Run:
         data = json.loads(Path(path).read_text())
         run = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "path"})
         run.path = Path(path)

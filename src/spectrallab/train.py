@@ -20,9 +20,10 @@ import json
 import math
 import os
 import time
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,9 +32,11 @@ from torch import nn
 from . import checkpoint as ckpt
 from .apply import adapted_layers, trainable_parameters
 from .linalg import spectrum
-from .optim import effective_lr, optimizer as make_optimizer
+from .optim import effective_lr
+from .optim import optimizer as make_optimizer
+from .profiles import device as default_device
+from .profiles import profile
 from .progress import Progress
-from .profiles import device as default_device, profile
 from .runs import Run, home
 from .tasks.base import Task
 
@@ -46,9 +49,9 @@ class Event:
     loss: float | None
     lr: float
     grad_norm: float | None
-    metrics: dict[str, float] | None = None       # validation metrics, when evaluated at this step
+    metrics: dict[str, float] | None = None  # validation metrics, when evaluated at this step
     spectra: dict[str, np.ndarray] | None = None  # singular values of tracked layers, when measured
-    seconds: float = 0.0                          # wall time since training started
+    seconds: float = 0.0  # wall time since training started
 
 
 def warmup_cosine(total_steps: int, warmup: int = 0, floor: float = 0.1) -> Callable[[int], float]:
@@ -63,13 +66,28 @@ def warmup_cosine(total_steps: int, warmup: int = 0, floor: float = 0.1) -> Call
     return multiplier
 
 
-def train(model: nn.Module, task: Task, steps: int, *, optimizer: torch.optim.Optimizer | None = None,
-          lr: float | None = None, batch_size: int | None = None, schedule: Callable[[int], float] | None = None,
-          clip: float | None = None, eval_every: int | None = None, spectra_every: int | None = None,
-          spectra_of: Sequence[str] = (), seed: int = 0, name: str | None = None,
-          config: dict[str, Any] | None = None, record: bool = True, device: torch.device | str | None = None,
-          run: Run | None = None, checkpoint: str | os.PathLike | None = None,
-          checkpoint_every: int | None = None) -> Iterator[Event]:
+def train(
+    model: nn.Module,
+    task: Task,
+    steps: int,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    schedule: Callable[[int], float] | None = None,
+    clip: float | None = None,
+    eval_every: int | None = None,
+    spectra_every: int | None = None,
+    spectra_of: Sequence[str] = (),
+    seed: int = 0,
+    name: str | None = None,
+    config: dict[str, Any] | None = None,
+    record: bool = True,
+    device: torch.device | str | None = None,
+    run: Run | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+) -> Iterator[Event]:
     """Train ``model`` on ``task`` for ``steps`` optimizer steps, yielding an :class:`Event` per step.
 
     * ``optimizer``: defaults to ``spectrallab.optimizer(model, lr)`` (AdamW with method hooks);
@@ -121,8 +139,9 @@ def train(model: nn.Module, task: Task, steps: int, *, optimizer: torch.optim.Op
     eval_every = eval_every or max(1, steps // 10)
     if checkpoint is None and checkpoint_every is not None:
         raise ValueError("checkpoint_every is set but checkpoint (the file to write) is not")
-    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
-                                         or checkpoint_every < 1):
+    if checkpoint_every is not None and (
+        isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1
+    ):
         raise ValueError(f"checkpoint_every={checkpoint_every!r} is outside the allowed range [1, inf) (an int)")
     checkpoint_every = checkpoint_every or max(1, steps // 10)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -131,8 +150,16 @@ def train(model: nn.Module, task: Task, steps: int, *, optimizer: torch.optim.Op
     run.config = {
         # The task's own settings stay under their own key: a task may have a `rank` of its own
         # (the low-rank teacher's), which must never be read as the method's rank.
-        "task": task.name, "task_config": task.config(), "steps": steps, "lr": lr, "batch_size": batch_size,
-        "seed": seed, "clip": clip, "optimizer": type(opt).__name__, "profile": profile(), "device": str(device),
+        "task": task.name,
+        "task_config": task.config(),
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "clip": clip,
+        "optimizer": type(opt).__name__,
+        "profile": profile(),
+        "device": str(device),
         "trainable_parameters": trainable_parameters(model),
         **_method_config(model),
         **(config or {}),
@@ -150,8 +177,16 @@ def train(model: nn.Module, task: Task, steps: int, *, optimizer: torch.optim.Op
         return metrics
 
     # What a checkpoint must match to be resumed by this call (steps may grow; cadences may change).
-    run_identity = ckpt.identity(task=task.name, task_config=task.config(), seed=seed, lr=lr, batch_size=batch_size,
-                                 clip=clip, optimizer=type(opt).__name__, methods=_method_config(model))
+    run_identity = ckpt.identity(
+        task=task.name,
+        task_config=task.config(),
+        seed=seed,
+        lr=lr,
+        batch_size=batch_size,
+        clip=clip,
+        optimizer=type(opt).__name__,
+        methods=_method_config(model),
+    )
     first = 0
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
@@ -160,13 +195,31 @@ def train(model: nn.Module, task: Task, steps: int, *, optimizer: torch.optim.Op
             saved = ckpt.load_training_state(checkpoint)
             if saved["step"] > steps:
                 raise ValueError(f"checkpoint {str(checkpoint)!r} is at step {saved['step']}, past steps={steps}")
-            first = ckpt.restore_training_state(saved, checkpoint, model=model, optimizer=opt, scheduler=scheduler,
-                                                generator=generator, run=run, run_identity=run_identity)
+            first = ckpt.restore_training_state(
+                saved,
+                checkpoint,
+                model=model,
+                optimizer=opt,
+                scheduler=scheduler,
+                generator=generator,
+                run=run,
+                run_identity=run_identity,
+            )
             del saved
 
     def save_checkpoint(step: int) -> None:
-        ckpt.atomic_save(ckpt.training_state(step=step, model=model, optimizer=opt, scheduler=scheduler,
-                                             generator=generator, run=run, run_identity=run_identity), checkpoint)
+        ckpt.atomic_save(
+            ckpt.training_state(
+                step=step,
+                model=model,
+                optimizer=opt,
+                scheduler=scheduler,
+                generator=generator,
+                run=run,
+                run_identity=run_identity,
+            ),
+            checkpoint,
+        )
         if record:
             run.save()  # the record so far, so a killed run still leaves one (atomic too)
 
@@ -176,15 +229,23 @@ def train(model: nn.Module, task: Task, steps: int, *, optimizer: torch.optim.Op
         if first:
             yield Event(first, None, effective_lr(opt), None, seconds=time.perf_counter() - start)
         else:
-            yield Event(0, None, effective_lr(opt), None, metrics=evaluate(0),
-                        spectra=measure_spectra(0) if spectra_of else None)
+            yield Event(
+                0,
+                None,
+                effective_lr(opt),
+                None,
+                metrics=evaluate(0),
+                spectra=measure_spectra(0) if spectra_of else None,
+            )
         model.train()
         for step in range(first + 1, steps + 1):
             loss = task.loss(model, task.batch("train", batch_size, generator))
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
-                raise FloatingPointError(f"loss became {loss_value} at step {step} (lr={opt.param_groups[0]['lr']:g}); "
-                                         "try a smaller learning rate")
+                raise FloatingPointError(
+                    f"loss became {loss_value} at step {step} (lr={opt.param_groups[0]['lr']:g}); "
+                    "try a smaller learning rate"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip else math.inf))
@@ -193,11 +254,17 @@ def train(model: nn.Module, task: Task, steps: int, *, optimizer: torch.optim.Op
             if scheduler is not None:
                 scheduler.step()
             now = time.perf_counter() - start
-            run.steps.append(step); run.loss.append(loss_value); run.lr.append(current_lr)
-            run.grad_norm.append(grad_norm); run.seconds.append(now)
+            run.steps.append(step)
+            run.loss.append(loss_value)
+            run.lr.append(current_lr)
+            run.grad_norm.append(grad_norm)
+            run.seconds.append(now)
             metrics = evaluate(step) if step % eval_every == 0 or step == steps else None
-            spectra = measure_spectra(step) if spectra_of and spectra_every and (
-                step % spectra_every == 0 or step == steps) else None
+            spectra = (
+                measure_spectra(step)
+                if spectra_of and spectra_every and (step % spectra_every == 0 or step == steps)
+                else None
+            )
             if checkpoint is not None and (step % checkpoint_every == 0 or step == steps):
                 save_checkpoint(step)
             if step == steps and record:
@@ -224,8 +291,16 @@ def _method_config(model: nn.Module) -> dict[str, Any]:
     return out
 
 
-def fit(model: nn.Module, task: Task, steps: int, *, on_event: Callable[[Event], None] | None = None,
-        name: str | None = None, progress: str | None = None, **kwargs: Any) -> Run:
+def fit(
+    model: nn.Module,
+    task: Task,
+    steps: int,
+    *,
+    on_event: Callable[[Event], None] | None = None,
+    name: str | None = None,
+    progress: str | None = None,
+    **kwargs: Any,
+) -> Run:
     """Run :func:`train` to the end and return its :class:`Run` (saved to disk unless ``record=False``).
 
     ``progress``: ``"bar"``, ``"lines"`` or ``"off"`` (default: chosen by :mod:`spectrallab.progress` —
@@ -256,24 +331,49 @@ def fit(model: nn.Module, task: Task, steps: int, *, on_event: Callable[[Event],
     return run
 
 
-def pretrained(task: Task, steps: int, *, lr: float | None = None, seed: int = 0, batch_size: int | None = None,
-               schedule: Callable[[int], float] | None = None, cache: bool = True) -> nn.Module:
+def pretrained(
+    task: Task,
+    steps: int,
+    *,
+    lr: float | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    schedule: Callable[[int], float] | None = None,
+    cache: bool = True,
+) -> nn.Module:
     """A model fully trained on ``task``, trained once and cached in ``$SPECTRALLAB_HOME/bases``.
 
     The cache key hashes the task's configuration and the training settings, so changing either
     trains a new base. A returned model is a fresh copy: adapting it never alters the cache.
     """
     lr = task.lr if lr is None else lr
-    key_fields = {"task": task.config(), "steps": steps, "lr": lr, "seed": seed, "batch_size": batch_size,
-                  "schedule": getattr(schedule, "__qualname__", None), "torch": torch.__version__.split("+")[0]}
+    key_fields = {
+        "task": task.config(),
+        "steps": steps,
+        "lr": lr,
+        "seed": seed,
+        "batch_size": batch_size,
+        "schedule": getattr(schedule, "__qualname__", None),
+        "torch": torch.__version__.split("+")[0],
+    }
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = home() / "bases" / f"{task.name}-{key}.pt"
     model = task.make_model(seed=seed)
     if cache and path.exists():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.to(task.device)
-    fit(model, task, steps, lr=lr, seed=seed, batch_size=batch_size, schedule=schedule, record=False,
-        name=f"pretrain-{task.name}", config={"method": "full", "purpose": "pretrained base"})
+    fit(
+        model,
+        task,
+        steps,
+        lr=lr,
+        seed=seed,
+        batch_size=batch_size,
+        schedule=schedule,
+        record=False,
+        name=f"pretrain-{task.name}",
+        config={"method": "full", "purpose": "pretrained base"},
+    )
     if cache:
         ckpt.atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
     return model

@@ -50,8 +50,8 @@ class TruncatedLinear(AdaptedLinear):
     def __init__(self, A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None):
         super().__init__(A.shape[1], B.shape[0])
         self.rank = A.shape[0]
-        self.A = nn.Parameter(A.contiguous(), requires_grad=False)   # r × n: V_rᵀ
-        self.B = nn.Parameter(B.contiguous(), requires_grad=False)   # m × r: U_r diag(Σ_r)
+        self.A = nn.Parameter(A.contiguous(), requires_grad=False)  # r × n: V_rᵀ
+        self.B = nn.Parameter(B.contiguous(), requires_grad=False)  # m × r: U_r diag(Σ_r)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     def effective_weight(self) -> torch.Tensor:
@@ -119,8 +119,14 @@ def rank_for(name: str, layer: nn.Module, S: torch.Tensor, rank: int | None, ene
 
 
 @torch.no_grad()
-def truncate(model: nn.Module, rank: int | None = None, *, energy: float | None = None,
-             targets: Targets = None, method: Literal["auto", "svd", "spectral"] = "auto") -> nn.Module:
+def truncate(
+    model: nn.Module,
+    rank: int | None = None,
+    *,
+    energy: float | None = None,
+    targets: Targets = None,
+    method: Literal["auto", "svd", "spectral"] = "auto",
+) -> nn.Module:
     """Replace each targeted layer of ``model`` by its best rank-``rank`` factors (in place).
 
     Give exactly one of ``rank`` (an int in [1, min(out, in)] for every targeted layer) or
@@ -134,10 +140,11 @@ def truncate(model: nn.Module, rank: int | None = None, *, energy: float | None 
     this is for inference, and ``sl.merge`` makes them dense again.
     """
     if (rank is None) == (energy is None):
-        raise TypeError("truncate needs exactly one of rank= (an int) or energy= (a share in (0, 1]); "
-                        f"got rank={rank!r}, energy={energy!r}")
-    if energy is not None and (isinstance(energy, bool) or not isinstance(energy, (int, float))
-                               or not 0 < energy <= 1):
+        raise TypeError(
+            "truncate needs exactly one of rank= (an int) or energy= (a share in (0, 1]); "
+            f"got rank={rank!r}, energy={energy!r}"
+        )
+    if energy is not None and (isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0 < energy <= 1):
         raise ValueError(f"energy={energy!r} is outside the allowed range (0, 1]")
     if method not in ("auto", "svd", "spectral"):
         raise ValueError(f"method={method!r} is not one of 'auto', 'svd', 'spectral'")
@@ -146,8 +153,10 @@ def truncate(model: nn.Module, rank: int | None = None, *, energy: float | None 
     for name, layer in layers.items():  # every layer checked and built before the model changes
         label = name or "<model>"
         if isinstance(layer, TruncatedLinear):
-            raise ValueError(f"layer {label!r} is already truncated (rank {layer.rank}); "
-                             f"call spectrallab.merge(model) first to truncate it again")
+            raise ValueError(
+                f"layer {label!r} is already truncated (rank {layer.rank}); "
+                f"call spectrallab.merge(model) first to truncate it again"
+            )
         if next(iter(layer.parameters())).is_meta:
             raise ValueError(f"layer {label!r} is on the meta device: it has no values to truncate")
         U, S, Vh = spectral_form(layer, label, method)

@@ -20,9 +20,10 @@ import math
 import warnings
 import weakref
 import zlib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from ..linalg import all_finite, is_conv1d
 from .options import Option, validate, where
 
-_REGISTRY: dict[str, type["Method"]] = {}
+_REGISTRY: dict[str, type[Method]] = {}
 
 
 def register(name: str):
@@ -52,13 +53,18 @@ def register(name: str):
 
     def decorate(cls):
         if not (isinstance(cls, type) and issubclass(cls, Method)) or cls is Method:
-            raise TypeError(f"@register({name!r}) decorates {cls!r}, which is not a subclass of "
-                            f"spectrallab.Method; a method is a class deriving from Method")
+            raise TypeError(
+                f"@register({name!r}) decorates {cls!r}, which is not a subclass of "
+                f"spectrallab.Method; a method is a class deriving from Method"
+            )
         earlier = _REGISTRY.get(key)
         if earlier is not None and earlier is not cls:
-            warnings.warn(f"method {key!r} is registered again: {_qualified(cls)} replaces "
-                          f"{_qualified(earlier)} (layers it already built keep working)",
-                          MethodRedefinedWarning, stacklevel=2)
+            warnings.warn(
+                f"method {key!r} is registered again: {_qualified(cls)} replaces "
+                f"{_qualified(earlier)} (layers it already built keep working)",
+                MethodRedefinedWarning,
+                stacklevel=2,
+            )
         cls.name = key
         _REGISTRY[key] = cls
         return cls
@@ -78,7 +84,7 @@ def _qualified(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def registered() -> dict[str, type["Method"]]:
+def registered() -> dict[str, type[Method]]:
     return dict(_REGISTRY)
 
 
@@ -89,6 +95,7 @@ def registered() -> dict[str, type["Method"]]:
 # written for nn.Linear; `apply` shows them an equivalent nn.Linear (the weight transposed, the same
 # bias) and the adapted layer remembers where it came from, so `merge` gives back a Conv1D.
 # Recognised by class name and module (`is_conv1d`, in linalg), so spectrallab never imports transformers.
+
 
 def as_linear(layer: nn.Module) -> nn.Linear:
     """``layer`` itself if it is an ``nn.Linear``; for a ``Conv1D``, an ``nn.Linear`` computing the
@@ -109,8 +116,11 @@ def conv1d_from_linear(linear: nn.Linear, conv_class: type[nn.Module]) -> nn.Mod
     with torch.device("meta"):  # Conv1D(nf, nx) draws a random weight: skip that work
         conv = conv_class(linear.out_features, linear.in_features)
     conv.weight = nn.Parameter(linear.weight.detach().T.contiguous())
-    bias = linear.bias if linear.bias is not None else torch.zeros(
-        linear.out_features, dtype=linear.weight.dtype, device=linear.weight.device)
+    bias = (
+        linear.bias
+        if linear.bias is not None
+        else torch.zeros(linear.out_features, dtype=linear.weight.dtype, device=linear.weight.device)
+    )
     conv.bias = nn.Parameter(bias.detach())
     return conv
 
@@ -143,19 +153,23 @@ class LayerCounts:
     extra: int | None = 0
 
     @classmethod
-    def adam(cls, weights: int, trainable: int, extra: int | None = 0) -> "LayerCounts":
+    def adam(cls, weights: int, trainable: int, extra: int | None = 0) -> LayerCounts:
         """Counts for a layer trained with Adam: two moments per trained scalar."""
         return cls(weights, trainable, 2 * trainable, extra)
 
     @classmethod
-    def dense(cls, m: int, n: int) -> "LayerCounts":
+    def dense(cls, m: int, n: int) -> LayerCounts:
         """Dense training of an ``m × n`` weight: ``mn`` weights, all trained, Adam ``2mn``."""
         return cls.adam(m * n, m * n)
 
-    def __add__(self, other: "LayerCounts") -> "LayerCounts":
+    def __add__(self, other: LayerCounts) -> LayerCounts:
         extra = None if self.extra is None or other.extra is None else self.extra + other.extra
-        return LayerCounts(self.weights + other.weights, self.trainable + other.trainable,
-                           self.optimizer_states + other.optimizer_states, extra)
+        return LayerCounts(
+            self.weights + other.weights,
+            self.trainable + other.trainable,
+            self.optimizer_states + other.optimizer_states,
+            extra,
+        )
 
     @property
     def gradients(self) -> int:
@@ -214,8 +228,9 @@ class AdaptedLinear(nn.Module):
         """A plain ``nn.Linear`` with the same function (used by ``spectrallab.merge``)."""
         weight = self.effective_weight().detach()
         bias = self.effective_bias
-        linear = nn.Linear(self.in_features, self.out_features, bias=bias is not None,
-                           device=weight.device, dtype=weight.dtype)
+        linear = nn.Linear(
+            self.in_features, self.out_features, bias=bias is not None, device=weight.device, dtype=weight.dtype
+        )
         with torch.no_grad():
             linear.weight.copy_(weight)
             if bias is not None:
@@ -260,8 +275,9 @@ class Method:
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             allowed = ", ".join(sorted(self.options)) or "none"
-            raise TypeError(f"method {self.name!r} got unknown option(s) {', '.join(unknown)}; "
-                            f"its options are: {allowed}")
+            raise TypeError(
+                f"method {self.name!r} got unknown option(s) {', '.join(unknown)}; its options are: {allowed}"
+            )
         self.config = {**self.defaults(), **options}
         self.layer_names: list[str] = []  # the layers `build` made, to name them in messages
 
@@ -360,8 +376,9 @@ class Method:
         """
         return None
 
-    def optimizer_groups(self, layers: dict[str, AdaptedLinear], optimizer_class: type[torch.optim.Optimizer]
-                         ) -> tuple[type[torch.optim.Optimizer], list[dict[str, Any]]]:
+    def optimizer_groups(
+        self, layers: dict[str, AdaptedLinear], optimizer_class: type[torch.optim.Optimizer]
+    ) -> tuple[type[torch.optim.Optimizer], list[dict[str, Any]]]:
         """Param groups with method-specific options, and the optimizer class that can honour them.
 
         ``spectrallab.optimizer`` calls this *before* it builds the optimizer (``attach_optimizer``
@@ -399,7 +416,7 @@ class Method:
 # optimizer was built, and the parameters' in-place version counters, which could tell, are not
 # bumped by torch's fused AdamW (the Hugging Face Trainer's default).
 
-_WATCHED: "weakref.WeakSet[AdaptedLinear]" = weakref.WeakSet()  # layers whose method needs hooks
+_WATCHED: weakref.WeakSet[AdaptedLinear] = weakref.WeakSet()  # layers whose method needs hooks
 _STEP_HOOK: list = []  # the handle of the global step pre-hook, once registered
 
 
@@ -428,16 +445,20 @@ def _check_optimizer_hooks(optimizer: torch.optim.Optimizer, args: tuple, kwargs
         spec._warned_missing_hooks = True
         names = spec.layer_names
         shown = ", ".join(names[:6]) + (f", ... ({len(names)} layers)" if len(names) > 6 else "")
-        warnings.warn(f"method {spec.name!r} (layers {shown}) is trained by an optimizer without spectrallab's "
-                      f"optimizer hooks ({type(optimizer).__name__}, not built by spectrallab.optimizer), so "
-                      f"this skips {spec.needs_optimizer_hooks}. Build the optimizer with "
-                      "spectrallab.optimizer(model, lr=...) (a torch.optim optimizer: LR schedulers and "
-                      "state_dict work as usual); with the Hugging Face Trainer pass "
-                      "optimizers=(spectrallab.optimizer(model, lr=...), None)",
-                      MissingOptimizerHooksWarning, stacklevel=3)
+        warnings.warn(
+            f"method {spec.name!r} (layers {shown}) is trained by an optimizer without spectrallab's "
+            f"optimizer hooks ({type(optimizer).__name__}, not built by spectrallab.optimizer), so "
+            f"this skips {spec.needs_optimizer_hooks}. Build the optimizer with "
+            "spectrallab.optimizer(model, lr=...) (a torch.optim optimizer: LR schedulers and "
+            "state_dict work as usual); with the Hugging Face Trainer pass "
+            "optimizers=(spectrallab.optimizer(model, lr=...), None)",
+            MissingOptimizerHooksWarning,
+            stacklevel=3,
+        )
 
 
 # -- shared validation helpers: one wording for every method ------------------------------------
+
 
 def check_rank(layer_name: str, linear: nn.Linear, rank: Any) -> int:
     """``rank`` must be an int in [1, min(out_features, in_features)]."""
@@ -445,8 +466,10 @@ def check_rank(layer_name: str, linear: nn.Linear, rank: Any) -> int:
     if isinstance(rank, bool) or not isinstance(rank, int):
         raise TypeError(f"layer {layer_name!r}: rank must be an int in [1, {limit}], got {rank!r}")
     if not 1 <= rank <= limit:
-        raise ValueError(f"layer {layer_name!r} ({linear.out_features}×{linear.in_features}): "
-                         f"rank={rank} is outside the allowed range [1, {limit}] = [1, min(out, in)]")
+        raise ValueError(
+            f"layer {layer_name!r} ({linear.out_features}×{linear.in_features}): "
+            f"rank={rank} is outside the allowed range [1, {limit}] = [1, min(out, in)]"
+        )
     return rank
 
 
@@ -454,8 +477,9 @@ def check_finite_weight(layer_name: str, weight: torch.Tensor) -> None:
     """Non-finite weights make SVD/QR fail deep inside LAPACK; say which layer instead."""
     if not all_finite(weight.detach()):
         bad = int((~torch.isfinite(weight)).sum())
-        raise ValueError(f"layer {layer_name!r}: weight has {bad} non-finite value(s) (NaN or inf); "
-                         "an SVD needs all values finite")
+        raise ValueError(
+            f"layer {layer_name!r}: weight has {bad} non-finite value(s) (NaN or inf); an SVD needs all values finite"
+        )
 
 
 def resolve_seed(seed: int | None) -> int:
@@ -477,6 +501,7 @@ def layer_generator(seed: int, layer_name: str) -> torch.Generator:
 # layers — never in a Python attribute or a hook's closure, which neither state dict sees and
 # which a rebuilt optimizer would start again from zero. The buffer is the only copy: every draw
 # reads the generator state from it and writes the advanced state back.
+
 
 def counter(value: int = 0, device: torch.device | str | None = None) -> torch.Tensor:
     """A 0-d int64 tensor: a step or event counter stored as a buffer (unaffected by ``.half()``)."""

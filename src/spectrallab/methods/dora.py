@@ -52,10 +52,10 @@ from .lora import LoRA, LoRALinear, factors_on_original
 class DoRAExport(NamedTuple):
     """DoRA on the original weight: ``magnitude ⊙ V / ‖V‖_row`` with ``V = weight + scale · B @ A``."""
 
-    A: torch.Tensor          # r' × in
-    B: torch.Tensor          # out × r'
+    A: torch.Tensor  # r' × in
+    B: torch.Tensor  # out × r'
     scale: float
-    weight: torch.Tensor     # the original (pre-init) W, out × in
+    weight: torch.Tensor  # the original (pre-init) W, out × in
     magnitude: torch.Tensor  # out
 
 
@@ -64,8 +64,9 @@ class DoRALinear(LoRALinear):
 
     method = "dora"
 
-    def __init__(self, linear: nn.Linear, rank: int, alpha: float, rslora: bool, init: str,
-                 dropout: float, train_a: bool = True):
+    def __init__(
+        self, linear: nn.Linear, rank: int, alpha: float, rslora: bool, init: str, dropout: float, train_a: bool = True
+    ):
         super().__init__(linear, rank, alpha, rslora, init, dropout, train_a=train_a)
         # The same function as the forward's norm, so mag / norm is exactly 1 at step 0.
         self.magnitude = nn.Parameter(self.weight_norm())
@@ -82,10 +83,10 @@ class DoRALinear(LoRALinear):
             A, B, s = self.lora_A, self.lora_B, self.scale
             wide = torch.promote_types(self.weight.dtype, torch.float32)  # at least float32; float64 stays
             w_sq = torch.linalg.vector_norm(self.weight, dim=1, dtype=wide).square()
-            wa = F.linear(self.weight, A).to(wide)                    # W Aᵀ, m × r
+            wa = F.linear(self.weight, A).to(wide)  # W Aᵀ, m × r
             a, b = A.to(wide), B.to(wide)
-            cross = (b * wa).sum(1)                                   # ⟨B_i, (W Aᵀ)_i⟩
-            quad = ((b @ (a @ a.T)) * b).sum(1)                       # ‖(B A)_i‖²
+            cross = (b * wa).sum(1)  # ⟨B_i, (W Aᵀ)_i⟩
+            quad = ((b @ (a @ a.T)) * b).sum(1)  # ‖(B A)_i‖²
             sq = w_sq + (2 * s) * cross + (s * s) * quad
             return sq.clamp_min(0).sqrt().to(self.weight.dtype)
 
@@ -103,8 +104,9 @@ class DoRALinear(LoRALinear):
         m, n, r = self.out_features, self.in_features, self.rank
         adapter = r * (m + n)
         trainable = (adapter if self.lora_A.requires_grad else r * m) + m
-        return LayerCounts.adam(m * n + adapter + m, trainable,
-                                adapter if getattr(self, "lora_A0", None) is not None else 0)
+        return LayerCounts.adam(
+            m * n + adapter + m, trainable, adapter if getattr(self, "lora_A0", None) is not None else 0
+        )
 
     def as_lora(self) -> DoRAExport:
         """LoRA factors on the original W (rank r, or 2r for an init that moved part of W into BA)

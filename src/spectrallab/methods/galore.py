@@ -70,7 +70,8 @@ as in ``galore-torch``.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,8 +79,7 @@ from torch import nn
 
 from ..linalg import all_finite
 from ..optim_hooks import add_step_check
-from .base import (AdaptedLinear, LayerCounts, Method, check_rank, register,
-                   reset_linear_)
+from .base import AdaptedLinear, LayerCounts, Method, check_rank, register, reset_linear_
 from .options import Option, rank_option
 
 PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")
@@ -139,8 +139,15 @@ class GaLoreAdamW(torch.optim.Optimizer):
     ``correct_bias`` (True; False drops Adam's bias correction, as in ``galore-torch``).
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, correct_bias: bool = True):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        correct_bias: bool = True,
+    ):
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr < math.inf:
             raise ValueError(f"lr={lr!r} is outside the allowed range [0, inf)")
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
@@ -149,8 +156,13 @@ class GaLoreAdamW(torch.optim.Optimizer):
             raise ValueError(f"eps={eps!r} is outside the allowed range [0, inf)")
         if not 0 <= weight_decay < math.inf:
             raise ValueError(f"weight_decay={weight_decay!r} is outside the allowed range [0, inf)")
-        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
-                    "correct_bias": bool(correct_bias)}
+        defaults = {
+            "lr": lr,
+            "betas": tuple(betas),
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "correct_bias": bool(correct_bias),
+        }
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -196,9 +208,11 @@ class GaLoreAdamW(torch.optim.Optimizer):
                 if not all_finite(p.grad):
                     bad = int((~torch.isfinite(p.grad)).sum())
                     where = f"layer {names[id(p)]!r}" if id(p) in names else f"param {i} of param group {g}"
-                    raise ValueError(f"{where}: the gradient has {bad} non-finite value(s) (NaN or inf) at step "
-                                     f"{step + 1}, where GaLore recomputes its projection from the gradient's SVD "
-                                     "(which needs finite values); nothing was updated")
+                    raise ValueError(
+                        f"{where}: the gradient has {bad} non-finite value(s) (NaN or inf) at step "
+                        f"{step + 1}, where GaLore recomputes its projection from the gradient's SVD "
+                        "(which needs finite values); nothing was updated"
+                    )
 
     def _step_group(self, group: dict[str, Any]) -> None:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
@@ -228,7 +242,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
             state["step"].fill_(step)
             step_size = lr
             if group["correct_bias"]:  # applied to the step, with ε added to √V uncorrected
-                step_size = lr * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+                step_size = lr * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
             params.append(p)
             grads.append(grad)
             exp_avgs.append(state["exp_avg"])
@@ -240,22 +254,22 @@ class GaLoreAdamW(torch.optim.Optimizer):
         # Adam on the whole group at once: torch._foreach_* does per tensor exactly what
         # exp_avg.mul_(β₁).add_(R, alpha=1−β₁) etc. would, in one call per operation.
         torch._foreach_mul_(exp_avgs, beta1)
-        torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)         # M = β₁M + (1−β₁)R
+        torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)  # M = β₁M + (1−β₁)R
         torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)   # V = β₂V + (1−β₂)R²
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)  # V = β₂V + (1−β₂)R²
         denoms = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_add_(denoms, eps)                                 # √V + ε
+        torch._foreach_add_(denoms, eps)  # √V + ε
         if galore:
             for p, exp_avg, denom, step_size in zip(params, exp_avgs, denoms, step_sizes):
                 state = self.state[p]
                 left, right = state.get("projection_left"), state.get("projection_right")
-                normalized = exp_avg / denom                    # N, in the projected coordinates
+                normalized = exp_avg / denom  # N, in the projected coordinates
                 alpha = -step_size * group["scale"]
-                if left is not None and right is not None:      # "full": W += α · Pₗ N Pᵣ
+                if left is not None and right is not None:  # "full": W += α · Pₗ N Pᵣ
                     p.addmm_(left @ normalized, right, alpha=alpha)
-                elif right is not None:                          # W += α · N P   (m×r · r×n)
+                elif right is not None:  # W += α · N P   (m×r · r×n)
                     p.addmm_(normalized, right, alpha=alpha)
-                else:                                            # W += α · P N   (m×r · r×n)
+                else:  # W += α · P N   (m×r · r×n)
                     p.addmm_(left, normalized, alpha=alpha)
         else:
             torch._foreach_addcdiv_(params, exp_avgs, denoms, [-s for s in step_sizes])
@@ -280,8 +294,10 @@ def check_group(group: dict[str, Any]) -> None:
             raise ValueError(f"GaLore projects 2-D weights; param {i} of the group has shape {tuple(p.shape)}")
         limit = min(p.shape)
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= limit:
-            raise ValueError(f"GaLore param {i} of the group ({p.shape[0]}×{p.shape[1]}): rank={rank!r} is "
-                             f"outside the allowed range [1, {limit}] = [1, min(m, n)]")
+            raise ValueError(
+                f"GaLore param {i} of the group ({p.shape[0]}×{p.shape[1]}): rank={rank!r} is "
+                f"outside the allowed range [1, {limit}] = [1, min(m, n)]"
+            )
 
 
 class GaLoreLinear(AdaptedLinear):
@@ -293,8 +309,10 @@ class GaLoreLinear(AdaptedLinear):
     """
 
     method = "galore"
-    memory_note = ("GaLore shrinks the optimizer state only: its gradients are full size (the same bytes as full "
-                   "training of those layers) and so are its activations")
+    memory_note = (
+        "GaLore shrinks the optimizer state only: its gradients are full size (the same bytes as full "
+        "training of those layers) and so are its activations"
+    )
 
     def __init__(self, linear: nn.Linear, rank: int, update_proj_gap: int, scale: float, proj_type: str):
         super().__init__(linear.in_features, linear.out_features)
@@ -328,14 +346,20 @@ class GaLoreLinear(AdaptedLinear):
         """
         m, n, r = self.out_features, self.in_features, self.rank
         small, large = min(m, n), max(m, n)
-        states = {"std": small * r + 2 * large * r, "reverse_std": large * r + 2 * small * r,
-                  "left": m * r + 2 * n * r, "right": n * r + 2 * m * r,
-                  "full": (m + n) * r + 2 * r * r}[self.proj_type]
+        states = {
+            "std": small * r + 2 * large * r,
+            "reverse_std": large * r + 2 * small * r,
+            "left": m * r + 2 * n * r,
+            "right": n * r + 2 * m * r,
+            "full": (m + n) * r + 2 * r * r,
+        }[self.proj_type]
         return LayerCounts(m * n, m * n, states)
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, rank={self.rank}, update_proj_gap={self.update_proj_gap}, "
-                f"scale={self.scale}, proj_type={self.proj_type!r}")
+        return (
+            f"{super().extra_repr()}, rank={self.rank}, update_proj_gap={self.update_proj_gap}, "
+            f"scale={self.scale}, proj_type={self.proj_type!r}"
+        )
 
 
 @register("galore")
@@ -353,15 +377,22 @@ class GaLore(Method):
     options = {
         "rank": rank_option(help="r, the rank of the gradient projection P"),
         "update_proj_gap": Option(200, "T, steps between two SVDs of the gradient (a new P)", kind="int", low=1),
-        "scale": Option(0.25, "α, the scale of the projected-back update (not divided by r)", kind="float",
-                        low=0, low_open=True),
-        "proj_type": Option("std", "which side P multiplies: the smaller (the paper), the larger, left, right "
-                            "or both", kind="choice", choices=PROJ_TYPES),
+        "scale": Option(
+            0.25, "α, the scale of the projected-back update (not divided by r)", kind="float", low=0, low_open=True
+        ),
+        "proj_type": Option(
+            "std",
+            "which side P multiplies: the smaller (the paper), the larger, left, right or both",
+            kind="choice",
+            choices=PROJ_TYPES,
+        ),
     }
     freezes_others = False
     init_reads_weight = None  # the projection comes from gradients: a meta-device model is fine
-    needs_optimizer_hooks = ("GaLore's gradient projection (its GaLoreAdamW keeps Adam's moments in a rank-r "
-                             "subspace, refreshed every update_proj_gap steps): this is full-rank training")
+    needs_optimizer_hooks = (
+        "GaLore's gradient projection (its GaLoreAdamW keeps Adam's moments in a rank-r "
+        "subspace, refreshed every update_proj_gap steps): this is full-rank training"
+    )
 
     @classmethod
     def period_options(cls, period: int) -> dict:
@@ -385,9 +416,11 @@ class GaLore(Method):
             optimizer_class = GaLoreAdamW
         elif not (isinstance(optimizer_class, type) and issubclass(optimizer_class, GaLoreAdamW)):
             names = ", ".join(sorted(layers)[:4]) + (", ..." if len(layers) > 4 else "")
-            raise ValueError(f"method 'galore' (layers {names}) needs an optimizer that projects gradients: "
-                             f"optimizer={getattr(optimizer_class, '__name__', optimizer_class)!r} cannot do "
-                             "GaLore. Use optimizer='adamw' (spectrallab's GaLoreAdamW) or a GaLoreAdamW subclass")
+            raise ValueError(
+                f"method 'galore' (layers {names}) needs an optimizer that projects gradients: "
+                f"optimizer={getattr(optimizer_class, '__name__', optimizer_class)!r} cannot do "
+                "GaLore. Use optimizer='adamw' (spectrallab's GaLoreAdamW) or a GaLoreAdamW subclass"
+            )
         c = self.config
         weights = [layer.weight for layer in layers.values()]
         return optimizer_class, [{"params": weights, **{k: c[k] for k in GROUP_KEYS}}]

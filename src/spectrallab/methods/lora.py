@@ -29,7 +29,8 @@ Trainable parameters per layer: ``r(m + n)`` for LoRA, ``r·m`` for FFA-LoRA.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -98,8 +99,9 @@ class LoRALinear(AdaptedLinear):
 
     method = "lora"
 
-    def __init__(self, linear: nn.Linear, rank: int, alpha: float, rslora: bool, init: str,
-                 dropout: float, train_a: bool = True):
+    def __init__(
+        self, linear: nn.Linear, rank: int, alpha: float, rslora: bool, init: str, dropout: float, train_a: bool = True
+    ):
         super().__init__(linear.in_features, linear.out_features)
         self.rank = rank
         self.alpha = alpha
@@ -162,16 +164,18 @@ class LoRALinear(AdaptedLinear):
         m, n, r = self.out_features, self.in_features, self.rank
         adapter = r * (m + n)
         trainable = adapter if self.lora_A.requires_grad else r * m
-        return LayerCounts.adam(m * n + adapter, trainable,
-                                adapter if getattr(self, "lora_A0", None) is not None else 0)
+        return LayerCounts.adam(
+            m * n + adapter, trainable, adapter if getattr(self, "lora_A0", None) is not None else 0
+        )
 
-    def as_lora(self) -> "LoRAExport":
+    def as_lora(self) -> LoRAExport:
         """This layer as a plain LoRA on its original weight (rank r, or 2r for PiSSA/MiLoRA/OLoRA)."""
         return export_lora(self)
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, "
-                f"init={self.init!r}")
+        return (
+            f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, init={self.init!r}"
+        )
 
 
 class LoRAExport(NamedTuple):
@@ -181,8 +185,8 @@ class LoRAExport(NamedTuple):
     (what ``spectrallab.save_peft`` writes; DoRA returns its :class:`~.dora.DoRAExport`).
     """
 
-    A: torch.Tensor       # r' × in
-    B: torch.Tensor       # out × r'
+    A: torch.Tensor  # r' × in
+    B: torch.Tensor  # out × r'
     scale: float
     weight: torch.Tensor  # the original (pre-init) W, out × in
 
@@ -197,8 +201,10 @@ def export_lora(layer: LoRALinear) -> LoRAExport:
     weight is ``W + s·BA`` (not DoRA's rescaled one).
     """
     if type(layer).effective_weight is not LoRALinear.effective_weight:
-        raise TypeError(f"export_lora needs a plain LoRA layer (effective weight W + s·BA); "
-                        f"{type(layer).__name__} computes its weight differently")
+        raise TypeError(
+            f"export_lora needs a plain LoRA layer (effective weight W + s·BA); "
+            f"{type(layer).__name__} computes its weight differently"
+        )
     return factors_on_original(layer)
 
 
@@ -228,8 +234,12 @@ class LoRA(Method):
         "rank": rank_option(),
         "alpha": alpha_option(),
         "rslora": Option(False, "rank-stabilized scale α/√r instead of α/r (Kalajdzievski 2023)", kind="bool"),
-        "init": Option("default", "how A and B start: Kaiming/Gaussian A with B = 0, or a spectral init",
-                       kind="choice", choices=lambda: sorted(LORA_INITS)),
+        "init": Option(
+            "default",
+            "how A and B start: Kaiming/Gaussian A with B = 0, or a spectral init",
+            kind="choice",
+            choices=lambda: sorted(LORA_INITS),
+        ),
         "dropout": dropout_option(),
     }
     freezes_others = True
@@ -250,8 +260,9 @@ class LoRA(Method):
     def adapt(self, layer_name: str, linear: nn.Linear) -> LoRALinear:
         c = self.config
         alpha = float(c["rank"] if c["alpha"] is None else c["alpha"])
-        return self.layer_class(linear, c["rank"], alpha, c["rslora"], c["init"], float(c["dropout"]),
-                                train_a=self.train_a)
+        return self.layer_class(
+            linear, c["rank"], alpha, c["rslora"], c["init"], float(c["dropout"]), train_a=self.train_a
+        )
 
 
 @register("ffa_lora")

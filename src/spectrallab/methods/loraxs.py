@@ -61,10 +61,10 @@ class LoRAXSLinear(AdaptedLinear):
         self.scale = alpha / rank
         W = linear.weight.detach()
         check_finite_weight(layer_name, W)
-        U, S, Vh = linalg.svd(W, rank, name=f"layer {layer_name!r}")   # float32
-        self.weight = frozen(W)                       # shares storage with the original layer
+        U, S, Vh = linalg.svd(W, rank, name=f"layer {layer_name!r}")  # float32
+        self.weight = frozen(W)  # shares storage with the original layer
         self.bias = None if linear.bias is None else frozen(linear.bias)
-        self.xs_B = frozen(U.to(W.dtype).contiguous())                   # m × r
+        self.xs_B = frozen(U.to(W.dtype).contiguous())  # m × r
         self.xs_A = frozen((S.unsqueeze(1) * Vh).to(W.dtype).contiguous())  # r × n
         R = torch.randn(rank, rank, dtype=torch.float32, device=W.device) * init_std
         self.xs_R = nn.Parameter(R.to(W.dtype))
@@ -81,8 +81,9 @@ class LoRAXSLinear(AdaptedLinear):
         the same scale ``s`` — ``s·B'A' = s·BRA`` exactly, up to the rounding of one r × r product."""
 
         with torch.no_grad():
-            return LoRAExport(self.xs_A.detach().clone(), (self.xs_B @ self.xs_R).detach(), self.scale,
-                              self.weight.detach())
+            return LoRAExport(
+                self.xs_A.detach().clone(), (self.xs_B @ self.xs_R).detach(), self.scale, self.weight.detach()
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Three skinny products (n→r→r→m), never the dense ΔW.

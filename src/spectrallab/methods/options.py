@@ -21,8 +21,9 @@ This module imports nothing from the rest of the library: it is the bottom layer
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 KINDS = ("int", "float", "bool", "choice", "seed")
 
@@ -112,8 +113,11 @@ class Option:
                 tail = "" if self.kind == "seed" else f" in {self.range_text()}"
                 raise TypeError(f"{where}: {name} must be {kind}{tail}, got {value!r}")
         else:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                    self.finite and not math.isfinite(value)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or (self.finite and not math.isfinite(value))
+            ):
                 finite = "a finite number" if self.finite else "a number"
                 raise TypeError(f"{where}: {name} must be {finite} in {self.range_text()}, got {value!r}")
         if isinstance(self.high, str):
@@ -161,8 +165,10 @@ def validate(declared: dict[str, Option], config: dict[str, Any], layer_names: S
 
 def table(declared: dict[str, Option]) -> list[dict[str, str]]:
     """One row per option — name, default, allowed values, help — for docs and widgets."""
-    return [{"option": name, "default": repr(o.default), "allowed": o.describe(), "help": o.help}
-            for name, o in declared.items()]
+    return [
+        {"option": name, "default": repr(o.default), "allowed": o.describe(), "help": o.help}
+        for name, o in declared.items()
+    ]
 
 
 class OptionTable:
@@ -186,8 +192,10 @@ class OptionTable:
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th style='text-align:left'>{c}</th>" for c in self.columns)
-        body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{_html(row[c])}</td>" for c in self.columns)
-                       + "</tr>" for row in self.rows)
+        body = "".join(
+            "<tr>" + "".join(f"<td style='text-align:left'>{_html(row[c])}</td>" for c in self.columns) + "</tr>"
+            for row in self.rows
+        )
         caption = f"<caption style='text-align:left'>{_html(self.title)}</caption>" if self.title else ""
         return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -198,18 +206,21 @@ def _html(text: str) -> str:
 
 # Options many methods share, declared once so they read the same everywhere.
 
+
 def rank_option(default: int = 8, help: str = "r, the rank of the update") -> Option:
     return Option(default, help, kind="int", low=1, high="min(out, in)")
 
 
 def alpha_option() -> Option:
-    return Option(None, "α; the update is scaled by α/r", kind="float", low=0, low_open=True,
-                  none="α = r, a scale of 1")
+    return Option(
+        None, "α; the update is scaled by α/r", kind="float", low=0, low_open=True, none="α = r, a scale of 1"
+    )
 
 
 def dropout_option() -> Option:
-    return Option(0.0, "dropout on the adapter's input (never on the frozen path)", kind="float",
-                  low=0, high=1, high_open=True)
+    return Option(
+        0.0, "dropout on the adapter's input (never on the frozen path)", kind="float", low=0, high=1, high_open=True
+    )
 
 
 __all__ = ["Option", "OptionTable", "validate", "where", "table", "rank_option", "alpha_option", "dropout_option"]

@@ -75,7 +75,10 @@ class _SVDSettings(NamedTuple):
 # How the "pissa" init factorizes W. The init table's functions take (weight, rank, scale) only,
 # so the "pissa" method passes its svd options to the init through this variable for the duration
 # of one `adapt` call; `apply(..., "lora", init="pissa")` always gets the exact SVD.
-_SVD_SETTINGS: ContextVar[_SVDSettings] = ContextVar("spectrallab_pissa_svd", default=_SVDSettings())
+_SVD_SETTINGS: ContextVar[_SVDSettings] = ContextVar(
+    "spectrallab_pissa_svd",
+    default=_SVDSettings(),  # noqa: B039 (a NamedTuple: immutable)
+)
 
 
 def wide_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -144,8 +147,12 @@ class PiSSA(InitLoRA):
     init_name = "pissa"
     options = {
         **InitLoRA.options,
-        "svd": Option("exact", "how the top-r triplets are found: the full SVD or a randomized one (Halko et al.)",
-                      kind="choice", choices=("exact", "randomized")),
+        "svd": Option(
+            "exact",
+            "how the top-r triplets are found: the full SVD or a randomized one (Halko et al.)",
+            kind="choice",
+            choices=("exact", "randomized"),
+        ),
         "n_iter": Option(4, "power iterations of the randomized SVD (PEFT's pissa_niter_K: K)", kind="int", low=0),
         "oversample": Option(10, "extra sketch columns of the randomized SVD (PEFT: 0)", kind="int", low=0),
     }

@@ -91,8 +91,20 @@ from torch import nn
 
 from ..linalg import all_finite
 from ..optim_hooks import add_lr_multiplier, add_step_check
-from .base import (AdaptedLinear, LayerCounts, Method, check_rank, counter, drawing, frozen, generator_state,
-                   layer_generator, register, reset_linear_, resolve_seed)
+from .base import (
+    AdaptedLinear,
+    LayerCounts,
+    Method,
+    check_rank,
+    counter,
+    drawing,
+    frozen,
+    generator_state,
+    layer_generator,
+    register,
+    reset_linear_,
+    resolve_seed,
+)
 from .options import Option, alpha_option, rank_option
 
 PRUNE_MODES = ("random", "magnitude", "reset")
@@ -101,8 +113,6 @@ PRUNE_MODES = ("random", "magnitude", "reset")
 def round_half_up(x: float) -> int:
     """``⌊x + ½⌋``: the rounding used for every count in this file (no banker's rounding)."""
     return int(math.floor(x + 0.5))
-
-
 
 
 def kaiming_factor(rows: int, cols: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
@@ -125,13 +135,20 @@ class ReLoRALinear(AdaptedLinear):
     method = "relora"
     state_buffers = ("rng_state", "steps_taken", "last_reset", "restarts_done")
 
-    def __init__(self, linear: nn.Linear, rank: int, alpha: float, generator: torch.Generator,
-                 reset_every: int = 2000, restart_warmup: int = 100):
+    def __init__(
+        self,
+        linear: nn.Linear,
+        rank: int,
+        alpha: float,
+        generator: torch.Generator,
+        reset_every: int = 2000,
+        restart_warmup: int = 100,
+    ):
         super().__init__(linear.in_features, linear.out_features)
         self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
         self.reset_every, self.restart_warmup = reset_every, restart_warmup
         W = linear.weight.detach()
-        self.weight = frozen(W.clone())          # a copy: merges write into it
+        self.weight = frozen(W.clone())  # a copy: merges write into it
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
         # The stream's start, kept (not saved) so that `reset_parameters` can replay it on a model
         # built on the meta device, whose buffers `to_empty` leaves uninitialized.
@@ -149,7 +166,7 @@ class ReLoRALinear(AdaptedLinear):
         return int(self.restarts_done)
 
     @property
-    def schedule(self) -> "RestartSchedule":
+    def schedule(self) -> RestartSchedule:
         """The restart clock, read from the buffers (a snapshot: change the buffers, not this)."""
         last = int(self.last_reset)
         return RestartSchedule(self.reset_every, self.restart_warmup, int(self.steps_taken), None if last < 0 else last)
@@ -201,8 +218,10 @@ class ReLoRALinear(AdaptedLinear):
             for what, tensor in (("gradient", param.grad), ("value", param)):
                 if tensor is not None and not all_finite(tensor):
                     bad = int((~torch.isfinite(tensor)).sum())
-                    raise ValueError(f"layer {layer_name!r}: the {what} of {name} has {bad} non-finite value(s) "
-                                     f"(NaN or inf) at step {step}, which merges B·A into W; nothing was updated")
+                    raise ValueError(
+                        f"layer {layer_name!r}: the {what} of {name} has {bad} non-finite value(s) "
+                        f"(NaN or inf) at step {step}, which merges B·A into W; nothing was updated"
+                    )
 
     def paper_counts(self) -> LayerCounts:
         """ReLoRA (Lialin et al. 2024, arXiv:2307.05695) counts as LoRA (Hu et al. 2021): frozen ``W``
@@ -215,13 +234,16 @@ class ReLoRALinear(AdaptedLinear):
         return LayerCounts.adam(m * n + r * (m + n), r * (m + n))
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, "
-                f"restarts={self.restarts}")
+        return (
+            f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, "
+            f"restarts={self.restarts}"
+        )
 
 
 @torch.no_grad()
-def prune_state(optimizer: torch.optim.Optimizer, param: nn.Parameter, mode: str, ratio: float,
-                generator: torch.Generator) -> int:
+def prune_state(
+    optimizer: torch.optim.Optimizer, param: nn.Parameter, mode: str, ratio: float, generator: torch.Generator
+) -> int:
     """Zero part of ``param``'s optimizer state in place (one mask for all of its state tensors).
 
     Returns the number of entries (per state tensor) that were zeroed. State that is not shaped
@@ -288,21 +310,33 @@ class ReLoRA(Method):
         "rank": rank_option(),
         "alpha": alpha_option(),
         "reset_every": Option(2000, "T, optimizer steps between two merge-and-reinits", kind="int", low=1),
-        "prune": Option("random", "how the LoRA optimizer state is pruned at a reset (Algorithm 1)",
-                        kind="choice", choices=PRUNE_MODES),
-        "prune_ratio": Option(0.999, "the share of that state zeroed at a reset (ReLoRA* uses 0.99)",
-                              kind="float", low=0, high=1),
+        "prune": Option(
+            "random",
+            "how the LoRA optimizer state is pruned at a reset (Algorithm 1)",
+            kind="choice",
+            choices=PRUNE_MODES,
+        ),
+        "prune_ratio": Option(
+            0.999, "the share of that state zeroed at a reset (ReLoRA* uses 0.99)", kind="float", low=0, high=1
+        ),
         # The upper bound is another option's: check_options enforces the whole range.
-        "restart_warmup": Option(100, "steps of linear LR re-warm-up after each reset (0: none)", kind="int",
-                                 low=0, high="reset_every − 1"),
-        "seed": Option(None, "seeds the layers' streams (A, re-drawn As, pruning masks) with the layer name",
-                       kind="seed", none="drawn from torch's global generator"),
+        "restart_warmup": Option(
+            100, "steps of linear LR re-warm-up after each reset (0: none)", kind="int", low=0, high="reset_every − 1"
+        ),
+        "seed": Option(
+            None,
+            "seeds the layers' streams (A, re-drawn As, pruning masks) with the layer name",
+            kind="seed",
+            none="drawn from torch's global generator",
+        ),
     }
     freezes_others = False
     init_reads_weight = None  # A random, B = 0: a meta-device model is fine (reset_parameters)
-    needs_optimizer_hooks = ("ReLoRA's restarts (merge BA into W and re-initialize every reset_every steps), "
-                             "the pruning of the optimizer state and the jagged LR schedule — without them it is "
-                             "plain LoRA with a trainable rest of the model")
+    needs_optimizer_hooks = (
+        "ReLoRA's restarts (merge BA into W and re-initialize every reset_every steps), "
+        "the pruning of the optimizer state and the jagged LR schedule — without them it is "
+        "plain LoRA with a trainable rest of the model"
+    )
 
     @classmethod
     def period_options(cls, period: int) -> dict:
@@ -313,8 +347,10 @@ class ReLoRA(Method):
         """The restart warm-up must end before the next reset: ``0 ≤ restart_warmup < reset_every``."""
         T, W = self.config["reset_every"], self.config["restart_warmup"]
         if not 0 <= W < T:
-            raise ValueError(f"{where}: restart_warmup={W} is outside the allowed range "
-                             f"[0, {T - 1}] (it must be shorter than reset_every={T})")
+            raise ValueError(
+                f"{where}: restart_warmup={W} is outside the allowed range "
+                f"[0, {T - 1}] (it must be shorter than reset_every={T})"
+            )
 
     def check(self, layer_name: str, linear: nn.Linear) -> None:
         check_rank(layer_name, linear, self.config["rank"])  # the options themselves: validate_options
@@ -324,16 +360,20 @@ class ReLoRA(Method):
         if not hasattr(self, "_seed"):  # one draw per apply, so torch.manual_seed before apply fixes all
             self._seed = resolve_seed(c["seed"])
         alpha = float(c["rank"] if c["alpha"] is None else c["alpha"])
-        return ReLoRALinear(linear, c["rank"], alpha, layer_generator(self._seed, layer_name),
-                            c["reset_every"], c["restart_warmup"])
+        return ReLoRALinear(
+            linear, c["rank"], alpha, layer_generator(self._seed, layer_name), c["reset_every"], c["restart_warmup"]
+        )
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer, layers: dict[str, ReLoRALinear]) -> None:
         """Hooks on ``optimizer``; the clock they read is each layer's buffers (``steps_taken``,
         ``last_reset``), so a checkpoint carries it and an optimizer built again mid-run continues
         the restart schedule (with fresh moments, as any new torch optimizer)."""
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        mine = {name: layer for name, layer in layers.items()
-                if id(layer.lora_A) in in_optimizer or id(layer.lora_B) in in_optimizer}
+        mine = {
+            name: layer
+            for name, layer in layers.items()
+            if id(layer.lora_A) in in_optimizer or id(layer.lora_B) in in_optimizer
+        }
         if not mine:
             return
         c = self.config

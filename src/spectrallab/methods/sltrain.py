@@ -87,8 +87,8 @@ class SLTrainLinear(AdaptedLinear):
         self.rank, self.alpha, self.scale, self.sparsity = rank, alpha, alpha / rank, sparsity
         self.nnz = support_size(m, n, sparsity)
         like = {"dtype": W.dtype, "device": W.device}
-        self.lora_A = nn.Parameter(torch.empty(rank, n, **like))                          # r × n
-        self.lora_B = nn.Parameter(torch.empty(m, rank, **like))                          # m × r
+        self.lora_A = nn.Parameter(torch.empty(rank, n, **like))  # r × n
+        self.lora_B = nn.Parameter(torch.empty(m, rank, **like))  # m × r
         self.register_buffer("sparse_index", torch.empty(self.nnz, dtype=torch.long, device=W.device))
         self.sparse_values = nn.Parameter(torch.empty(self.nnz, **like))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
@@ -155,8 +155,10 @@ class SLTrainLinear(AdaptedLinear):
         return LayerCounts.adam(trainable, trainable, self.nnz)
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, "
-                f"nnz={self.nnz} (density {self.density:.4f})")
+        return (
+            f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, "
+            f"nnz={self.nnz} (density {self.density:.4f})"
+        )
 
 
 @register("sltrain")
@@ -172,10 +174,20 @@ class SLTrain(Method):
     options = {
         "rank": rank_option(help="r, the rank of the low-rank part B A"),
         "alpha": alpha_option(),
-        "sparsity": Option(0.03, "δ, the kept density of the sparse part S (nnz = ⌊δmn + ½⌋)", kind="float",
-                           low=0, high=1, low_open=True),
-        "seed": Option(None, "seeds the layers' streams (A, the support, the values) with the layer name",
-                       kind="seed", none="drawn from torch's global generator"),
+        "sparsity": Option(
+            0.03,
+            "δ, the kept density of the sparse part S (nnz = ⌊δmn + ½⌋)",
+            kind="float",
+            low=0,
+            high=1,
+            low_open=True,
+        ),
+        "seed": Option(
+            None,
+            "seeds the layers' streams (A, the support, the values) with the layer name",
+            kind="seed",
+            none="drawn from torch's global generator",
+        ),
     }
     freezes_others = False
     init_reads_weight = None  # W is dropped anyway: a meta-device model is fine (reset_parameters)

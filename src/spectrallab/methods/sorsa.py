@@ -89,16 +89,16 @@ class SORSALinear(AdaptedLinear):
         self.rank = rank
         W = linear.weight.detach()
         check_finite_weight(layer_name, W)
-        U, S, Vh = linalg.svd(W, rank, name=f"layer {layer_name!r}")    # float32
+        U, S, Vh = linalg.svd(W, rank, name=f"layer {layer_name!r}")  # float32
         dtype = W.dtype
         B, S, A = U.to(dtype).contiguous(), S.to(dtype), Vh.to(dtype).contiguous()
         # The residual from the factors as stored (rounded to the weight's dtype), computed in float32.
         residual = W.float() - (B.float() * S.float()) @ A.float()
-        self.weight = frozen(residual.to(dtype))                        # W_res: a new tensor
+        self.weight = frozen(residual.to(dtype))  # W_res: a new tensor
         self.bias = None if linear.bias is None else frozen(linear.bias)
-        self.sorsa_A = nn.Parameter(A)                                  # r × n
-        self.sorsa_S = nn.Parameter(S)                                  # r
-        self.sorsa_B = nn.Parameter(B)                                  # m × r
+        self.sorsa_A = nn.Parameter(A)  # r × n
+        self.sorsa_S = nn.Parameter(S)  # r
+        self.sorsa_B = nn.Parameter(B)  # m × r
         # The initial factors, kept (r(m+n) + r numbers) so a trained layer can still be written as a
         # plain LoRA on the original W: W' − W = B diag(S) A − B₀ diag(S₀) A₀ (see `as_lora`).
         self.register_buffer("sorsa_A0", A.detach().clone())
@@ -169,12 +169,20 @@ class SORSA(Method):
 
     options = {
         "rank": rank_option(help="r, how many top singular triplets (B, S_p, A) train"),
-        "gamma": Option(4e-4, "γ, the weight of the orthonormal regularizer (authors' scripts: 4e-4; 0: off)",
-                        low=0),
-        "peak_lr": Option(None, "η in γ/η, the peak learning rate", low=0, low_open=True,
-                          none="the optimizer's configured lr, per parameter group"),
-        "reduction": Option("mean", "L_reg averaged over the 2·L matrices (authors' code) or summed per layer",
-                            kind="choice", choices=("mean", "sum")),
+        "gamma": Option(4e-4, "γ, the weight of the orthonormal regularizer (authors' scripts: 4e-4; 0: off)", low=0),
+        "peak_lr": Option(
+            None,
+            "η in γ/η, the peak learning rate",
+            low=0,
+            low_open=True,
+            none="the optimizer's configured lr, per parameter group",
+        ),
+        "reduction": Option(
+            "mean",
+            "L_reg averaged over the 2·L matrices (authors' code) or summed per layer",
+            kind="choice",
+            choices=("mean", "sum"),
+        ),
     }
     freezes_others = True
     init_reads_weight = "it splits the top singular triplets off the pretrained weight (an SVD)"
@@ -202,8 +210,7 @@ class SORSA(Method):
         group_of = {id(p): i for i, group in enumerate(optimizer.param_groups) for p in group["params"]}
         attach_lr = [group["lr"] for group in optimizer.param_groups]
         # Only layers whose factors this optimizer actually updates.
-        mine = [layer for layer in layers.values()
-                if id(layer.sorsa_A) in group_of or id(layer.sorsa_B) in group_of]
+        mine = [layer for layer in layers.values() if id(layer.sorsa_A) in group_of or id(layer.sorsa_B) in group_of]
         if not mine:
             return
         divisor = 2 * len(mine) if self.config["reduction"] == "mean" else 1

@@ -164,8 +164,19 @@ from torch.autograd.function import once_differentiable
 
 from .. import linalg
 from ..optim_hooks import add_lr_multiplier, add_step_check
-from .base import (AdaptedLinear, LayerCounts, Method, check_finite_weight, check_rank, counter, drawing, frozen,
-                   generator_state, layer_generator, register)
+from .base import (
+    AdaptedLinear,
+    LayerCounts,
+    Method,
+    check_finite_weight,
+    check_rank,
+    counter,
+    drawing,
+    frozen,
+    generator_state,
+    layer_generator,
+    register,
+)
 from .options import Option, rank_option
 
 SAMPLINGS = ("multinomial", "uniform", "sequential", "top")
@@ -183,8 +194,15 @@ def sampling_probabilities(S: torch.Tensor, uniform_mix: float = 0.5) -> torch.T
     return (1 - uniform_mix) * proportional + uniform_mix / k
 
 
-def draw_indices(S: torch.Tensor, rank: int, sampling: str, *, uniform_mix: float = 0.5,
-                 generator: torch.Generator | None = None, draw: int = 0) -> torch.Tensor:
+def draw_indices(
+    S: torch.Tensor,
+    rank: int,
+    sampling: str,
+    *,
+    uniform_mix: float = 0.5,
+    generator: torch.Generator | None = None,
+    draw: int = 0,
+) -> torch.Tensor:
     """r distinct singular indices (sorted, int64, CPU) for one period.
 
     ``draw`` numbers the draws of a layer (0, 1, ...); only ``"sequential"`` uses it: draw t takes
@@ -219,8 +237,15 @@ def period_warmup(steps_taken: int, period: int, warmup: int) -> float:
     return 1.0 if steps_taken < period else warmup_multiplier(steps_taken % period, warmup)
 
 
-def dense_weight(U_active: torch.Tensor, Vh_active: torch.Tensor, S: torch.Tensor, U_frozen: torch.Tensor,
-                 Vh_frozen: torch.Tensor, active_index: torch.Tensor, frozen_index: torch.Tensor) -> torch.Tensor:
+def dense_weight(
+    U_active: torch.Tensor,
+    Vh_active: torch.Tensor,
+    S: torch.Tensor,
+    U_frozen: torch.Tensor,
+    Vh_frozen: torch.Tensor,
+    active_index: torch.Tensor,
+    frozen_index: torch.Tensor,
+) -> torch.Tensor:
     """``U diag(Σ) Vh`` from the two blocks, in the factors' dtype (Σ, kept in float32, is cast to it).
 
     The one place the dense weight is formed: the forward pass, the backward pass's rebuild and
@@ -268,7 +293,7 @@ class SpectralLinear(torch.autograd.Function):
         need_b = ctx.needs_input_grad[6]
         grad_x = grad_u = grad_vh = grad_s = grad_b = None
         dtype = grad_y.dtype
-        g = grad_y.reshape(-1, U_a.shape[0])                        # tokens × m, folded once
+        g = grad_y.reshape(-1, U_a.shape[0])  # tokens × m, folded once
         if need_x:  # W again, for as long as this one product needs it
             W = dense_weight(U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index)
             grad_x = (g @ W.to(dtype)).to(ctx.x_dtype).view(ctx.x_shape)
@@ -276,13 +301,13 @@ class SpectralLinear(torch.autograd.Function):
         if need_b:
             grad_b = g.sum(0).to(ctx.bias_dtype)
         if need_u or need_vh or need_s:
-            G = g.T @ tokens.to(dtype)                              # ∂L/∂W, m × n, once
-            GV = G @ Vh_a.T.to(dtype)                               # ∂L/∂W V_active, m × r
+            G = g.T @ tokens.to(dtype)  # ∂L/∂W, m × n, once
+            GV = G @ Vh_a.T.to(dtype)  # ∂L/∂W V_active, m × r
             sigma = None if ctx.enhanced else S[active_index].to(dtype)
             if need_u:
                 grad_u = (GV if ctx.enhanced else GV * sigma).to(U_a.dtype)
             if need_vh:
-                UG = U_a.T.to(dtype) @ G                            # U_activeᵀ ∂L/∂W, r × n
+                UG = U_a.T.to(dtype) @ G  # U_activeᵀ ∂L/∂W, r × n
                 grad_vh = (UG if ctx.enhanced else UG * sigma[:, None]).to(Vh_a.dtype)
             if need_s:  # u_iᵀ G v_i, summed in Σ's (float32) precision
                 grad_s = torch.empty_like(S)
@@ -292,22 +317,29 @@ class SpectralLinear(torch.autograd.Function):
         return grad_x, grad_u, grad_vh, grad_s, None, None, grad_b, None, None, None
 
 
-
 class SSTLayer(AdaptedLinear):
     """``y = x (U diag(Σ) Vh)ᵀ + b`` with r active singular vectors, Σ and b trainable."""
 
     method = "sst"
     state_buffers = ("rng_state", "steps_taken", "periods_done", "draws_done", "resvds_done")
 
-    def __init__(self, layer_name: str, linear: nn.Linear, rank: int, sampling: str = "multinomial",
-                 uniform_mix: float = 0.5, periods_per_round: int | None = None, seed: int = 0,
-                 gradient: str = "enhanced"):
+    def __init__(
+        self,
+        layer_name: str,
+        linear: nn.Linear,
+        rank: int,
+        sampling: str = "multinomial",
+        uniform_mix: float = 0.5,
+        periods_per_round: int | None = None,
+        seed: int = 0,
+        gradient: str = "enhanced",
+    ):
         super().__init__(linear.in_features, linear.out_features)
         W = linear.weight.detach()
         check_finite_weight(layer_name, W)
         self.layer_name, self.rank, self.sampling, self.uniform_mix = layer_name, rank, sampling, uniform_mix
         self.gradient = gradient  # "enhanced" | "default": what SpectralLinear's backward returns
-        U, S, Vh = linalg.svd(W, name=f"layer {layer_name!r}")          # all k triplets, float32
+        U, S, Vh = linalg.svd(W, name=f"layer {layer_name!r}")  # all k triplets, float32
         self.k = k = S.numel()
         self.periods_per_round = periods_per_round or math.ceil(k / rank)
         # The method's state, as persistent buffers so that model.state_dict() carries it (see
@@ -327,17 +359,20 @@ class SSTLayer(AdaptedLinear):
         active = self._draw(S)
         inactive = self._complement(active)
         dtype = W.dtype
-        self.U_active = nn.Parameter(U[:, active].to(dtype).contiguous())        # m × r
-        self.Vh_active = nn.Parameter(Vh[active].to(dtype).contiguous())         # r × n
+        self.U_active = nn.Parameter(U[:, active].to(dtype).contiguous())  # m × r
+        self.Vh_active = nn.Parameter(Vh[active].to(dtype).contiguous())  # r × n
         # Σ at least in float32 whatever the weight's dtype: it accumulates every step's small update,
         # which a bf16 Σ (8 significant bits) would round away. Forward casts it to the factors' dtype.
-        self.S = nn.Parameter(S.to(torch.promote_types(dtype, torch.float32)))   # k: Σ, indexed by singular index
-        self.U_frozen = frozen(U[:, inactive].to(dtype).contiguous())            # m × (k − r)
-        self.Vh_frozen = frozen(Vh[inactive].to(dtype).contiguous())             # (k − r) × n
-        self.register_buffer("active_index", active.to(W.device))                # slot → singular index
+        self.S = nn.Parameter(S.to(torch.promote_types(dtype, torch.float32)))  # k: Σ, indexed by singular index
+        self.U_frozen = frozen(U[:, inactive].to(dtype).contiguous())  # m × (k − r)
+        self.Vh_frozen = frozen(Vh[inactive].to(dtype).contiguous())  # (k − r) × n
+        self.register_buffer("active_index", active.to(W.device))  # slot → singular index
         self.register_buffer("frozen_index", inactive.to(W.device))
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(),
-                                                                  requires_grad=linear.bias.requires_grad)
+        self.bias = (
+            None
+            if linear.bias is None
+            else nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
+        )
         self._record(step=0, resvd=False)
 
     @property
@@ -360,12 +395,23 @@ class SSTLayer(AdaptedLinear):
     def effective_weight(self) -> torch.Tensor:
         """``U diag(Σ) Vh`` as one dense out × in matrix in the factors' dtype (differentiable, through
         plain autograd, in the active block and Σ; the forward pass uses the same arithmetic)."""
-        return dense_weight(self.U_active, self.Vh_active, self.S, self.U_frozen, self.Vh_frozen,
-                            self.active_index, self.frozen_index)
+        return dense_weight(
+            self.U_active, self.Vh_active, self.S, self.U_frozen, self.Vh_frozen, self.active_index, self.frozen_index
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return SpectralLinear.apply(x, self.U_active, self.Vh_active, self.S, self.U_frozen, self.Vh_frozen,
-                                    self.bias, self.active_index, self.frozen_index, self.gradient == "enhanced")
+        return SpectralLinear.apply(
+            x,
+            self.U_active,
+            self.Vh_active,
+            self.S,
+            self.U_frozen,
+            self.Vh_frozen,
+            self.bias,
+            self.active_index,
+            self.frozen_index,
+            self.gradient == "enhanced",
+        )
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(U, Σ, Vh)`` with the vectors in singular-index order (detached copies, m × k, k, k × n;
@@ -412,9 +458,9 @@ class SSTLayer(AdaptedLinear):
         """
         device = self.active_index.device
         new_active = new_active.to(device)
-        leaving = torch.nonzero(~torch.isin(self.active_index, new_active)).flatten()       # active slots
-        entering = new_active[~torch.isin(new_active, self.active_index)]                 # singular indices
-        where = torch.nonzero(self.frozen_index[:, None] == entering[None, :])              # (frozen slot, entry)
+        leaving = torch.nonzero(~torch.isin(self.active_index, new_active)).flatten()  # active slots
+        entering = new_active[~torch.isin(new_active, self.active_index)]  # singular indices
+        where = torch.nonzero(self.frozen_index[:, None] == entering[None, :])  # (frozen slot, entry)
         frozen_slots = where[where[:, 1].argsort(), 0]
         if leaving.numel():
             u, vh = self.U_active[:, leaving].clone(), self.Vh_active[leaving].clone()
@@ -430,8 +476,15 @@ class SSTLayer(AdaptedLinear):
     def resvd(self, step: int | None = None) -> None:
         """``U, Σ, Vh ← SVD(U diag(Σ) Vh)``, then a fresh draw laid out in the blocks (same function)."""
         wide = self.S.dtype  # the product in Σ's precision: a bf16 W would round Σ to 8 bits here
-        W = dense_weight(self.U_active.to(wide), self.Vh_active.to(wide), self.S, self.U_frozen.to(wide),
-                         self.Vh_frozen.to(wide), self.active_index, self.frozen_index)
+        W = dense_weight(
+            self.U_active.to(wide),
+            self.Vh_active.to(wide),
+            self.S,
+            self.U_frozen.to(wide),
+            self.Vh_frozen.to(wide),
+            self.active_index,
+            self.frozen_index,
+        )
         U, S, Vh = linalg.svd(W, name=f"layer {self.layer_name!r}")
         active = self._draw(S)
         inactive = self._complement(active)
@@ -450,8 +503,9 @@ class SSTLayer(AdaptedLinear):
 
     def _draw(self, S: torch.Tensor) -> torch.Tensor:
         with drawing(self.rng_state) as generator:
-            chosen = draw_indices(S, self.rank, self.sampling, uniform_mix=self.uniform_mix,
-                                  generator=generator, draw=self.draws)
+            chosen = draw_indices(
+                S, self.rank, self.sampling, uniform_mix=self.uniform_mix, generator=generator, draw=self.draws
+            )
         self.draws_done.add_(1)
         return chosen
 
@@ -473,9 +527,11 @@ class SSTLayer(AdaptedLinear):
             for what, tensor in (("gradient", param.grad), ("value", param)):
                 if tensor is not None and not linalg.all_finite(tensor):
                     bad = int((~torch.isfinite(tensor)).sum())
-                    raise ValueError(f"layer {self.layer_name!r}: the {what} of {name} has {bad} non-finite "
-                                     f"value(s) (NaN or inf) at step {step}, which ends a period (resampling "
-                                     "and re-SVD need finite values); nothing was updated")
+                    raise ValueError(
+                        f"layer {self.layer_name!r}: the {what} of {name} has {bad} non-finite "
+                        f"value(s) (NaN or inf) at step {step}, which ends a period (resampling "
+                        "and re-SVD need finite values); nothing was updated"
+                    )
 
     def paper_counts(self) -> LayerCounts:
         """Sparse Spectral Training (Zhao et al., arXiv:2405.15481): ``W = U diag(Σ) Vh`` with all
@@ -492,12 +548,21 @@ class SSTLayer(AdaptedLinear):
         return LayerCounts.adam(k * (m + n) + k, r * (m + n) + k, k)
 
     def _record(self, step: int | None, resvd: bool) -> None:
-        self.history.append({"period": self.period, "step": step, "active": sorted(self.active_index.tolist()),
-                             "sigma": self.S.detach().float().cpu().tolist(), "resvd": resvd})
+        self.history.append(
+            {
+                "period": self.period,
+                "step": step,
+                "active": sorted(self.active_index.tolist()),
+                "sigma": self.S.detach().float().cpu().tolist(),
+                "resvd": resvd,
+            }
+        )
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, k={self.k}, rank={self.rank}, sampling={self.sampling!r}, "
-                f"periods_per_round={self.periods_per_round}, gradient={self.gradient!r}")
+        return (
+            f"{super().extra_repr()}, k={self.k}, rank={self.rank}, sampling={self.sampling!r}, "
+            f"periods_per_round={self.periods_per_round}, gradient={self.gradient!r}"
+        )
 
 
 def _restart_history(layer: SSTLayer, incompatible_keys) -> None:
@@ -507,8 +572,9 @@ def _restart_history(layer: SSTLayer, incompatible_keys) -> None:
     layer.history[-1]["resumed"] = True
 
 
-def reset_optimizer_state(optimizer: torch.optim.Optimizer, param: nn.Parameter, slots: torch.Tensor | None = None,
-                          dim: int = 0) -> None:
+def reset_optimizer_state(
+    optimizer: torch.optim.Optimizer, param: nn.Parameter, slots: torch.Tensor | None = None, dim: int = 0
+) -> None:
     """Zero ``param``'s moment-like optimizer state: entirely, or only at ``slots`` along ``dim``.
 
     Every tensor in the state shaped like the parameter is a per-entry moment (Adam's ``exp_avg``,
@@ -551,23 +617,37 @@ class SST(Method):
         "rank": rank_option(help="r, singular vectors trained per period"),
         "resample_every": Option(200, "T3, steps per period", kind="int", low=1),
         # The upper bound is another option's: check_options enforces the whole range.
-        "warmup": Option(20, "LR warm-up steps at the start of every period after the first (0: none)",
-                         kind="int", low=0, high="resample_every"),
-        "periods_per_round": Option(None, "T2, periods between two re-SVDs", kind="int", low=1,
-                                    none="⌈k/r⌉ per layer, one sweep"),
-        "sampling": Option("multinomial", "how the r active indices are drawn each period", kind="choice",
-                           choices=SAMPLINGS),
-        "uniform_mix": Option(0.5, "μ, the uniform share of the multinomial probabilities", kind="float",
-                              low=0, high=1),
-        "gradient": Option("enhanced", "what backward writes: ∂L/∂W·V_{·i} (enhanced) or Σ_i times it (default)",
-                           kind="choice", choices=GRADIENTS),
+        "warmup": Option(
+            20,
+            "LR warm-up steps at the start of every period after the first (0: none)",
+            kind="int",
+            low=0,
+            high="resample_every",
+        ),
+        "periods_per_round": Option(
+            None, "T2, periods between two re-SVDs", kind="int", low=1, none="⌈k/r⌉ per layer, one sweep"
+        ),
+        "sampling": Option(
+            "multinomial", "how the r active indices are drawn each period", kind="choice", choices=SAMPLINGS
+        ),
+        "uniform_mix": Option(
+            0.5, "μ, the uniform share of the multinomial probabilities", kind="float", low=0, high=1
+        ),
+        "gradient": Option(
+            "enhanced",
+            "what backward writes: ∂L/∂W·V_{·i} (enhanced) or Σ_i times it (default)",
+            kind="choice",
+            choices=GRADIENTS,
+        ),
         "seed": Option(0, "seeds every layer's sampling generator (with the layer's name)", kind="seed"),
     }
     freezes_others = False
     init_reads_weight = "it factorizes the weight (an SVD) at apply"
-    needs_optimizer_hooks = ("SST's renormalization after each step (Σ ≥ 0, unit singular vectors), its resampling "
-                             "of the trained singular vectors every resample_every steps, its re-SVDs and the "
-                             "LR warm-up after each period")
+    needs_optimizer_hooks = (
+        "SST's renormalization after each step (Σ ≥ 0, unit singular vectors), its resampling "
+        "of the trained singular vectors every resample_every steps, its re-SVDs and the "
+        "LR warm-up after each period"
+    )
 
     @classmethod
     def period_options(cls, period: int) -> dict:
@@ -578,17 +658,26 @@ class SST(Method):
         """A period's warm-up fits in the period: ``0 ≤ warmup ≤ resample_every``."""
         T, W = self.config["resample_every"], self.config["warmup"]
         if not 0 <= W <= T:
-            raise ValueError(f"{where}: warmup={W} is outside the allowed range [0, {T}] "
-                             f"(it must not exceed resample_every={T})")
+            raise ValueError(
+                f"{where}: warmup={W} is outside the allowed range [0, {T}] (it must not exceed resample_every={T})"
+            )
 
     def check(self, layer_name: str, linear: nn.Linear) -> None:
         check_rank(layer_name, linear, self.config["rank"])  # the options themselves: validate_options
-        check_finite_weight(layer_name, linear.weight)       # the SVD at apply needs finite values
+        check_finite_weight(layer_name, linear.weight)  # the SVD at apply needs finite values
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> SSTLayer:
         c = self.config
-        return SSTLayer(layer_name, linear, c["rank"], c["sampling"], float(c["uniform_mix"]),
-                        c["periods_per_round"], c["seed"], c["gradient"])
+        return SSTLayer(
+            layer_name,
+            linear,
+            c["rank"],
+            c["sampling"],
+            float(c["uniform_mix"]),
+            c["periods_per_round"],
+            c["seed"],
+            c["gradient"],
+        )
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer, layers: dict[str, SSTLayer]) -> None:
         """Hooks on ``optimizer``; the clock they read is each layer's ``steps_taken`` buffer.
@@ -598,8 +687,7 @@ class SST(Method):
         steps. (The new optimizer starts with empty moments, as any new torch optimizer does.)
         """
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        mine = [layer for layer in layers.values()
-                if id(layer.U_active) in in_optimizer or id(layer.S) in in_optimizer]
+        mine = [layer for layer in layers.values() if id(layer.U_active) in in_optimizer or id(layer.S) in in_optimizer]
         if not mine:
             return
         period, warmup = self.config["resample_every"], self.config["warmup"]

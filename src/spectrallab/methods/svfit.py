@@ -59,18 +59,18 @@ class SVFitLinear(AdaptedLinear):
         super().__init__(linear.in_features, linear.out_features)
         W = linear.weight.detach()
         check_finite_weight(layer_name, W)
-        U, S, Vh = linalg.svd(W, name=f"layer {layer_name!r}")            # all k triplets, float32
+        U, S, Vh = linalg.svd(W, name=f"layer {layer_name!r}")  # all k triplets, float32
         if rank is None:
             # (clamped: an all-zero W has no energy to split and gets r = k)
             rank = min(linalg.rank_for_energy(S, energy), S.numel()) if S.sum() > 0 else S.numel()
         self.rank = rank
-        self.energy = float(linalg.energy(S, rank))                     # what the chosen r captures
+        self.energy = float(linalg.energy(S, rank))  # what the chosen r captures
         self.weight = frozen(W)
         self.bias = None if linear.bias is None else frozen(linear.bias)
-        self.svfit_U = frozen(U[:, :rank].to(W.dtype).contiguous())      # m × r
-        self.svfit_Vh = frozen(Vh[:rank].to(W.dtype).contiguous())       # r × n
-        self.sigma_init = frozen(S[:rank].clone())                       # σ_r, float32
-        self.sigma = nn.Parameter(S[:rank].clone())                      # trainable, float32
+        self.svfit_U = frozen(U[:, :rank].to(W.dtype).contiguous())  # m × r
+        self.svfit_Vh = frozen(Vh[:rank].to(W.dtype).contiguous())  # r × n
+        self.sigma_init = frozen(S[:rank].clone())  # σ_r, float32
+        self.sigma = nn.Parameter(S[:rank].clone())  # trainable, float32
 
     def delta_sigma(self) -> torch.Tensor:
         return self.sigma - self.sigma_init
@@ -116,10 +116,22 @@ class SVFit(Method):
     """
 
     options = {
-        "rank": Option(None, "r, how many of the top singular values σ train", kind="int", low=1,
-                       high="min(out, in)", none="chosen per layer by energy"),
-        "energy": Option(None, "f, the fraction of Σσ_i² the top-r values must capture (r chosen per layer)",
-                         low=0, low_open=True, high=1, none="0.99 unless rank is given"),
+        "rank": Option(
+            None,
+            "r, how many of the top singular values σ train",
+            kind="int",
+            low=1,
+            high="min(out, in)",
+            none="chosen per layer by energy",
+        ),
+        "energy": Option(
+            None,
+            "f, the fraction of Σσ_i² the top-r values must capture (r chosen per layer)",
+            low=0,
+            low_open=True,
+            high=1,
+            none="0.99 unless rank is given",
+        ),
     }
     freezes_others = True
     init_reads_weight = "it starts from the singular values and vectors of the pretrained weight (an SVD)"
@@ -128,8 +140,9 @@ class SVFit(Method):
     def check_options(self, where: str) -> None:
         c = self.config
         if c["rank"] is not None and c["energy"] is not None:
-            raise ValueError(f"{where}: give rank= or energy=, not both "
-                             f"(got rank={c['rank']!r}, energy={c['energy']!r})")
+            raise ValueError(
+                f"{where}: give rank= or energy=, not both (got rank={c['rank']!r}, energy={c['energy']!r})"
+            )
 
     def check(self, layer_name: str, linear: nn.Linear) -> None:
         if self.config["rank"] is not None:
@@ -138,6 +151,7 @@ class SVFit(Method):
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> SVFitLinear:
         c = self.config
-        energy = None if c["rank"] is not None else float(c["energy"] if c["energy"] is not None
-                                                          else self.default_energy)
+        energy = (
+            None if c["rank"] is not None else float(c["energy"] if c["energy"] is not None else self.default_energy)
+        )
         return SVFitLinear(layer_name, linear, c["rank"], energy)

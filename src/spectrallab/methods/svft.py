@@ -112,8 +112,10 @@ def singular_vector_alignment(U: torch.Tensor, Vh: torch.Tensor) -> torch.Tensor
     Defined only when the two live in the same space (U is m × k, Vh is k × n with m = n).
     """
     if U.shape[0] != Vh.shape[1]:
-        raise ValueError(f"singular vector alignment needs left and right singular vectors of the same size, "
-                         f"got U {tuple(U.shape)} and Vh {tuple(Vh.shape)}")
+        raise ValueError(
+            f"singular vector alignment needs left and right singular vectors of the same size, "
+            f"got U {tuple(U.shape)} and Vh {tuple(Vh.shape)}"
+        )
     return U.float().T @ Vh.float().T
 
 
@@ -124,23 +126,23 @@ def topk_indices(alignment: torch.Tensor, nnz: int) -> tuple[torch.Tensor, torch
     return order // k, order % k
 
 
-
 class SVFTLayer(AdaptedLinear):
     """``y = ((x Vhᵀ) (diag(S) + σ(g)·M)ᵀ) Uᵀ + b`` with ``M`` sparse; ``U``, ``S``, ``Vh``, ``b`` frozen."""
 
     method = "svft"
 
-    def __init__(self, layer_name: str, linear: nn.Linear, pattern: str, off_diag: int, init: str,
-                 gate: bool, seed: int):
+    def __init__(
+        self, layer_name: str, linear: nn.Linear, pattern: str, off_diag: int, init: str, gate: bool, seed: int
+    ):
         super().__init__(linear.in_features, linear.out_features)
         W = linear.weight.detach()
         check_finite_weight(layer_name, W)
-        U, S, Vh = linalg.svd(W, name=f"layer {layer_name!r}")       # all k triplets, float32
+        U, S, Vh = linalg.svd(W, name=f"layer {layer_name!r}")  # all k triplets, float32
         k = S.numel()
         self.k, self.pattern, self.off_diag, self.init = k, pattern, off_diag, init
-        self.svft_U = frozen(U.to(W.dtype).contiguous())             # m × k
-        self.svft_S = frozen(S.to(W.dtype))                          # k
-        self.svft_Vh = frozen(Vh.to(W.dtype).contiguous())           # k × n
+        self.svft_U = frozen(U.to(W.dtype).contiguous())  # m × k
+        self.svft_S = frozen(S.to(W.dtype))  # k
+        self.svft_Vh = frozen(Vh.to(W.dtype).contiguous())  # k × n
         self.bias = None if linear.bias is None else frozen(linear.bias)
 
         if pattern == "banded":
@@ -156,7 +158,7 @@ class SVFTLayer(AdaptedLinear):
         wide = torch.promote_types(linear.weight.dtype, torch.float32)
         values = torch.zeros(self.nnz, dtype=wide, device=W.device)
         if init == "kaiming":
-            nn.init.kaiming_normal_(values.unsqueeze(0))             # 1 × nnz: fan-in nnz, std √(2/nnz)
+            nn.init.kaiming_normal_(values.unsqueeze(0))  # 1 × nnz: fan-in nnz, std √(2/nnz)
         self.svft_M = nn.Parameter(values)
         self.svft_gate = nn.Parameter(torch.zeros((), dtype=wide, device=W.device)) if gate else None
 
@@ -179,7 +181,7 @@ class SVFTLayer(AdaptedLinear):
         return dense.to(self.svft_U.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.linear(x, self.svft_Vh)                                 # (…, k)
+        h = F.linear(x, self.svft_Vh)  # (…, k)
         # z_i = S_i h_i + Σ_{(i,j)∈Ω} M_ij h_j  — a gather and a scatter-add over the nnz entries
         sparse = h[..., self.svft_cols] * self.coefficients()
         z = (h * self.svft_S).to(self.wide).index_add(-1, self.svft_rows, sparse.to(self.wide))
@@ -196,8 +198,10 @@ class SVFTLayer(AdaptedLinear):
         return LayerCounts.adam(k * (m + n) + k + trainable, trainable, 2 * self.nnz)
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, k={self.k}, pattern={self.pattern!r}, off_diag={self.off_diag}, "
-                f"nnz={self.nnz}, init={self.init!r}, gate={self.svft_gate is not None}")
+        return (
+            f"{super().extra_repr()}, k={self.k}, pattern={self.pattern!r}, off_diag={self.off_diag}, "
+            f"nnz={self.nnz}, init={self.init!r}, gate={self.svft_gate is not None}"
+        )
 
 
 @register("svft")
@@ -212,12 +216,26 @@ class SVFT(Method):
     """
 
     options = {
-        "pattern": Option("banded", "Ω, where M's nonzeros sit: a band (SVFT-P/B), random (SVFT-R) or the "
-                          "top |u_iᵀ v_j| (SVFT-T, square layers)", kind="choice", choices=PATTERNS),
-        "off_diag": Option(0, "d, diagonals on each side of the main one; nnz = k(2d+1) − d(d+1) for every "
-                           "pattern", kind="int", low=0, high="min(out, in) − 1"),
-        "init": Option("kaiming", "how M's values start: Kaiming-normal (authors' code, W' ≠ W at step 0) or "
-                       "zeros (W' = W)", kind="choice", choices=INITS),
+        "pattern": Option(
+            "banded",
+            "Ω, where M's nonzeros sit: a band (SVFT-P/B), random (SVFT-R) or the "
+            "top |u_iᵀ v_j| (SVFT-T, square layers)",
+            kind="choice",
+            choices=PATTERNS,
+        ),
+        "off_diag": Option(
+            0,
+            "d, diagonals on each side of the main one; nnz = k(2d+1) − d(d+1) for every pattern",
+            kind="int",
+            low=0,
+            high="min(out, in) − 1",
+        ),
+        "init": Option(
+            "kaiming",
+            "how M's values start: Kaiming-normal (authors' code, W' ≠ W at step 0) or zeros (W' = W)",
+            kind="choice",
+            choices=INITS,
+        ),
         "gate": Option(True, "scale M by a trainable σ(g), g = 0 at start (authors' code)", kind="bool"),
         "seed": Option(0, "seed of the random pattern Ω (mixed with the layer's name)", kind="seed"),
     }
@@ -229,13 +247,17 @@ class SVFT(Method):
         k = min(linear.out_features, linear.in_features)
         d = c["off_diag"]  # an int (the declaration checked); its bound is the layer's
         if not 0 <= d <= k - 1:
-            raise ValueError(f"layer {layer_name!r} ({linear.out_features}×{linear.in_features}): off_diag={d} "
-                             f"is outside the allowed range [0, {k - 1}] = [0, min(out, in) − 1]")
+            raise ValueError(
+                f"layer {layer_name!r} ({linear.out_features}×{linear.in_features}): off_diag={d} "
+                f"is outside the allowed range [0, {k - 1}] = [0, min(out, in) − 1]"
+            )
         if c["pattern"] == "topk" and linear.out_features != linear.in_features:
-            raise ValueError(f"layer {layer_name!r} ({linear.out_features}×{linear.in_features}): pattern='topk' "
-                             "ranks the alignments u_iᵀ v_j, which exist only when out_features == in_features "
-                             "(left and right singular vectors of the same size); restrict targets to square "
-                             "layers or use pattern='random' for the same count")
+            raise ValueError(
+                f"layer {layer_name!r} ({linear.out_features}×{linear.in_features}): pattern='topk' "
+                "ranks the alignments u_iᵀ v_j, which exist only when out_features == in_features "
+                "(left and right singular vectors of the same size); restrict targets to square "
+                "layers or use pattern='random' for the same count"
+            )
         check_finite_weight(layer_name, linear.weight)
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> SVFTLayer:

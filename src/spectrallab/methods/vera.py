@@ -85,13 +85,17 @@ class VeRALinear(AdaptedLinear):
 
     method = "vera"
 
-    def __init__(self, linear: nn.Linear, projections: VeRAProjections, rank: int, d_initial: float,
-                 dropout: float):
+    def __init__(self, linear: nn.Linear, projections: VeRAProjections, rank: int, d_initial: float, dropout: float):
         super().__init__(linear.in_features, linear.out_features)
-        if projections.A.shape[0] != rank or projections.A.shape[1] < linear.in_features \
-                or projections.B.shape[0] < linear.out_features:
-            raise ValueError(f"shared VeRA matrices A{tuple(projections.A.shape)}, B{tuple(projections.B.shape)} "
-                             f"cannot serve a {linear.out_features}×{linear.in_features} layer at rank {rank}")
+        if (
+            projections.A.shape[0] != rank
+            or projections.A.shape[1] < linear.in_features
+            or projections.B.shape[0] < linear.out_features
+        ):
+            raise ValueError(
+                f"shared VeRA matrices A{tuple(projections.A.shape)}, B{tuple(projections.B.shape)} "
+                f"cannot serve a {linear.out_features}×{linear.in_features} layer at rank {rank}"
+            )
         self.rank = rank
         self.d_initial = d_initial
         weight = linear.weight.detach()
@@ -139,8 +143,7 @@ class VeRALinear(AdaptedLinear):
 
         with torch.no_grad():
             B = self.lambda_b.unsqueeze(1) * self.vera_B * self.lambda_d
-            return LoRAExport(self.vera_A.detach().clone(), B.detach().contiguous(), 1.0,
-                              self.weight.detach())
+            return LoRAExport(self.vera_A.detach().clone(), B.detach().contiguous(), 1.0, self.weight.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Two skinny matmuls through the rank-r bottleneck, never the dense ΔW.
@@ -177,8 +180,14 @@ class VeRA(Method):
         # Not bounded by the layer: rank(ΔW) ≤ min(r, m, n) anyway, and the paper uses r > d.
         "rank": Option(256, "r, the rank of the shared random A, B (any size: only λ_d grows)", kind="int", low=1),
         "d_initial": Option(0.1, "the initial value of every entry of λ_d (non-zero; λ_b starts at 0)"),
-        "projection_prng_key": Option(0, "seed of the shared draw of A, B (PEFT's projection_prng_key)",
-                                      kind="int", low=0, high=2**64, high_open=True),
+        "projection_prng_key": Option(
+            0,
+            "seed of the shared draw of A, B (PEFT's projection_prng_key)",
+            kind="int",
+            low=0,
+            high=2**64,
+            high_open=True,
+        ),
         "dropout": dropout_option(),
     }
     freezes_others = True
@@ -196,8 +205,10 @@ class VeRA(Method):
     def check_options(self, where: str) -> None:
         # Zero is the one value no range can exclude: the declaration has checked it is finite.
         if self.config["d_initial"] == 0:
-            raise ValueError(f"{where}: d_initial=0 is not allowed: with λ_b = λ_d = 0 every "
-                             f"gradient is zero and nothing trains (PEFT's default is 0.1)")
+            raise ValueError(
+                f"{where}: d_initial=0 is not allowed: with λ_b = λ_d = 0 every "
+                f"gradient is zero and nothing trains (PEFT's default is 0.1)"
+            )
 
     def check(self, layer_name: str, linear: nn.Linear) -> None:
         # Nothing about the layer can be refused (any rank, any shape); but every target passes
@@ -212,20 +223,26 @@ class VeRA(Method):
             self._max_in = max(self._max_in, linear.in_features)
             self._drawn = True
         elif linear.out_features > self._max_out or linear.in_features > self._max_in:
-            raise RuntimeError(f"layer {layer_name!r} ({linear.out_features}×{linear.in_features}) is larger than "
-                               f"the shared VeRA matrices ({self._max_out}×{self._max_in}) already drawn: call "
-                               f"check() on every target before the first adapt() (spectrallab.apply does)")
+            raise RuntimeError(
+                f"layer {layer_name!r} ({linear.out_features}×{linear.in_features}) is larger than "
+                f"the shared VeRA matrices ({self._max_out}×{self._max_in}) already drawn: call "
+                f"check() on every target before the first adapt() (spectrallab.apply does)"
+            )
         weight = linear.weight
         group = (weight.device, weight.dtype)
         if group not in self._shared:  # the same float32 draw, cast (re-drawing is cheap: r(m+n) numbers)
-            A, B = draw_projections(self.config["rank"], self._max_out, self._max_in,
-                                    self.config["projection_prng_key"])
-            self._shared[group] = VeRAProjections(A.to(device=weight.device, dtype=weight.dtype),
-                                                  B.to(device=weight.device, dtype=weight.dtype),
-                                                  self.config["projection_prng_key"])
+            A, B = draw_projections(
+                self.config["rank"], self._max_out, self._max_in, self.config["projection_prng_key"]
+            )
+            self._shared[group] = VeRAProjections(
+                A.to(device=weight.device, dtype=weight.dtype),
+                B.to(device=weight.device, dtype=weight.dtype),
+                self.config["projection_prng_key"],
+            )
         return self._shared[group]
 
     def adapt(self, layer_name: str, linear: nn.Linear) -> VeRALinear:
         c = self.config
-        return VeRALinear(linear, self.projections(layer_name, linear), c["rank"], float(c["d_initial"]),
-                          float(c["dropout"]))
+        return VeRALinear(
+            linear, self.projections(layer_name, linear), c["rank"], float(c["d_initial"]), float(c["dropout"])
+        )

@@ -24,8 +24,20 @@ from ..profiles import device, pick
 from .base import Task
 from .chargpt import CharGPT, TinyGPT, decode, encode, load_corpus
 from .digits import MLP, Digits
-from .graphs import (Graph, LinkSplit, average_precision, disease, f1, graph_defaults, gromov_delta, link_split,
-                     node_split, python_classes, roc_auc, row_normalized)
+from .graphs import (
+    Graph,
+    LinkSplit,
+    average_precision,
+    disease,
+    f1,
+    graph_defaults,
+    gromov_delta,
+    link_split,
+    node_split,
+    python_classes,
+    roc_auc,
+    row_normalized,
+)
 from .hyperbolic import GRAPH_TASKS, LinkPrediction, NodeClassification
 from .pretrained import load_minilm, minilm_available
 from .teacher import LowRankTeacher, TwoLayerLinear
@@ -40,9 +52,11 @@ def profile_defaults(name: str) -> dict[str, Any]:
     if name == "chargpt":
         # cpu: the ci model on 5x the text, so that several runs a chapter fit the cpu budget (3 min a
         # chapter on 2 cores: ~10 ms a step); d_model 128, 4 layers, context 128 costs ~200 ms a step.
-        return pick(ci=dict(n_chars=200_000, d_model=64, n_layer=2, n_head=4, context=64),
-                    cpu=dict(n_chars=1_000_000, d_model=64, n_layer=2, n_head=4, context=64),
-                    gpu=dict(n_chars=3_500_000, d_model=384, n_layer=6, n_head=6, context=256))
+        return pick(
+            ci=dict(n_chars=200_000, d_model=64, n_layer=2, n_head=4, context=64),
+            cpu=dict(n_chars=1_000_000, d_model=64, n_layer=2, n_head=4, context=64),
+            gpu=dict(n_chars=3_500_000, d_model=384, n_layer=6, n_head=6, context=256),
+        )
     if name in GRAPH_TASKS:
         return graph_defaults("python_classes" if name.startswith("python_classes") else name)
     return {}
@@ -55,9 +69,35 @@ def task(name: str, **overrides: Any) -> Task:
     return TASKS[name](**{**profile_defaults(name), **overrides}).to(device())
 
 
-__all__ = ["Task", "task", "TASKS", "LowRankTeacher", "TwoLayerLinear", "Digits", "MLP", "CharGPT", "TinyGPT",
-           "encode", "decode", "load_corpus", "profile_defaults",
-           "load_minilm", "minilm_available",
-           "Graph", "LinkSplit", "disease", "python_classes", "gromov_delta", "link_split", "node_split",
-           "roc_auc", "average_precision", "f1", "graph_defaults", "row_normalized",
-           "LinkPrediction", "NodeClassification", "GRAPH_TASKS"]
+__all__ = [
+    "Task",
+    "task",
+    "TASKS",
+    "LowRankTeacher",
+    "TwoLayerLinear",
+    "Digits",
+    "MLP",
+    "CharGPT",
+    "TinyGPT",
+    "encode",
+    "decode",
+    "load_corpus",
+    "profile_defaults",
+    "load_minilm",
+    "minilm_available",
+    "Graph",
+    "LinkSplit",
+    "disease",
+    "python_classes",
+    "gromov_delta",
+    "link_split",
+    "node_split",
+    "roc_auc",
+    "average_precision",
+    "f1",
+    "graph_defaults",
+    "row_normalized",
+    "LinkPrediction",
+    "NodeClassification",
+    "GRAPH_TASKS",
+]

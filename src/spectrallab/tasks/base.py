@@ -37,7 +37,7 @@ class Task:
         """Everything that defines the task (recorded with every run, keys the pretrained-base cache)."""
         raise NotImplementedError
 
-    def to(self, device: torch.device | str) -> "Task":
+    def to(self, device: torch.device | str) -> Task:
         self.device = torch.device(device)
         return self
 

@@ -108,8 +108,9 @@ class Block(nn.Module):
 
 
 class TinyGPT(nn.Module):
-    def __init__(self, vocab_size: int = len(VOCAB), d_model: int = 64, n_layer: int = 2, n_head: int = 4,
-                 context: int = 64):
+    def __init__(
+        self, vocab_size: int = len(VOCAB), d_model: int = 64, n_layer: int = 2, n_head: int = 4, context: int = 64
+    ):
         super().__init__()
         if d_model % n_head:
             raise ValueError(f"d_model={d_model} must be divisible by n_head={n_head}")
@@ -141,12 +142,13 @@ class TinyGPT(nn.Module):
         return self.head(self.ln_f(x))
 
     @torch.no_grad()
-    def generate(self, prompt: str, n_chars: int = 200, temperature: float = 0.8,
-                 generator: torch.Generator | None = None) -> str:
+    def generate(
+        self, prompt: str, n_chars: int = 200, temperature: float = 0.8, generator: torch.Generator | None = None
+    ) -> str:
         device = next(self.parameters()).device
         ids = encode(prompt).to(device)[None]
         for _ in range(n_chars):
-            logits = self(ids[:, -self.context:])[:, -1] / temperature
+            logits = self(ids[:, -self.context :])[:, -1] / temperature
             probs = torch.softmax(logits.float(), dim=-1).cpu()
             nxt = torch.multinomial(probs, 1, generator=generator).to(device)
             ids = torch.cat([ids, nxt], dim=1)
@@ -158,8 +160,16 @@ class CharGPT(Task):
     batch_size = 32
     lr = 3e-3
 
-    def __init__(self, corpus: str = "python", n_chars: int = 300_000, d_model: int = 64, n_layer: int = 2,
-                 n_head: int = 4, context: int = 64, eval_batches: int = 8):
+    def __init__(
+        self,
+        corpus: str = "python",
+        n_chars: int = 300_000,
+        d_model: int = 64,
+        n_layer: int = 2,
+        n_head: int = 4,
+        context: int = 64,
+        eval_batches: int = 8,
+    ):
         self.corpus, self.n_chars = corpus, n_chars
         self.d_model, self.n_layer, self.n_head, self.context = d_model, n_layer, n_head, context
         self.eval_batches = eval_batches
@@ -167,7 +177,7 @@ class CharGPT(Task):
         cut = int(0.9 * len(data))
         self.train_ids, self.val_ids = data[:cut], data[cut:]
 
-    def shifted(self, corpus: str = "docs") -> "CharGPT":
+    def shifted(self, corpus: str = "docs") -> CharGPT:
         c = self.config()
         c.pop("task")
         c["corpus"] = corpus
@@ -176,9 +186,16 @@ class CharGPT(Task):
         return CharGPT(**c).to(self.device)
 
     def config(self):
-        return {"task": self.name, "corpus": self.corpus, "n_chars": self.n_chars, "d_model": self.d_model,
-                "n_layer": self.n_layer, "n_head": self.n_head, "context": self.context,
-                "eval_batches": self.eval_batches}
+        return {
+            "task": self.name,
+            "corpus": self.corpus,
+            "n_chars": self.n_chars,
+            "d_model": self.d_model,
+            "n_layer": self.n_layer,
+            "n_head": self.n_head,
+            "context": self.context,
+            "eval_batches": self.eval_batches,
+        }
 
     def make_model(self, seed: int = 0) -> nn.Module:
         torch.manual_seed(seed)
@@ -187,7 +204,7 @@ class CharGPT(Task):
     def batch(self, split, batch_size, generator):
         ids = self.train_ids if split == "train" else self.val_ids
         start = torch.randint(len(ids) - self.context - 1, (batch_size,), generator=generator)
-        window = torch.stack([ids[s: s + self.context + 1] for s in start.tolist()])
+        window = torch.stack([ids[s : s + self.context + 1] for s in start.tolist()])
         return window[:, :-1].to(self.device), window[:, 1:].to(self.device)
 
     def loss(self, model, batch):

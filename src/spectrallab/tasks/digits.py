@@ -62,7 +62,7 @@ class Digits(Task):
         self.view, self.width = view, width
         self.x_train, self.y_train, self.x_val, self.y_val = load_digits_split(view)
 
-    def shifted(self, view: str = "rot90") -> "Digits":
+    def shifted(self, view: str = "rot90") -> Digits:
         return Digits(view=view, width=self.width).to(self.device)
 
     def config(self):
@@ -89,5 +89,7 @@ class Digits(Task):
         x, y = self.batch("val", len(self.x_val), None)
         logits = model(x)
         model.train(was_training)
-        return {"val_loss": float(F.cross_entropy(logits, y)),
-                "accuracy": float((logits.argmax(-1) == y).float().mean())}
+        return {
+            "val_loss": float(F.cross_entropy(logits, y)),
+            "accuracy": float((logits.argmax(-1) == y).float().mean()),
+        }

@@ -19,11 +19,11 @@ on the fly, seeded and in well under a second:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import re
 import zlib
-import dataclasses
 from dataclasses import dataclass
 
 import networkx as nx
@@ -56,21 +56,24 @@ class Graph:
             raise ValueError(f"graph {self.name!r}: features must be (N, F), got shape {tuple(self.features.shape)}")
         e = self.edges
         if e.dim() != 2 or e.shape[1] != 2 or e.dtype != torch.int64:
-            raise ValueError(f"graph {self.name!r}: edges must be an (E, 2) int64 tensor, got "
-                             f"{e.dtype} of shape {tuple(e.shape)}")
+            raise ValueError(
+                f"graph {self.name!r}: edges must be an (E, 2) int64 tensor, got {e.dtype} of shape {tuple(e.shape)}"
+            )
         if e.numel() and (int(e.min()) < 0 or int(e.max()) >= N):
-            raise ValueError(f"graph {self.name!r}: edge endpoints must lie in [0, {N - 1}], "
-                             f"got [{int(e.min())}, {int(e.max())}]")
+            raise ValueError(
+                f"graph {self.name!r}: edge endpoints must lie in [0, {N - 1}], got [{int(e.min())}, {int(e.max())}]"
+            )
         if e.numel() and not bool((e[:, 0] < e[:, 1]).all()):
-            raise ValueError(f"graph {self.name!r}: each edge must be stored once as (u, v) with u < v "
-                             "(no self-loops)")
+            raise ValueError(f"graph {self.name!r}: each edge must be stored once as (u, v) with u < v (no self-loops)")
         if self.labels is not None and tuple(self.labels.shape) != (N,):
             raise ValueError(f"graph {self.name!r}: labels must have shape ({N},), got {tuple(self.labels.shape)}")
         if self.node_names is not None and len(self.node_names) != N:
             raise ValueError(f"graph {self.name!r}: node_names must name all {N} nodes, got {len(self.node_names)}")
         if self.label_names is not None and self.labels is not None and len(self.label_names) < self.num_classes:
-            raise ValueError(f"graph {self.name!r}: label_names must name all {self.num_classes} classes, "
-                             f"got {len(self.label_names)}")
+            raise ValueError(
+                f"graph {self.name!r}: label_names must name all {self.num_classes} classes, "
+                f"got {len(self.label_names)}"
+            )
 
     @property
     def num_nodes(self) -> int:
@@ -85,8 +88,9 @@ class Graph:
         return 0 if self.labels is None else int(self.labels.max()) + 1
 
     @classmethod
-    def from_networkx(cls, name: str, graph: nx.Graph, features: torch.Tensor,
-                      labels: torch.Tensor | None = None, **names) -> "Graph":
+    def from_networkx(
+        cls, name: str, graph: nx.Graph, features: torch.Tensor, labels: torch.Tensor | None = None, **names
+    ) -> Graph:
         """From a networkx graph whose nodes are ``0 … N−1`` (self-loops and duplicates dropped).
 
         ``names`` are passed on (``node_names=``, ``label_names=``)."""
@@ -101,8 +105,10 @@ class Graph:
         return graph
 
     def __repr__(self) -> str:
-        return (f"Graph({self.name!r}, nodes={self.num_nodes}, edges={self.num_edges}, "
-                f"features={self.features.shape[1]}, classes={self.num_classes})")
+        return (
+            f"Graph({self.name!r}, nodes={self.num_nodes}, edges={self.num_edges}, "
+            f"features={self.features.shape[1]}, classes={self.num_classes})"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -119,13 +125,19 @@ def random_tree(num_nodes: int, branching: tuple[int, int], rng: np.random.Gener
     born, node = 1, 0
     while born < num_nodes:
         k = min(int(rng.integers(lo, hi + 1)), num_nodes - born)
-        parent[born:born + k] = node
+        parent[born : born + k] = node
         born, node = born + k, node + 1
     return parent
 
 
-def sir(neighbours: list[np.ndarray], susceptibility: np.ndarray, source: int, beta: float, gamma: float,
-        rng: np.random.Generator) -> np.ndarray:
+def sir(
+    neighbours: list[np.ndarray],
+    susceptibility: np.ndarray,
+    source: int,
+    beta: float,
+    gamma: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """One run of a discrete-time SIR epidemic from ``source``; returns the nodes ever infected (bool).
 
     Each step, every infected node infects each susceptible neighbour ``j`` with probability
@@ -150,10 +162,20 @@ def sir(neighbours: list[np.ndarray], susceptibility: np.ndarray, source: int, b
     return state > 0
 
 
-def disease(num_nodes: int = 1044, seed: int = 0, *, num_features: int = 1000,
-            branching: tuple[int, int] = (2, 6), beta: float = 1.0, gamma: float = 0.5,
-            traits_per_node: float = 10.0, mutation: float = 0.5, bias: float = 1.5, min_infected: float = 0.1,
-            name: str | None = None) -> Graph:
+def disease(
+    num_nodes: int = 1044,
+    seed: int = 0,
+    *,
+    num_features: int = 1000,
+    branching: tuple[int, int] = (2, 6),
+    beta: float = 1.0,
+    gamma: float = 0.5,
+    traits_per_node: float = 10.0,
+    mutation: float = 0.5,
+    bias: float = 1.5,
+    min_infected: float = 0.1,
+    name: str | None = None,
+) -> Graph:
     """HGCN's *Disease* graph: an SIR epidemic on a random tree; label 1 = infected, 0 = not.
 
     **From the paper** (Chami et al. 2019, §5.1 and Table 1): HGCN simulates the SIR disease
@@ -222,25 +244,33 @@ def disease(num_nodes: int = 1044, seed: int = 0, *, num_features: int = 1000,
     weight = rng.standard_normal(num_features) * matters
     # Standardized over the trait distribution, so susceptibility has the same spread whatever
     # num_features and traits_per_node are.
-    mean, std = density * weight.sum(), math.sqrt(max(density * (1 - density), 1e-12) * (weight ** 2).sum())
+    mean, std = density * weight.sum(), math.sqrt(max(density * (1 - density), 1e-12) * (weight**2).sum())
     susceptibility = 1.0 / (1.0 + np.exp(-(bias + 3.0 * (traits @ weight - mean) / std)))
 
     children: list[list[int]] = [[] for _ in range(num_nodes)]
     for child in range(1, num_nodes):
         children[parent[child]].append(child)
-    neighbours = [np.array(sorted(children[i] + ([int(parent[i])] if i else [])), dtype=np.int64)
-                  for i in range(num_nodes)]
+    neighbours = [
+        np.array(sorted(children[i] + ([int(parent[i])] if i else [])), dtype=np.int64) for i in range(num_nodes)
+    ]
     for _ in range(100):
         infected = sir(neighbours, susceptibility, 0, beta, gamma, rng)
         if infected.mean() >= min_infected:
             break
     else:
-        raise ValueError(f"{where}: no outbreak reached min_infected={min_infected} of the nodes in 100 runs; "
-                         "raise beta, lower gamma or lower min_infected")
+        raise ValueError(
+            f"{where}: no outbreak reached min_infected={min_infected} of the nodes in 100 runs; "
+            "raise beta, lower gamma or lower min_infected"
+        )
 
     edges = torch.from_numpy(np.stack([parent[1:], np.arange(1, num_nodes)], axis=1))
-    return Graph(name or f"disease-{num_nodes}", edges, torch.from_numpy(traits.astype(np.float32)),
-                 torch.from_numpy(infected.astype(np.int64)), label_names=("healthy", "infected"))
+    return Graph(
+        name or f"disease-{num_nodes}",
+        edges,
+        torch.from_numpy(traits.astype(np.float32)),
+        torch.from_numpy(infected.astype(np.int64)),
+        label_names=("healthy", "infected"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -251,21 +281,66 @@ def disease(num_nodes: int = 1044, seed: int = 0, *, num_features: int = 1000,
 # deep, rich class trees (syntax trees, exceptions, I/O streams, e-mail, XML, HTTP, logging), all
 # present in every CPython 3.10-3.12 build (no optional C extension such as ssl or sqlite3).
 CLASS_MODULES = (
-    "builtins", "ast", "asyncio", "collections", "collections.abc", "email.charset", "email.errors",
-    "email.feedparser", "email.generator", "email.headerregistry", "email.message", "email.mime.text",
-    "email.policy", "http.client", "http.cookiejar", "http.cookies", "http.server", "io", "logging",
-    "logging.handlers", "urllib.error", "urllib.parse", "urllib.request", "xml.dom.minidom",
-    "xml.etree.ElementTree", "xml.sax.handler", "xml.sax.saxutils",
+    "builtins",
+    "ast",
+    "asyncio",
+    "collections",
+    "collections.abc",
+    "email.charset",
+    "email.errors",
+    "email.feedparser",
+    "email.generator",
+    "email.headerregistry",
+    "email.message",
+    "email.mime.text",
+    "email.policy",
+    "http.client",
+    "http.cookiejar",
+    "http.cookies",
+    "http.server",
+    "io",
+    "logging",
+    "logging.handlers",
+    "urllib.error",
+    "urllib.parse",
+    "urllib.request",
+    "xml.dom.minidom",
+    "xml.etree.ElementTree",
+    "xml.sax.handler",
+    "xml.sax.saxutils",
 )
 # Node-classification labels: the package that defines a class (a leading underscore dropped, so
 # ``_io`` counts as ``io``); ancestors from any other package (``socketserver``, ``abc``, ...) are
 # "other".
-CLASS_FAMILIES = ("ast", "asyncio", "builtins", "collections", "email", "http", "io", "logging", "urllib", "xml",
-                  "other")
+CLASS_FAMILIES = (
+    "ast",
+    "asyncio",
+    "builtins",
+    "collections",
+    "email",
+    "http",
+    "io",
+    "logging",
+    "urllib",
+    "xml",
+    "other",
+)
 # Bookkeeping entries of a class's __dict__ that say nothing about what the class does.
-_BOOKKEEPING = {"__module__", "__qualname__", "__doc__", "__dict__", "__weakref__", "__annotations__",
-                "__firstlineno__", "__static_attributes__", "__orig_bases__", "__parameters__",
-                "__abstractmethods__", "_abc_impl", "__slots__"}
+_BOOKKEEPING = {
+    "__module__",
+    "__qualname__",
+    "__doc__",
+    "__dict__",
+    "__weakref__",
+    "__annotations__",
+    "__firstlineno__",
+    "__static_attributes__",
+    "__orig_bases__",
+    "__parameters__",
+    "__abstractmethods__",
+    "_abc_impl",
+    "__slots__",
+}
 
 
 def _qualified(cls: type) -> str:
@@ -298,8 +373,11 @@ def class_hierarchy() -> dict[str, type]:
         module = importlib.import_module(module_name)
         package = module_name.split(".")[0]
         for attr, value in sorted(vars(module).items()):
-            if (isinstance(value, type) and not attr.startswith("_")
-                    and value.__module__.split(".")[0].lstrip("_") == package.lstrip("_")):
+            if (
+                isinstance(value, type)
+                and not attr.startswith("_")
+                and value.__module__.split(".")[0].lstrip("_") == package.lstrip("_")
+            ):
                 for ancestor in value.__mro__:
                     if id(ancestor) in seen:
                         continue
@@ -314,8 +392,9 @@ def class_hierarchy() -> dict[str, type]:
     return dict(sorted(found.items()))
 
 
-def python_classes(max_nodes: int | None = None, seed: int = 0, *, num_features: int = 512,
-                   name: str | None = None) -> Graph:
+def python_classes(
+    max_nodes: int | None = None, seed: int = 0, *, num_features: int = 512, name: str | None = None
+) -> Graph:
     """The inheritance graph of Python's own classes: a real hierarchy present on every machine.
 
     Nodes are the classes of :func:`class_hierarchy` (the built-ins and a fixed list of
@@ -380,8 +459,14 @@ def python_classes(max_nodes: int | None = None, seed: int = 0, *, num_features:
             features[i, zlib.crc32(token.encode()) % num_features] = 1.0
     labels = torch.tensor([CLASS_FAMILIES.index(_family(c)) for c in classes], dtype=torch.int64)
     edges = torch.tensor(sorted(pairs), dtype=torch.int64).reshape(-1, 2)
-    return Graph(name or f"python-classes-{len(names)}", edges,
-                 features, labels, node_names=tuple(names), label_names=CLASS_FAMILIES)
+    return Graph(
+        name or f"python-classes-{len(names)}",
+        edges,
+        features,
+        labels,
+        node_names=tuple(names),
+        label_names=CLASS_FAMILIES,
+    )
 
 
 def graph_defaults(name: str) -> dict:
@@ -391,10 +476,14 @@ def graph_defaults(name: str) -> dict:
     ``cpu`` and ``gpu``; ``ci`` takes a few hundred nodes and 200 features, enough to learn in
     seconds. ``"python_classes"`` is the whole hierarchy except on ``ci``."""
     sizes = {
-        "disease_nc": pick(ci=dict(num_nodes=300, num_features=200), cpu=dict(num_nodes=1044),
-                           gpu=dict(num_nodes=1044)),
-        "disease_lp": pick(ci=dict(num_nodes=400, num_features=200, branching=(1, 11)),
-                           cpu=dict(num_nodes=2665, branching=(1, 11)), gpu=dict(num_nodes=2665, branching=(1, 11))),
+        "disease_nc": pick(
+            ci=dict(num_nodes=300, num_features=200), cpu=dict(num_nodes=1044), gpu=dict(num_nodes=1044)
+        ),
+        "disease_lp": pick(
+            ci=dict(num_nodes=400, num_features=200, branching=(1, 11)),
+            cpu=dict(num_nodes=2665, branching=(1, 11)),
+            gpu=dict(num_nodes=2665, branching=(1, 11)),
+        ),
         "python_classes": pick(ci=dict(max_nodes=300), cpu=dict(max_nodes=None), gpu=dict(max_nodes=None)),
     }
     if name not in sizes:
@@ -422,8 +511,9 @@ def _four_point(d01, d23, d02, d13, d03, d12):
     return (sums[2] - sums[1]) / 2
 
 
-def gromov_delta(graph: Graph | nx.Graph, samples: int | None = None, seed: int = 0, *,
-                 exact_max: int = 60, max_anchors: int = 3000) -> float:
+def gromov_delta(
+    graph: Graph | nx.Graph, samples: int | None = None, seed: int = 0, *, exact_max: int = 60, max_anchors: int = 3000
+) -> float:
     """Gromov's δ (the four-point condition) of the largest connected component, in hops.
 
     For four nodes x, y, z, w form the three sums ``d(x,y) + d(z,w)``, ``d(x,z) + d(y,w)`` and
@@ -452,13 +542,28 @@ def gromov_delta(graph: Graph | nx.Graph, samples: int | None = None, seed: int 
     adjacency = nx.to_scipy_sparse_array(G, nodelist=range(n), format="csr")
     rng = np.random.default_rng(seed)
     anchors = np.arange(n) if n <= max_anchors else np.sort(rng.choice(n, size=max_anchors, replace=False))
-    D = np.concatenate([shortest_path(adjacency, unweighted=True, directed=False, indices=chunk)[:, anchors]
-                        for chunk in np.array_split(anchors, max(1, len(anchors) // 256))]).astype(np.float32)
+    D = np.concatenate(
+        [
+            shortest_path(adjacency, unweighted=True, directed=False, indices=chunk)[:, anchors]
+            for chunk in np.array_split(anchors, max(1, len(anchors) // 256))
+        ]
+    ).astype(np.float32)
     m = len(anchors)
     if samples is None and n <= exact_max:
         # All (y, z, w) at once for each x: m^3 values, m <= exact_max.
-        return max(float(_four_point(D[x][:, None, None], D[None, :, :], D[x][None, :, None], D[:, None, :],
-                                     D[x][None, None, :], D[:, :, None]).max()) for x in range(m))
+        return max(
+            float(
+                _four_point(
+                    D[x][:, None, None],
+                    D[None, :, :],
+                    D[x][None, :, None],
+                    D[:, None, :],
+                    D[x][None, None, :],
+                    D[:, :, None],
+                ).max()
+            )
+            for x in range(m)
+        )
     count = 50_000 if samples is None else samples
     # Distinct quadruples: draw with replacement, redraw the rows that repeat a node.
     quads = rng.integers(0, m, size=(count, 4))
@@ -489,8 +594,10 @@ class LinkSplit:
     test_neg: torch.Tensor
 
     def __repr__(self) -> str:
-        return (f"LinkSplit(train={len(self.train_edges)}, val={len(self.val_pos)}+{len(self.val_neg)}, "
-                f"test={len(self.test_pos)}+{len(self.test_neg)})")
+        return (
+            f"LinkSplit(train={len(self.train_edges)}, val={len(self.val_pos)}+{len(self.val_neg)}, "
+            f"test={len(self.test_pos)}+{len(self.test_neg)})"
+        )
 
 
 def _check_fractions(where: str, val: float, test: float) -> None:
@@ -536,8 +643,13 @@ def link_split(graph: Graph, val: float = 0.05, test: float = 0.1, seed: int = 0
     neg = np.array(negatives, dtype=np.int64).reshape(-1)
     neg = np.stack([neg // N, neg % N], axis=1)
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).reshape(-1, 2)  # noqa: E731
-    return LinkSplit(train_edges=as_t(pos[n_val + n_test:]), val_pos=as_t(pos[:n_val]), val_neg=as_t(neg[:n_val]),
-                     test_pos=as_t(pos[n_val:n_val + n_test]), test_neg=as_t(neg[n_val:]))
+    return LinkSplit(
+        train_edges=as_t(pos[n_val + n_test :]),
+        val_pos=as_t(pos[:n_val]),
+        val_neg=as_t(neg[:n_val]),
+        test_pos=as_t(pos[n_val : n_val + n_test]),
+        test_neg=as_t(neg[n_val:]),
+    )
 
 
 def row_normalized(graph: Graph) -> Graph:
@@ -549,9 +661,9 @@ def row_normalized(graph: Graph) -> Graph:
     return dataclasses.replace(graph, features=graph.features / norms)
 
 
-
-def node_split(graph: Graph, val: float = 0.1, test: float = 0.6, seed: int = 0, *,
-               balanced: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def node_split(
+    graph: Graph, val: float = 0.1, test: float = 0.6, seed: int = 0, *, balanced: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(train, val, test)`` node indices (sorted int64), disjoint and covering every node.
 
     Stratified: from each class, ``round(val · size)`` nodes validate and ``round(test · size)``
@@ -576,8 +688,8 @@ def node_split(graph: Graph, val: float = 0.1, test: float = 0.6, seed: int = 0,
         size = smallest if balanced else len(members)
         n_val, n_test = int(round(val * size)), int(round(test * size))
         parts[1].append(members[:n_val])
-        parts[2].append(members[n_val:n_val + n_test])
-        parts[0].append(members[n_val + n_test:])
+        parts[2].append(members[n_val : n_val + n_test])
+        parts[0].append(members[n_val + n_test :])
     train, val_idx, test_idx = (torch.from_numpy(np.sort(np.concatenate(p)).astype(np.int64)) for p in parts)
     return train, val_idx, test_idx
 

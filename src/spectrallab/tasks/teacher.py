@@ -18,8 +18,8 @@ the *shifted* task a pretrained student is fine-tuned to. The true update is the
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from .base import Task
 
@@ -51,25 +51,42 @@ class LowRankTeacher(Task):
     batch_size = 128
     lr = 3e-3
 
-    def __init__(self, n_in: int = 64, n_out: int = 64, rank: int = 8, decay: float = 0.8,
-                 noise: float = 0.01, width: int = 64, shift_rank: int = 0, shift_scale: float = 0.5,
-                 n_val: int = 2048, seed: int = 0):
+    def __init__(
+        self,
+        n_in: int = 64,
+        n_out: int = 64,
+        rank: int = 8,
+        decay: float = 0.8,
+        noise: float = 0.01,
+        width: int = 64,
+        shift_rank: int = 0,
+        shift_scale: float = 0.5,
+        n_val: int = 2048,
+        seed: int = 0,
+    ):
         if not 1 <= rank <= min(n_in, n_out):
             raise ValueError(f"teacher rank={rank} is outside the allowed range [1, {min(n_in, n_out)}]")
         if not 0 <= shift_rank <= min(n_in, n_out):
             raise ValueError(f"shift_rank={shift_rank} is outside the allowed range [0, {min(n_in, n_out)}]")
         self.n_in, self.n_out, self.rank, self.decay, self.noise = n_in, n_out, rank, decay, noise
-        self.width, self.shift_rank, self.shift_scale, self.n_val, self.seed = width, shift_rank, shift_scale, n_val, seed
+        self.width, self.shift_rank, self.shift_scale, self.n_val, self.seed = (
+            width,
+            shift_rank,
+            shift_scale,
+            n_val,
+            seed,
+        )
         g = torch.Generator().manual_seed(seed)
         self.W_base = low_rank_matrix(n_out, n_in, rank, decay, g)
-        self.W_shift = (shift_scale * low_rank_matrix(n_out, n_in, shift_rank, decay, g)
-                        if shift_rank else torch.zeros(n_out, n_in))
+        self.W_shift = (
+            shift_scale * low_rank_matrix(n_out, n_in, shift_rank, decay, g) if shift_rank else torch.zeros(n_out, n_in)
+        )
         self.W_star = self.W_base + self.W_shift
         gv = torch.Generator().manual_seed(seed + 1)
         self.val_x = torch.randn(n_val, n_in, generator=gv)
         self.val_y = self.val_x @ self.W_star.T + noise * torch.randn(n_val, n_out, generator=gv)
 
-    def shifted(self, shift_rank: int = 2, shift_scale: float = 0.5) -> "LowRankTeacher":
+    def shifted(self, shift_rank: int = 2, shift_scale: float = 0.5) -> LowRankTeacher:
         """The same base teacher plus a rank-``shift_rank`` change (for fine-tuning)."""
         c = self.config()
         c.update(shift_rank=shift_rank, shift_scale=shift_scale)
@@ -77,9 +94,19 @@ class LowRankTeacher(Task):
         return LowRankTeacher(**c).to(self.device)
 
     def config(self):
-        return {"task": self.name, "n_in": self.n_in, "n_out": self.n_out, "rank": self.rank, "decay": self.decay,
-                "noise": self.noise, "width": self.width, "shift_rank": self.shift_rank,
-                "shift_scale": self.shift_scale, "n_val": self.n_val, "seed": self.seed}
+        return {
+            "task": self.name,
+            "n_in": self.n_in,
+            "n_out": self.n_out,
+            "rank": self.rank,
+            "decay": self.decay,
+            "noise": self.noise,
+            "width": self.width,
+            "shift_rank": self.shift_rank,
+            "shift_scale": self.shift_scale,
+            "n_val": self.n_val,
+            "seed": self.seed,
+        }
 
     def make_model(self, seed: int = 0) -> nn.Module:
         torch.manual_seed(seed)
