@@ -124,3 +124,12 @@ def test_reloading_a_method_module_replaces_its_method(tmp_path, monkeypatch, cl
     assert torch.allclose(layer.effective_weight(), 5.0 * layer.weight)
     sys.modules.pop("my_methods", None)
     sys.modules.pop("tests_register_helper", None)
+
+
+def test_a_method_must_declare_its_options():
+    class Bare(sl.Method):
+        options = {"rank": 8}
+
+    with pytest.raises(TypeError, match=r"Bare.options must declare every option as a .*Option.*rank is not"):
+        sl.register("bare_options")(Bare)
+    assert "bare_options" not in sl.methods()

@@ -24,10 +24,8 @@ FLOAT_LIMIT = 1e300
 
 
 def declared(method_class: type) -> dict[str, Option]:
-    """The method's options that are declared with :class:`Option` (name → declaration)."""
-    # TRANSITION (removed once every method declares Option objects): a bare default has no kind,
-    # range or help, so no control is built for it and the method gets its default.
-    return {name: option for name, option in method_class.options.items() if isinstance(option, Option)}
+    """The method's option declarations (name → :class:`Option`)."""
+    return dict(method_class.options)
 
 
 def fits(option: Option, value: Any) -> bool:

@@ -76,12 +76,9 @@ def period_driven(method_class: type) -> tuple[set[str], set[str]]:
 def _shared_choices(method_class: type, name: str) -> list[Any]:
     """The dropdown options of a shared choice option (``init``), from the declaration."""
     option = method_class.options.get(name)
-    if isinstance(option, Option) and option.kind == "choice":
-        return dropdown_options(option)
-    # TRANSITION: a method whose options are bare defaults says its choices with option_choices().
-    if name not in method_class.options:
+    if option is None:
         return []
-    return method_class.option_choices(name) or [method_class.defaults()[name]]
+    return dropdown_options(option) if option.kind == "choice" else [option.default]
 
 
 class Playground(Widget):
@@ -562,7 +559,7 @@ class Playground(Widget):
             self._sync_companions(method_class, period)
         max_rank = self._rank_bound(spec)
         declared_rank = options.get("rank")
-        if isinstance(declared_rank, Option) and isinstance(declared_rank.high, (int, float)):
+        if declared_rank is not None and isinstance(declared_rank.high, (int, float)):
             max_rank = min(max_rank, int(declared_rank.high))
         rank = self.controls["rank"]
         with rank.hold_trait_notifications():
@@ -570,12 +567,12 @@ class Playground(Widget):
             rank.value = min(rank.value, max_rank)
         for name in SHARED_OPTIONS:
             option = options.get(name)
-            self.controls[name].tooltip = tooltip(option) if isinstance(option, Option) else None
+            self.controls[name].tooltip = tooltip(option) if option is not None else None
             if name not in self._hidden:
                 self.controls[name].layout.display = None if name in options else "none"
             box = self.auto.get(name)
             if box is not None:  # "auto" only where this method's declaration allows None
-                noneable = isinstance(option, Option) and needs_auto(option)
+                noneable = option is not None and needs_auto(option)
                 if not noneable:
                     box.value = False
                 box.description = f"auto: {option.none}" if noneable else "auto"

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .methods.base import AdaptedLinear, Method, as_linear, is_conv1d, registered
-from .methods.options import Option, OptionTable, table
+from .methods.options import OptionTable, table
 
 Targets = None | str | Iterable[str]
 
@@ -53,13 +53,7 @@ def options_table(method: str | type[Method]) -> OptionTable:
     """A method's options — name, default, allowed values, help — from its declarations: a table in a
     notebook, aligned text when printed. ``method`` is a registered name or a :class:`Method` subclass."""
     cls = method if isinstance(method, type) and issubclass(method, Method) else method_class(method)
-    rows = []
-    for name, option in cls.options.items():
-        if isinstance(option, Option):
-            rows += table({name: option})
-        else:  # TRANSITION (gone once every method declares Option objects): a bare default, nothing else known
-            rows.append({"option": name, "default": repr(option), "allowed": "(not declared yet)", "help": ""})
-    return OptionTable(rows, title=f"options of {cls.name!r}")
+    return OptionTable(table(cls.options), title=f"options of {cls.name!r}")
 
 
 def adapted_layers(model: nn.Module) -> dict[str, AdaptedLinear]:

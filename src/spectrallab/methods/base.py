@@ -57,6 +57,13 @@ def register(name: str):
                 f"@register({name!r}) decorates {cls!r}, which is not a subclass of "
                 f"spectrallab.Method; a method is a class deriving from Method"
             )
+        bare = sorted(option for option, declared in cls.options.items() if not isinstance(declared, Option))
+        if bare:
+            raise TypeError(
+                f"@register({name!r}): {cls.__name__}.options must declare every option as a "
+                f"spectrallab.methods.options.Option (kind, default, range or choices, help); "
+                f"{', '.join(bare)} {'is' if len(bare) == 1 else 'are'} not"
+            )
         earlier = _REGISTRY.get(key)
         if earlier is not None and earlier is not cls:
             warnings.warn(
