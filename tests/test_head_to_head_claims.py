@@ -34,9 +34,7 @@ assertion that the sampling machinery runs; ranking the ingredients needs the lo
 
 from __future__ import annotations
 
-import ast
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -147,22 +145,16 @@ def test_pins_are_the_chapters_ci_settings():
     assert all(ci.options(m) == OPTIONS[m] for m in OPTIONS)
 
 
-def chapter_rates(name):
-    """A dict literal ``NAME = {...}`` of book/head_to_head.md's code."""
-    text = (ROOT / "book" / "head_to_head.md").read_text()
-    found = re.search(rf"^{name} = (\{{[^}}]*\}})", text, re.MULTILINE)
-    assert found, f"{name} not found in book/head_to_head.md"
-    return ast.literal_eval(found.group(1))
-
-
 @pytest.mark.parametrize("profile", ["ci", "cpu"])
 def test_the_chapters_rates_are_the_sweeps_best(profile):
-    """One source of truth: the chapter's tuned rates are benchmarks/head_to_head_lr.py's best for the
-    profile, measured at exactly the chapter's settings (a changed setting makes the sweep stale)."""
+    """One source of truth: the race's tuned rates (``HeadToHead.lr``, which the chapter and
+    ``python -m spectrallab.pretrain`` read) are benchmarks/head_to_head_lr.py's best for the profile,
+    measured at exactly the chapter's settings (a changed setting makes the sweep stale)."""
     sweep = json.loads((ROOT / "benchmarks" / "results" / f"head_to_head_lr_{profile}.json").read_text())
     assert sweep["complete"], "the sweep did not finish: rerun benchmarks/head_to_head_lr.py --resume"
     assert sweep["settings"] == head_to_head(profile).as_dict(), "settings changed since the sweep: rerun it"
-    assert chapter_rates(f"LR_{profile.upper()}") == {m: float(lr) for m, lr in sweep["best"].items()}
+    race = head_to_head(profile)
+    assert {m: race.lr(m) for m in race.methods} == {m: float(lr) for m, lr in sweep["best"].items()}
     if profile == "ci":  # this file's pins: the sweep's best, or tied with it within TIED nats
         for method, lr in LR.items():
             table = sweep["table"][method]

@@ -62,8 +62,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("spectrallab.apply",),
     ("spectrallab.optim", "spectrallab.memory", "spectrallab.truncate", "spectrallab.peft_io"),
     ("spectrallab.runs", "spectrallab.tasks", "spectrallab.tasks.*"),
+    ("spectrallab.distributed",),
     ("spectrallab.train",),
     ("spectrallab.experiments",),
+    ("spectrallab.pretrain",),
     ("spectrallab",),
 ]
 

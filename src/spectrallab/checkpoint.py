@@ -120,8 +120,14 @@ def training_state(
     generator: torch.Generator,
     run: Any,
     run_identity: str,
+    parallel: Any | None = None,
 ) -> dict:
-    """Everything a resumed :func:`spectrallab.train` needs, as a ``weights_only``-loadable dict."""
+    """Everything a resumed :func:`spectrallab.train` needs, as a ``weights_only``-loadable dict.
+
+    Under several processes (``parallel``, a :class:`spectrallab.distributed.Parallel`) the model's and
+    optimizer's states are the whole, unsharded ones (every rank takes part in gathering them; rank 0
+    writes them), so a checkpoint is the same file whether the run used 1, 2 or N processes.
+    """
     cuda = None
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         cuda = torch.cuda.get_rng_state_all()
@@ -130,8 +136,8 @@ def training_state(
         "version": VERSION,
         "step": int(step),
         "identity": run_identity,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": model.state_dict() if parallel is None else parallel.model_state(model),
+        "optimizer": optimizer.state_dict() if parallel is None else parallel.optimizer_state(model, optimizer),
         "scheduler": None if scheduler is None else scheduler.state_dict(),
         "data_rng": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
@@ -165,6 +171,7 @@ def restore_training_state(
     generator: torch.Generator,
     run: Any,
     run_identity: str,
+    parallel: Any | None = None,
 ) -> int:
     """Load ``state`` (from :func:`load_training_state`) into the run's objects; returns the step."""
     if state["identity"] != run_identity:
@@ -180,8 +187,11 @@ def restore_training_state(
             f"checkpoint {str(path)!r} was written {'with' if state['scheduler'] is not None else 'without'}"
             f" an LR schedule; this run has {'one' if scheduler is not None else 'none'}"
         )
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    if parallel is None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    else:
+        parallel.load_state(model, optimizer, state["model"], state["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
     generator.set_state(state["data_rng"])

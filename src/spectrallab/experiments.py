@@ -110,6 +110,16 @@ class HeadToHead:
     def schedule(self):
         return warmup_cosine(self.steps, warmup=self.warmup)
 
+    def lr(self, method: str) -> float:
+        """``method``'s learning rate in this race: ``benchmarks/head_to_head_lr.py``'s best at exactly
+        these settings (``tests/test_head_to_head_claims.py`` checks it against the sweep's file). No
+        GPU sweep has been recorded: the ``gpu`` profile takes the ``cpu`` rate divided by four (its
+        model is six times wider and its runs twenty times longer) — a guess, not a tuned rate."""
+        self.options(method)  # a clear error for a method that is not a contender
+        if self.profile == "gpu":
+            return TUNED_LR["cpu"][method] / 4
+        return TUNED_LR[self.profile][method]
+
     def pretrain(
         self, task: CharGPT, method: str, lr: float, seed: int = 0, *, options: dict[str, Any] | None = None
     ) -> tuple[Run, MemoryReport, nn.Module]:
@@ -141,6 +151,12 @@ class HeadToHead:
         )
         return run, memory_report(model, opt), model
 
+
+# Tuned by benchmarks/head_to_head_lr.py PROFILE at exactly the settings below: each file's "best".
+TUNED_LR = {
+    "ci": {"full": 5e-3, "lora": 1e-2, "relora": 4e-2, "galore": 1.6e-1, "sltrain": 4e-2, "sst": 8e-2},
+    "cpu": {"full": 2.5e-3, "lora": 2e-2, "relora": 2e-2, "galore": 8e-2, "sltrain": 2e-2, "sst": 4e-2},
+}
 
 _HEAD_TO_HEAD = {
     # ci: seconds per run, so the chapter fits the tests' 45 s; d 32, r 1 (3 % of d)

@@ -43,8 +43,10 @@ class Progress:
         *,
         quiet_seconds: float = 10.0,
         every_seconds: float = 15.0,
+        tokens_per_step: int | None = None,
     ):
         self.total, self.label = total, label
+        self.tokens_per_step = tokens_per_step  # shown as tokens/s when given
         self.mode = progress_mode() if mode is None else mode
         if self.mode not in MODES:
             raise ValueError(f"progress mode {self.mode!r} is not one of {', '.join(MODES)}")
@@ -52,27 +54,46 @@ class Progress:
         self.start = time.perf_counter()
         self.next_line = self.start + quiet_seconds
         self.step = 0
+        self.first_step: int | None = None
+        self.rate_start = self.start
         self.bar = None
         if self.mode == "bar":
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc=label, leave=False, mininterval=0.2, unit="step")
 
+    def tokens_per_second(self) -> float | None:
+        """Training throughput since the first update (None without ``tokens_per_step``)."""
+        if self.tokens_per_step is None or self.first_step is None:
+            return None
+        elapsed = time.perf_counter() - self.rate_start
+        if elapsed <= 0:
+            return None
+        return (self.step - self.first_step) * self.tokens_per_step / elapsed
+
     def update(self, step: int, loss: float | None = None) -> None:
+        if self.first_step is None:  # tokens/s counts from here: not the setup, not a resumed run's past
+            self.first_step, self.rate_start = step, time.perf_counter()
         advanced, self.step = step - self.step, step
         if self.bar is not None:
             self.bar.update(advanced)
             if loss is not None and step % 10 == 0:
-                self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                postfix = {"loss": f"{loss:.3f}"}
+                rate = self.tokens_per_second()
+                if rate is not None:
+                    postfix["tok/s"] = f"{rate:,.0f}"
+                self.bar.set_postfix(postfix, refresh=False)
         elif self.mode == "lines":
             now = time.perf_counter()
             if now >= self.next_line and step < self.total:
                 elapsed = now - self.start
                 left = elapsed / max(step, 1) * (self.total - step)
                 loss_text = f", loss {loss:.3f}" if loss is not None else ""
+                rate = self.tokens_per_second()
+                rate_text = f", {rate:,.0f} tokens/s" if rate is not None else ""
                 print(
                     f"[{self.label}] step {step:,}/{self.total:,}: {elapsed:.0f} s so far, ~{left:.0f} s left"
-                    f"{loss_text}",
+                    f"{loss_text}{rate_text}",
                     flush=True,
                 )
                 self.next_line = now + self.every_seconds
@@ -84,7 +105,10 @@ class Progress:
         elif self.mode == "lines":
             elapsed = time.perf_counter() - self.start
             if elapsed >= self.quiet_seconds:
+                rate = self.tokens_per_second()
+                rate_text = f", {rate:,.0f} tokens/s" if rate is not None else ""
                 print(
-                    f"[{self.label}] {self.step:,} steps in {elapsed:.0f} s ({self.step / elapsed:.1f} steps/s)",
+                    f"[{self.label}] {self.step:,} steps in {elapsed:.0f} s ({self.step / elapsed:.1f} steps/s"
+                    f"{rate_text})",
                     flush=True,
                 )

@@ -31,6 +31,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .apply import adapted_layers, trainable_parameters
+from .distributed import Parallel
 from .linalg import spectrum
 from .optim import effective_lr
 from .optim import optimizer as make_optimizer
@@ -87,6 +88,8 @@ def train(
     run: Run | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
+    parallel: Parallel | None = None,
+    autocast: torch.dtype | None = None,
 ) -> Iterator[Event]:
     """Train ``model`` on ``task`` for ``steps`` optimizer steps, yielding an :class:`Event` per step.
 
@@ -101,6 +104,13 @@ def train(
     * ``run``: a :class:`Run` to fill (``fit`` passes one and returns it).
     * ``checkpoint`` / ``checkpoint_every``: a file to checkpoint to every k steps (default: 10
       checkpoints per run) and at the last step, and to **resume from** when it exists.
+    * ``parallel``: a :class:`~spectrallab.distributed.Parallel` (from
+      :func:`spectrallab.distributed.wrap`) to train on several processes: ``model`` is the plain
+      model, ``parallel.module`` its DDP wrapper or FSDP2-sharded self; every process draws the
+      global batch of ``batch_size`` rows and trains on its slice, the recorded loss is the global
+      batch's, and only rank 0 writes checkpoints and the record.
+    * ``autocast``: a dtype (``torch.bfloat16``) to run the forward pass and loss under
+      ``torch.autocast`` on the model's device (the parameters and optimizer stay in their dtype).
 
     **Resume.** With ``checkpoint="run.pt"``, a run that dies — a killed process, a restarted
     kernel, even mid-write — is continued by running the same code again: the model, the optimizer
@@ -146,6 +156,19 @@ def train(
     checkpoint_every = checkpoint_every or max(1, steps // 10)
     params = [p for p in model.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(seed)
+    main = parallel is None or parallel.main  # the one process that writes
+    record = record and main
+    forward = model if parallel is None else parallel.module
+    if parallel is not None:
+        parallel.share(batch_size)  # an uneven split is refused before anything runs
+        if spectra_of and parallel.kind == "fsdp":
+            raise ValueError("spectra_of is not available under FSDP (each process holds a shard of every weight)")
+
+    def local_loss(batch) -> torch.Tensor:
+        if parallel is not None:
+            batch = parallel.local(batch, batch_size)
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            return task.loss(forward, batch)
 
     run.config = {
         # The task's own settings stay under their own key: a task may have a `rank` of its own
@@ -162,6 +185,7 @@ def train(
         "device": str(device),
         "trainable_parameters": trainable_parameters(model),
         **_method_config(model),
+        **({} if parallel is None else {"processes": parallel.world_size, "parallel": parallel.kind}),
         **(config or {}),
     }
 
@@ -204,22 +228,26 @@ def train(
                 generator=generator,
                 run=run,
                 run_identity=run_identity,
+                parallel=parallel,
             )
             del saved
 
     def save_checkpoint(step: int) -> None:
-        ckpt.atomic_save(
-            ckpt.training_state(
-                step=step,
-                model=model,
-                optimizer=opt,
-                scheduler=scheduler,
-                generator=generator,
-                run=run,
-                run_identity=run_identity,
-            ),
-            checkpoint,
+        state = ckpt.training_state(
+            step=step,
+            model=model,
+            optimizer=opt,
+            scheduler=scheduler,
+            generator=generator,
+            run=run,
+            run_identity=run_identity,
+            parallel=parallel,
         )
+        if main:
+            ckpt.atomic_save(state, checkpoint)
+        del state
+        if parallel is not None:
+            parallel.barrier()  # no rank runs ahead of a checkpoint it could be resumed from
         if record:
             run.save()  # the record so far, so a killed run still leaves one (atomic too)
 
@@ -239,8 +267,10 @@ def train(
             )
         model.train()
         for step in range(first + 1, steps + 1):
-            loss = task.loss(model, task.batch("train", batch_size, generator))
+            loss = local_loss(task.batch("train", batch_size, generator))
             loss_value = float(loss.detach())
+            if parallel is not None:
+                loss_value = parallel.mean(loss_value)  # the global batch's loss, the same on every rank
             if not math.isfinite(loss_value):
                 raise FloatingPointError(
                     f"loss became {loss_value} at step {step} (lr={opt.param_groups[0]['lr']:g}); "
@@ -299,13 +329,14 @@ def fit(
     on_event: Callable[[Event], None] | None = None,
     name: str | None = None,
     progress: str | None = None,
+    tokens_per_step: int | None = None,
     **kwargs: Any,
 ) -> Run:
     """Run :func:`train` to the end and return its :class:`Run` (saved to disk unless ``record=False``).
 
     ``progress``: ``"bar"``, ``"lines"`` or ``"off"`` (default: chosen by :mod:`spectrallab.progress` —
     a bar in a live notebook, a line every 15 s of a long run in a built page). Every other keyword
-    goes to :func:`train`.
+    goes to :func:`train`. ``tokens_per_step`` (the global batch's tokens) adds tokens/s to the progress.
 
     **Resume recipe** — checkpoint every k steps, and run the same cell or script again after a
     crash, a kill or a kernel restart::
@@ -320,7 +351,10 @@ def fit(
     """
     run = Run(name or "run")
     label = name or " ".join(str(v) for v in (task.name, _method_config(model).get("method")) if v)
-    meter = Progress(steps, label, progress)
+    parallel = kwargs.get("parallel")
+    if parallel is not None and not parallel.main:
+        progress = "off"  # one progress display for the whole run: rank 0's
+    meter = Progress(steps, label, progress, tokens_per_step=tokens_per_step)
     try:
         for event in train(model, task, steps, run=run, **kwargs):
             meter.update(event.step, event.loss)

@@ -1,0 +1,147 @@
+"""``python -m spectrallab.pretrain``: flags from the methods' declarations, the summary, the run
+record, a kill and a resume, and the same run under ``torchrun`` with DDP on 2 processes (gloo).
+
+The model is tiny (d 16, one block), so every run takes seconds; what is checked is that the
+command does what the library does, not how well it trains.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import spectrallab as sl
+from spectrallab import pretrain
+from spectrallab.methods import registered
+
+TINY = ["--profile", "ci", "--n-chars", "20000", "--d-model", "16", "--n-layer", "1", "--n-head", "2",
+        "--context", "8", "--batch-size", "8", "--progress", "off"]  # fmt: skip
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECTRALLAB_HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "spectrallab.pretrain", *TINY, *args]
+
+
+def child_env(home: Path) -> dict[str, str]:
+    return {**os.environ, "SPECTRALLAB_HOME": str(home / "home"), "OMP_NUM_THREADS": "1"}
+
+
+def model_state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+@pytest.mark.parametrize("method", registered())
+def test_every_declared_option_is_a_flag(method):
+    """The flags come from the Option declarations: one per option, of the declared kind."""
+    parser = pretrain.parser_for(method)
+    flags = {a.dest: a for a in parser._actions}
+    for name in sl.method_class(method).options:
+        assert "opt_" + name in flags, f"{method}: option {name!r} has no flag"
+
+
+def test_flags_reach_the_method_and_clashing_names_are_prefixed(home):
+    summary = pretrain.main([*TINY, "--method", "sst", "--rank", "2", "--resample-every", "7", "--method-seed", "5",
+                             "--steps", "10"])  # fmt: skip
+    assert summary["options"]["rank"] == 2 and summary["options"]["resample_every"] == 7
+    assert summary["options"]["seed"] == 5  # --method-seed is SST's seed; --seed stays the run's
+
+
+def test_summary_and_run_record(home, capsys):
+    summary = pretrain.main([*TINY, "--method", "lora", "--rank", "2", "--steps", "12", "--summary-json",
+                             str(home / "summary.json")])  # fmt: skip
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    for words in ("val loss", "perplexity", "trainable", "optimizer state", "peak memory", "tokens/s"):
+        assert words in last
+    assert math.isclose(summary["perplexity"], math.exp(summary["val_loss"]))
+    assert summary["tokens_per_second"] > 0 and summary["optimizer_state_bytes"] > 0
+    assert json.loads((home / "summary.json").read_text())["val_loss"] == summary["val_loss"]
+    (run,) = sl.load_runs()  # next to the notebooks' records: Compare overlays it
+    assert run.config["command"] == "spectrallab.pretrain" and run.config["method"] == "lora"
+    assert run.final("val_loss") == summary["val_loss"] and run.steps[-1] == 12
+
+
+def test_bad_values_get_the_methods_message(home):
+    with pytest.raises(SystemExit):  # argparse: not an int
+        pretrain.main([*TINY, "--method", "sst", "--rank", "two"])
+    with pytest.raises(ValueError, match=r"rank=0.*allowed range"):
+        pretrain.main([*TINY, "--method", "sst", "--rank", "0", "--steps", "3"])
+    with pytest.raises(SystemExit):  # SST has no --alpha
+        pretrain.main([*TINY, "--method", "sst", "--alpha", "2"])
+    child = subprocess.run(command("--method", "lora", "--dropout", "1.5", "--steps", "3"), env=child_env(home),
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert child.returncode == 2 and "dropout=1.5" in child.stderr and "Traceback" not in child.stderr
+
+
+def test_killed_run_resumes_bit_for_bit(home):
+    """SIGKILL after the first checkpoint; the same command again finishes the run with the weights of
+    a run never interrupted (SST: resampling and re-SVD fall inside, period 25)."""
+    steps = ["--method", "sst", "--rank", "2", "--resample-every", "25", "--steps", "300", "--checkpoint-every", "20"]
+    killed = home / "killed.pt"
+    child = subprocess.Popen(command(*steps, "--checkpoint", str(killed)), env=child_env(home))
+    deadline = time.monotonic() + 120
+    while not killed.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    assert killed.exists()
+    at_kill = torch.load(killed, weights_only=True)["step"]
+    assert at_kill < 300, "the run finished before it could be killed: give it more steps"
+    resumed = subprocess.run(command(*steps, "--checkpoint", str(killed)), env=child_env(home), timeout=300)
+    assert resumed.returncode == 0
+    whole = home / "whole.pt"
+    subprocess.run(command(*steps, "--checkpoint", str(whole)), env=child_env(home), timeout=300, check=True)
+    a, b = model_state(killed), model_state(whole)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.load(killed, weights_only=True)["step"] == 300
+
+
+def torchrun(*args: str, nproc: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+            "-m", "spectrallab.pretrain", *TINY, *args]  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["sst", "galore"])
+def test_ddp_on_two_processes_equals_one_process(home, method):
+    """torchrun ×2 (gloo): each process trains on half of the same global batch, so the weights equal
+    one process's on the whole batch, within the all-reduce's rounding; and the DDP checkpoint
+    resumes on one process."""
+    extra = {"sst": ["--rank", "2", "--resample-every", "10"], "galore": ["--rank", "2", "--update-proj-gap", "10"]}
+    steps = ["--method", method, *extra[method], "--steps", "30", "--checkpoint-every", "15"]
+    two, one = home / "two.pt", home / "one.pt"
+    subprocess.run(torchrun(*steps, "--checkpoint", str(two), "--summary-json", str(home / "two.json")),
+                   env=child_env(home), timeout=300, check=True)  # fmt: skip
+    subprocess.run(command(*steps, "--checkpoint", str(one)), env=child_env(home), timeout=300, check=True)
+    a, b = model_state(two), model_state(one)
+    for key in a:
+        if key.endswith("attn.qkv.bias"):
+            # The key bias (the middle third) shifts every attention score of a query by the same
+            # amount, which softmax ignores: its true gradient is 0, and Adam turns the rounding noise
+            # left in it (different for 1 and 2 processes) into full-size steps. Only q's and v's count.
+            d = a[key].numel() // 3
+            a[key], b[key] = torch.cat([a[key][:d], a[key][2 * d :]]), torch.cat([b[key][:d], b[key][2 * d :]])
+        if a[key].is_floating_point():
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=lambda m, k=key: f"{k}: {m}")
+        else:
+            assert torch.equal(a[key], b[key]), key  # clocks, indices, random streams: identical
+    summary = json.loads((home / "two.json").read_text())
+    assert summary["processes"] == 2 and summary["parallel"] == "ddp"
+    # the two-process checkpoint continues on one process (steps may grow)
+    more = [s if s != "30" else "40" for s in steps]
+    subprocess.run(command(*more, "--checkpoint", str(two)), env=child_env(home), timeout=300, check=True)
+    assert torch.load(two, weights_only=True)["step"] == 40
