@@ -1,6 +1,7 @@
 """Every registered method under torch's DistributedDataParallel: two CPU processes (gloo), each
-training on its half of a global batch, must end bit-identical to each other and equal, within float
-tolerance, to one process trained on the whole batch.
+training on its half of a global batch, must end bit-identical to each other and to one process
+that takes the ranks' shares in turn (DDP's gradient, bit for bit), and equal within float
+tolerance to one process trained on the whole batch.
 
 Why the ranks agree — and what DDP does not do for a method:
 
@@ -183,7 +184,10 @@ def test_ddp_matches_one_process(group, method):
     train(model, model, opt, accumulate=WORLD)
     assert_identical(ranks[0]["model"], model.state_dict(), f"{method}: DDP vs one process accumulating, model")
     assert_identical(ranks[0]["optimizer"], opt.state_dict(), f"{method}: DDP vs one process accumulating, optimizer")
-    # One process on the concatenated batch: the same model within float tolerance.
+    # One process on the concatenated batch: the same model within float tolerance. Not tighter than
+    # 1e-3: step 7 is the first after SST's re-SVD, whose zeroed moments (Adam's step count kept) make
+    # that step about ±lr/2 per entry whatever the gradient's size, so a gradient entry at float-noise
+    # level (summed in another order here) moves by lr/2 either way (SST: 5e-4; every other method 1e-6).
     whole = build(method, rank=0)
     train(whole, whole, sl.optimizer(whole, lr=LR))
     # The wrapper's checkpoint is the model's, keys prefixed "module.": stripped, it loads into a plain model.
