@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -490,8 +491,26 @@ def check_finite_weight(layer_name: str, weight: torch.Tensor) -> None:
 
 
 def resolve_seed(seed: int | None) -> int:
-    """``seed`` itself, or (None) a seed drawn from torch's global generator."""
-    return int(torch.randint(0, 1 << 62, (1,))) if seed is None else int(seed)
+    """``seed`` itself, or (None) a seed drawn from torch's global generator — rank 0's draw when a
+    ``torch.distributed`` process group is initialized.
+
+    The seed starts streams that live in buffers (ReLoRA's re-drawn ``A`` and pruning masks, SLTrain's
+    support). DDP copies rank 0's buffers to the other ranks only when it syncs them at construction
+    (not with ``broadcast_buffers=False``), and FSDP never does, while ranks commonly seed their
+    global generators differently (``torch.manual_seed(seed + rank)``, for data order and dropout).
+    So every rank draws (its global generator advances as in a single process) and then takes rank
+    0's seed: the layers' streams agree on every rank by construction. This is a collective: under an
+    initialized process group every rank calls ``apply`` (as every rank builds its model for DDP or
+    FSDP); a process alone (world size 1, or no process group) communicates nothing.
+    """
+    if seed is not None:
+        return int(seed)
+    drawn = int(torch.randint(0, 1 << 62, (1,)))
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [drawn]
+        dist.broadcast_object_list(box, src=0)  # picks the device the backend needs (CUDA for NCCL)
+        drawn = int(box[0])
+    return drawn
 
 
 def layer_generator(seed: int, layer_name: str) -> torch.Generator:

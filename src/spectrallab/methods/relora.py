@@ -65,8 +65,9 @@ Choices, where the paper or the authors' code leave room:
   is pre-training, not fine-tuning.
 * ``W`` is copied at ``apply`` (merges write into it; the original ``nn.Linear`` is never touched).
 * ``seed=None`` draws the layers' random streams from torch's global generator at ``apply``
-  (``torch.manual_seed`` makes a run reproducible, as for LoRA); an int seeds them from the seed and
-  the layer name, independent of the global generator. The stream supplies ``A`` at ``apply``, the
+  (``torch.manual_seed`` makes a run reproducible, as for LoRA; under ``torch.distributed`` every
+  rank takes rank 0's draw, see ``resolve_seed``); an int seeds them from the seed and the layer
+  name, independent of the global generator. The stream supplies ``A`` at ``apply``, the
   re-drawn ``A`` at every reset and the random pruning masks.
 
 **State lives with the model**: the random stream and the restart clock are persistent buffers of

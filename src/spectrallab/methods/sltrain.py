@@ -38,7 +38,8 @@ Choices, where the paper or the authors' code leave room:
 * The bias keeps the model's own values and stays trainable. (The authors' layer re-draws it from
   U(±1/√m); we keep what the model chose, e.g. zeros in a GPT.)
 * ``seed=None`` draws the layers' random streams from torch's global generator at ``apply``
-  (``torch.manual_seed`` makes it reproducible); an int seeds them from the seed and the layer name.
+  (``torch.manual_seed`` makes it reproducible; under ``torch.distributed`` every rank takes rank 0's
+  draw, see ``resolve_seed``); an int seeds them from the seed and the layer name.
   The stream supplies ``A``, the support and the values.
 
 Trainable parameters per layer: ``r(m + n) + nnz`` (+ ``m`` with a bias).
