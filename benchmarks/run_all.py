@@ -5,6 +5,7 @@ import galore_vs_galore_torch
 import lora_vs_peft
 import method_steps
 import pissa_init
+import pretrain_command
 import pretrain_steps
 import widget_latency
 import widget_throughput
@@ -17,4 +18,5 @@ if __name__ == "__main__":
     method_steps.main()
     pissa_init.main()
     pretrain_steps.main()
+    pretrain_command.main("ci", 60, 1)
     chapters.main("ci")

@@ -1,0 +1,106 @@
+"""Tokens per second of ``python -m spectrallab.pretrain`` for each pre-training method, on one process
+and under ``torchrun --nproc-per-node 2`` (DDP, gloo on the CPU; NCCL on a GPU machine).
+
+Each method runs the command as a user would (a fresh process, the ``cpu`` profile's model unless
+a profile is given, ``--steps`` steps, evaluations included in the time) and reads the summary the
+command writes. The ratio of each method's throughput to full-rank training's is printed next to
+it, measured in the same run. Rounds alternate between methods, and the median of the rounds is
+kept. On a 2-core CPU, two processes each get one core where one process had both: DDP × 2 there
+measures the cost of the all-reduce and the duplicated work, not a speed-up.
+
+    python benchmarks/pretrain_command.py [PROFILE] [STEPS] [ROUNDS]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import record
+
+METHODS = ["full", "lora", "relora", "galore", "sltrain", "sst"]
+
+
+def tokens_per_second(method: str, profile: str, steps: int, processes: int, home: Path) -> dict:
+    summary = home / f"{method}-{processes}.json"
+    launcher = (
+        [sys.executable, "-m", "spectrallab.pretrain"]
+        if processes == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(processes),
+            "-m",
+            "spectrallab.pretrain",
+        ]  # fmt: skip
+    )
+    env = {**os.environ, "SPECTRALLAB_HOME": str(home), "SPECTRALLAB_PROFILE": profile}
+    if processes > 1:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
+    subprocess.run(
+        [
+            *launcher,
+            "--method",
+            method,
+            "--profile",
+            profile,
+            "--steps",
+            str(steps),
+            "--progress",
+            "off",
+            "--summary-json",
+            str(summary),
+        ],  # fmt: skip
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return json.loads(summary.read_text())
+
+
+def main(profile: str = "cpu", steps: int = 100, rounds: int = 3) -> dict:
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for processes in (1, 2):
+            samples: dict[str, list[float]] = {m: [] for m in METHODS}
+            last: dict[str, dict] = {}
+            for _ in range(rounds):
+                for method in METHODS:
+                    last[method] = tokens_per_second(method, profile, steps, processes, Path(tmp))
+                    samples[method].append(last[method]["tokens_per_second"])
+            median = {m: statistics.median(v) for m, v in samples.items()}
+            results[f"processes_{processes}"] = {
+                m: {
+                    "tokens_per_second": median[m],
+                    "relative_to_full": median[m] / median["full"],
+                    "samples": samples[m],
+                    "val_loss": last[m]["val_loss"],
+                    "optimizer_state_bytes": last[m]["optimizer_state_bytes"],
+                    "peak_memory_bytes": last[m]["peak_memory_bytes"],
+                }
+                for m in METHODS
+            }
+            print(f"{processes} process{'es' if processes > 1 else ''} ({profile} profile, {steps} steps):")
+            for m in METHODS:
+                r = results[f"processes_{processes}"][m]
+                print(f"  {m:>8}: {r['tokens_per_second']:>9,.0f} tokens/s  ({r['relative_to_full']:.2f}× full)")
+    for m in METHODS:
+        results["processes_2"][m]["ddp2_over_single"] = (
+            results["processes_2"][m]["tokens_per_second"] / results["processes_1"][m]["tokens_per_second"]
+        )
+    out = {"profile": profile, "steps": steps, "rounds": rounds, **results}
+    print(f"recorded: {record('pretrain_command', out)}")
+    return out
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    main(*(args[:1] or ["cpu"]), *(int(a) for a in args[1:3]))
