@@ -145,3 +145,12 @@ def test_ddp_on_two_processes_equals_one_process(home, method):
     more = [s if s != "30" else "40" for s in steps]
     subprocess.run(command(*more, "--checkpoint", str(two)), env=child_env(home), timeout=300, check=True)
     assert torch.load(two, weights_only=True)["step"] == 40
+
+
+def test_bf16_autocast(home):
+    """--autocast bf16: forward and loss in bfloat16 (SST's backward works in grad_y's dtype), the
+    parameters stay float32, and the run trains."""
+    summary = pretrain.main([*TINY, "--method", "sst", "--rank", "2", "--steps", "15", "--autocast", "bf16"])
+    (run,) = sl.load_runs()
+    assert run.config["autocast"] == "bf16"
+    assert math.isfinite(summary["val_loss"]) and run.evals[-1]["val_loss"] < run.evals[0]["val_loss"]
