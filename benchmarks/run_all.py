@@ -6,6 +6,7 @@ import lora_vs_peft
 import method_steps
 import pissa_init
 import pretrain_steps
+import step_scaling
 import widget_latency
 import widget_throughput
 
@@ -17,4 +18,5 @@ if __name__ == "__main__":
     method_steps.main()
     pissa_init.main()
     pretrain_steps.main()
+    step_scaling.main()
     chapters.main("ci")

@@ -10,6 +10,10 @@ the timed window: SST resamples every 200 steps and GaLore refactorizes its grad
 defaults, the papers' settings); each method takes fewer steps here than that, GaLore's first SVD
 falls in the untimed warm-up step, and ``pretrain_steps.py`` measures SST's periodic share apart.
 Rounds alternate between methods at each T (``common.interleaved``), so machine noise hits all.
+Timed in **CPU time of this process with one torch thread** (``time.process_time``): on a shared
+machine wall time counts whatever else runs (2 cores under a load of 5 made wall-clock ratios swing
+by ±40 % from one T to the next), while one thread's CPU time is the work this step did. A GPU, or
+an idle machine, would use wall time and all threads instead.
 
 **The multiply-add model** per square d × d layer, T tokens, rank r (matrix products only; the
 elementwise work — bias, GELU, LayerNorm, Adam on each parameter — is left out, which is why the
@@ -28,13 +32,14 @@ measured ratios of the cheap methods sit a little above their counts):
   min(3Td² + 2Tdr, 2Td² + 2d³ + d²r) — factored at small T, rebuilding W at large T; ≈ 5/3 of full
   for short batches, 1 + d/T for long ones.
 
-    python benchmarks/step_scaling.py            # about 4 minutes on 2 CPU cores
+    python benchmarks/step_scaling.py            # 2-4 minutes on one CPU core (longer on a loaded machine)
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import time
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +54,7 @@ from spectrallab.methods.sst import backward_macs, cheaper, forward_macs  # noqa
 D, LAYERS, RANK = 1024, 2, 64
 METHODS = ["full", "lora", "galore", "sltrain", "sst"]
 TOKENS = [D // 2, D, 2 * D, 4 * D, 8 * D, 16 * D]
+THREADS = 1  # with time.process_time: CPU time = the work done (see the module docstring)
 
 
 def sst_paths(T: int, d: int, r: int) -> tuple[str, str]:
@@ -100,19 +106,31 @@ def step_fn(model, opt, x, y):
     return step
 
 
-def main(rounds: int = 3) -> dict:
+def main(rounds: int = 5) -> dict:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:  # run_all.py times other benchmarks after this one, with the machine's threads
+        return measure(rounds)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def measure(rounds: int) -> dict:
     torch.manual_seed(0)
     base = stack(D, LAYERS)
     models = {method: build(base, method) for method in METHODS}
     generator = torch.Generator().manual_seed(0)
     rows = []
-    print(f"{LAYERS} × [Linear({D}, {D}) + GELU] after a LayerNorm, rank {RANK}, AdamW; time ratio to full (count ratio)")
+    print(
+        f"{LAYERS} × [Linear({D}, {D}) + GELU] after a LayerNorm, rank {RANK}, AdamW; time ratio to full (count ratio)"
+    )
     print(f"{'T':>7} {'SST path':>18} " + " ".join(f"{m:>16}" for m in METHODS))
     for T in TOKENS:
         x = torch.randn(T, D, generator=generator)
         y = torch.randn(T, D, generator=generator)
         steps = {method: step_fn(model, opt, x, y) for method, (model, opt) in models.items()}
-        times = interleaved(steps, rounds=rounds, reps=1, warmup=1)
+        reps = max(1, (2 * D) // T)  # short steps repeated within a sample, so each lasts ≳ 0.1 s
+        times = interleaved(steps, rounds=rounds, reps=reps, warmup=1, clock=time.process_time)
         time_ratio = {m: times[m] / times["full"] for m in METHODS}
         count_ratio = {m: macs_per_layer(m, T) / macs_per_layer("full", T) for m in METHODS}
         paths = sst_paths(T, D, RANK)
@@ -133,6 +151,8 @@ def main(rounds: int = 3) -> dict:
         "rank": RANK,
         "optimizer": "AdamW via sl.optimizer (method hooks in the timed step; periodic work outside it)",
         "rounds": rounds,
+        "clock": "time.process_time (CPU time of this process)",
+        "torch_threads": THREADS,
         "count_model_per_layer": {
             "full": "3Td^2",
             "lora": "2Td^2 + 6Tdr",
