@@ -342,11 +342,14 @@ class SpectralLinear(torch.autograd.Function):
       ≈ 3Td² + 3d³.
 
     Forward and backward choose independently — a forward that rebuilds may be followed by a
-    factored backward — because their counts cross at different T: the forward at T = d (2Td² vs
-    Td² + d³), the backward at T ≈ 2d (3Td² vs 2Td² + 2d³). So at d = 1024, r = 64 the layer costs,
-    relative to full rank's 3Td²: 1.71× at T = d/2 and 1.71× at T = d (both factored), 1.49× at 2d
-    (forward rebuilds, backward factored just below the crossing), 1.25× at 4d, 1.13× at 8d and
-    1.06× at 16d (rebuild, 1 + d/T). Only the gradients asked for are counted and computed
+    factored backward (for d < T < 1.8d) — because their counts cross at different T: the forward
+    at T = d (2Td² vs Td² + d³), the backward at T = (2d + r)/(1 + 2r/d) ≈ 1.8d at r = d/16
+    (3Td² + 2Tdr vs 2Td² + 2d³ + d²r). So at d = 1024, r = 64 the layer costs, relative to full
+    rank's 3Td²: 1.71× at T = d/2 and at T = d (both factored: (5 + 2r/d)/3), 1.51× at 2d, 1.26× at
+    4d, 1.13× at 8d and 1.06× at 16d (both rebuild: ≈ 1 + d/T). Measured on one CPU thread
+    (``benchmarks/step_scaling.py``, 2 such layers): 1.58, 1.68, 1.50, 1.24, 1.11, 1.06× — within
+    a few % of the counts, a little below because full rank's Adam and the elementwise work weigh
+    on its time too. Only the gradients asked for are counted and computed
     (``needs_input_grad``: a first layer's ∂x, a frozen U, Vh or Σ cost nothing), so the choice
     follows them too. The counts are exact multiply-adds, not calibrated timings: the thin products
     of the factored path (r = 64 columns) run at a lower rate than square ones on some BLAS, which
