@@ -37,20 +37,26 @@ def machine() -> dict:
 
 
 def interleaved(
-    candidates: dict[str, Callable[[], None]], rounds: int = 7, reps: int = 20, warmup: int = 5
+    candidates: dict[str, Callable[[], None]],
+    rounds: int = 7,
+    reps: int = 20,
+    warmup: int = 5,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
     """Median seconds per call of each candidate, measured in alternating rounds so that load
-    changes on the machine hit every candidate alike."""
+    changes on the machine hit every candidate alike. ``clock``: wall time by default;
+    ``time.process_time`` (with one torch thread) counts the CPU time this process spent, which
+    other processes on a shared machine do not inflate."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, fn in candidates.items():
-            start = time.perf_counter()
+            start = clock()
             for _ in range(reps):
                 fn()
-            samples[name].append((time.perf_counter() - start) / reps)
+            samples[name].append((clock() - start) / reps)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

@@ -7,6 +7,7 @@ import method_steps
 import pissa_init
 import pretrain_command
 import pretrain_steps
+import step_scaling
 import widget_latency
 import widget_throughput
 
@@ -19,4 +20,5 @@ if __name__ == "__main__":
     pissa_init.main()
     pretrain_steps.main()
     pretrain_command.main("ci", 60, 1)
+    step_scaling.main()
     chapters.main("ci")

@@ -24,9 +24,13 @@ import spectrallab as sl
 from conftest import SmallMLP, assert_rejected_and_unchanged, fingerprint, same_fingerprint
 from spectrallab.linalg import orthogonality_error
 from spectrallab.methods.sst import (
+    GRADIENTS,
     SpectralLinear,
     SSTLayer,
+    backward_macs,
+    cheaper,
     draw_indices,
+    forward_macs,
     period_warmup,
     sampling_probabilities,
     warmup_multiplier,
@@ -193,11 +197,15 @@ def _through_the_function_and_plain_autograd(x, layer, enhanced):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_spectral_linear_backward_passes_gradcheck_and_equals_plain_autograd(bias):
+@pytest.mark.parametrize("batch", [(1, 2), (3, 4)], ids=["factored", "rebuild"])
+def test_spectral_linear_backward_passes_gradcheck_and_equals_plain_autograd(bias, batch):
     torch.manual_seed(0)
     layer = sl.apply(nn.Linear(7, 5, bias=bias).double(), "sst", rank=2)
     assert layer.S.dtype == torch.float64  # Σ is at least float32: float64 stays float64
-    x = torch.randn(3, 4, 7, dtype=torch.float64, requires_grad=True)  # leading batch dims
+    x = torch.randn(*batch, 7, dtype=torch.float64, requires_grad=True)  # leading batch dims
+    path = "factored" if batch == (1, 2) else "rebuild"  # 2 tokens or 12 through a 5 × 7 layer
+    assert cheaper(forward_macs(x[..., 0].numel(), 5, 7, 5)) == path
+    assert cheaper(backward_macs(x[..., 0].numel(), 5, 7, 5, 2, True, True, True, True)) == path
     inputs = (
         x,
         layer.U_active,
@@ -221,6 +229,61 @@ def test_spectral_linear_backward_passes_gradcheck_and_equals_plain_autograd(bia
     torch.testing.assert_close(enhanced[2] * sigma[:, None], plain[2], rtol=1e-12, atol=1e-12)
     for a, b in zip(enhanced[:1] + enhanced[3:], plain[:1] + plain[3:]):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+# A 16 × 16 layer at r = 4 (k = 16): the forward's counts cross at T = 16 tokens, the backward's at
+# T = 24, so 8 tokens take the factored path both ways, 20 rebuild forward and factor backward, 64
+# rebuild both ways. (Asserted below from the counts, so a change of the model moves these cases.)
+PATHS = [(8, "factored", "factored"), (20, "rebuild", "factored"), (64, "rebuild", "rebuild")]
+# which gradients are asked for: all; a first layer's (no ∂x); Σ alone; the vectors alone; U alone; Vh alone
+NEEDS = [
+    ("x", "U_active", "Vh_active", "S", "bias"),
+    ("U_active", "Vh_active", "S", "bias"),
+    ("x", "S"),
+    ("x", "U_active", "Vh_active"),
+    ("U_active",),
+    ("Vh_active",),
+]
+
+
+@pytest.mark.parametrize("gradient", GRADIENTS)
+@pytest.mark.parametrize("tokens, forward_path, backward_path", PATHS)
+@pytest.mark.parametrize("needs", NEEDS, ids=lambda needs: "+".join(needs))
+def test_both_paths_give_autograds_gradients_through_the_effective_weight(
+    tokens, forward_path, backward_path, gradient, needs
+):
+    """Each path (factored, rebuild) of the forward and of the backward, for each gradient mode and
+    each subset of gradients asked for (they change the counts, hence the path, and which products
+    run), equals plain autograd through ``F.linear(x, effective_weight())`` in float64 — the vector
+    gradients divided by Σ_i for the enhanced gradient — and so does the output. After a few steps,
+    so that U and Vh are no longer orthonormal (a path relying on UᵀU = I would fail)."""
+    torch.manual_seed(0)
+    layer = sl.apply(nn.Linear(16, 16).double(), "sst", rank=4, gradient=gradient)
+    opt = sl.optimizer(layer, lr=0.05)
+    for _ in range(3):
+        layer(torch.randn(8, 16, dtype=torch.float64)).sin().sum().backward()
+        opt.step()
+        opt.zero_grad()
+    assert orthogonality_error(layer.factors()[0]) > 1e-4  # the trained vectors drifted
+    m, n, k, r = 16, 16, 16, 4
+    backward_needs = [name in needs for name in ("x", "U_active", "Vh_active", "S")]
+    assert cheaper(forward_macs(tokens, m, n, k)) == forward_path
+    if needs == NEEDS[0]:
+        assert cheaper(backward_macs(tokens, m, n, k, r, *backward_needs)) == backward_path
+    x = torch.randn(tokens // 4, 4, n, dtype=torch.float64, requires_grad="x" in needs)
+    weights = torch.randn(tokens // 4, 4, m, dtype=torch.float64)
+    names = ["U_active", "Vh_active", "S", "bias"]
+    for name in names:
+        getattr(layer, name).requires_grad_(name in needs)
+    inputs = ([x] if "x" in needs else []) + [getattr(layer, name) for name in names if name in needs]
+    y, y_plain = layer(x), F.linear(x, layer.effective_weight(), layer.bias)
+    torch.testing.assert_close(y, y_plain, rtol=1e-12, atol=1e-12)  # the forward's path too
+    ours = torch.autograd.grad((y * weights).sum(), inputs)
+    plain = torch.autograd.grad((y_plain * weights).sum(), inputs)
+    sigma = layer.S.detach()[layer.active_index]
+    scale = {"U_active": sigma, "Vh_active": sigma[:, None]} if gradient == "enhanced" else {}
+    for name, a, b in zip([name for name in ["x", *names] if name in needs], ours, plain):
+        torch.testing.assert_close(a * scale.get(name, 1), b, rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_frozen_factors_get_no_gradient_and_double_backward_is_refused():

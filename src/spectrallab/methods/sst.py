@@ -53,21 +53,21 @@ slot holds. A new sample *swaps* vectors between the blocks (data copied into th
 tensors, so the optimizer stays valid); a vector that stays active keeps its slot. Trainable per
 layer: ``r(m + n) + k`` (+ the bias), optimizer state O(r(m + n) + k).
 
-**Forward and backward** (:class:`SpectralLinear`, a ``torch.autograd.Function``): the dense
-``W = U_active diag(Σ_active) Vh_active + U_frozen diag(Σ_frozen) Vh_frozen`` is built once per
-forward (m·k·n multiply-adds, independent of the batch) and applied with one ``F.linear``
-(tokens·m·n); per-token factor products ``((x Vhᵀ) ⊙ Σ) Uᵀ`` cost tokens·k·(m + n), which is more
-as soon as a batch has more than max(m, n) tokens, as pre-training batches do. W is *not* kept for
-backward: the graph holds only the input and the factors the layer stores anyway, and backward
-rebuilds W for ``∂L/∂x`` (another m·k·n, small next to the tokens·m·n products when tokens ≫ k),
-forms ``G = grad_yᵀ x`` once and reads every factor gradient off it. Plain autograd through
-``F.linear(x, U diag(Σ) Vh)`` would keep one dense m × n weight per layer from forward to
-backward — as much as the full-rank model's weights again. Measured (``benchmarks/sst_memory.py``,
-tiny GPT at d_model 1024, 4096 tokens per batch, r = 64, CPU): the memory a training step adds is
-0.86× full rank's, against 0.95× through plain autograd; the step time on the tiny GPT at d_model
-128 with 4096 tokens is the same as through autograd within the noise (±1 %). The rebuild costs
-about k/tokens of one tokens·m·n product, which shows at large k and short batches (d = k = 1024,
-4096 tokens: ~7 % more multiply-adds in the adapted layers).
+**Forward and backward** (:class:`SpectralLinear`, a ``torch.autograd.Function``): two exact ways
+to compute the layer and SST's gradients, chosen per call from their multiply-add counts. *Factored*
+(``y = ((x Vhᵀ) ⊙ Σ) Uᵀ``, backward through ``grad_y U``) never forms an m × n matrix and costs
+about 5·T·d² for T tokens through a square d × d layer; *rebuild* builds the dense
+``W = U_active diag(Σ_active) Vh_active + U_frozen diag(Σ_frozen) Vh_frozen`` (d³ multiply-adds,
+independent of the batch), applies it with one ``F.linear``, and in backward builds it again for
+``∂L/∂x`` and forms ``G = grad_yᵀ x`` once: about 3·T·d² + 3·d³. Full-rank training costs 3·T·d², so
+SST's step is ≈ 5/3 of it for short batches and 1 + d/T for long ones (the forward switches at
+T = d, the backward at T ≈ 2d; the counts, and why three d³ products remain, are in
+:class:`SpectralLinear`). Either way W is *not* kept for backward: the graph holds only the input and
+the factors the layer stores anyway. Plain autograd through ``F.linear(x, U diag(Σ) Vh)`` would keep
+one dense m × n weight per layer from forward to backward — as much as the full-rank model's weights
+again. Measured (``benchmarks/sst_memory.py``, tiny GPT at d_model 1024, 4096 tokens per batch,
+r = 64, CPU): the memory a training step adds is 0.86× full rank's, against 0.95× through plain
+autograd. The step-time ratios to full rank over T are recorded by ``benchmarks/step_scaling.py``.
 
 Everything that changes *optimization* is installed by :func:`spectrallab.optimizer` (step hooks,
 see :meth:`SST.attach_optimizer`), so a hand-written loop calling ``opt.step()`` runs the whole
@@ -256,34 +256,143 @@ def dense_weight(
     return torch.addmm(inactive, U_active * S[active_index].to(dtype), Vh_active)
 
 
+def forward_macs(tokens: int, m: int, n: int, k: int) -> dict[str, int]:
+    """Multiply-adds of :class:`SpectralLinear`'s forward for ``tokens`` rows, by path.
+
+    ``"factored"``: ``(x Vhᵀ ⊙ Σ) Uᵀ`` — T·k·(m + n). ``"rebuild"``: ``W = U diag(Σ) Vh`` then
+    ``x Wᵀ`` — m·k·n + T·m·n.
+    """
+    return {"factored": tokens * k * (m + n), "rebuild": m * k * n + tokens * m * n}
+
+
+def backward_macs(
+    tokens: int, m: int, n: int, k: int, r: int, need_x: bool, need_u: bool, need_vh: bool, need_s: bool
+) -> dict[str, int]:
+    """Multiply-adds of :class:`SpectralLinear`'s backward for ``tokens`` rows, by path, counting only
+    the gradients asked for (see the class docstring for the products)."""
+    T = tokens
+    factored = rebuild = 0
+    # factored: Q = g U (all k if ∂x or ∂Σ is asked, else the active r), ∂x = (Q ⊙ Σ) Vh,
+    # B = Qᵀ x (k × n for ∂Σ, which contains ∇Vh_active; r × n for ∇Vh_active alone), ∇U_active = gᵀ (x Vh_activeᵀ)
+    if need_x or need_s:
+        factored += T * m * k
+    elif need_vh:
+        factored += T * m * r
+    if need_x:
+        factored += T * k * n
+    if need_s:
+        factored += T * k * n
+    elif need_vh:
+        factored += T * r * n
+    if need_u:
+        factored += T * r * (m + n)
+    # rebuild: W again and ∂x = g W; G = gᵀ x once; G Vhᵀ over all k for ∂Σ (its active columns are
+    # ∇U_active), or over the active r alone; ∇Vh_active = U_activeᵀ G
+    if need_x:
+        rebuild += m * k * n + T * m * n
+    if need_u or need_vh or need_s:
+        rebuild += T * m * n
+    if need_s:
+        rebuild += m * n * k
+    elif need_u:
+        rebuild += m * n * r
+    if need_vh:
+        rebuild += r * m * n
+    return {"factored": factored, "rebuild": rebuild}
+
+
+def cheaper(macs: dict[str, int]) -> str:
+    """The path with fewer multiply-adds; a tie goes to ``"factored"`` (it forms no m × n matrix)."""
+    return "factored" if macs["factored"] <= macs["rebuild"] else "rebuild"
+
+
+def _slot_order(U_active, Vh_active, S, U_frozen, Vh_frozen, active_index, frozen_index):
+    """``(U, Vh, Σ)`` over all k directions in slot order (the r active ones first): m × k, k × n, k.
+
+    Copies of the factors (m·k + k·n elements, freed by the caller after its products): the
+    factored path's working layout, so that each of its products is one matrix product of width k.
+    """
+    U = torch.cat([U_active, U_frozen], dim=1)
+    Vh = torch.cat([Vh_active, Vh_frozen], dim=0)
+    return U, Vh, S[torch.cat([active_index, frozen_index])]
+
+
 class SpectralLinear(torch.autograd.Function):
     """``y = x Wᵀ + b`` with ``W = U diag(Σ) Vh``, whose backward returns SST's gradients directly.
 
-    Forward builds W without recording it and saves only what the layer already stores (the input
-    and the factors), so no dense weight waits in the graph between forward and backward. Backward
-    rebuilds W for ``∂L/∂x``, forms ``G = ∂L/∂W = grad_yᵀ x`` once (over all leading batch dims) and
-    reads every factor gradient off it::
+    The gradients (G = ∂L/∂W = grad_yᵀ x, over all leading batch dims; ``u_i``, ``v_i`` the i-th
+    column of U and row of Vh)::
 
-        ∂L/∂Σ_i = u_iᵀ G v_i   (all k, active and frozen)      ∇̃U_active = G V_active
-        ∂L/∂b  = Σ_tokens grad_y                                ∇̃Vh_active = U_activeᵀ G
+        ∂L/∂x = grad_y W                                         ∂L/∂b = Σ_tokens grad_y
+        ∂L/∂Σ_i = u_iᵀ G v_i   (all k, active and frozen)      ∇̃U_active = G V_active,  ∇̃Vh_active = U_activeᵀ G
 
     with the plain chain-rule factor Σ_i on the two vector gradients for ``gradient="default"``.
-    Only the gradients asked for are computed (``needs_input_grad``: a frozen U, Vh or Σ costs
-    nothing); under autocast the backward works in the dtype of ``grad_y`` and casts each gradient
-    back to its input's dtype. Not twice differentiable (``once_differentiable``): SST needs none,
-    and double backward raises instead of returning a wrong answer.
+
+    **Two ways to compute them, chosen per call by their multiply-add counts** (:func:`forward_macs`,
+    :func:`backward_macs`; T tokens, an m × n layer, k = min(m, n), r active vectors). For a square
+    d × d layer (k = d) full-rank training costs 3·T·d² (forward, ∂x, G):
+
+    * *factored* — never forms an m × n matrix. Forward ``y = ((x Vhᵀ) ⊙ Σ) Uᵀ``: T·k·(m + n) = 2Td².
+      Backward with ``Q = grad_y U`` (T × k): ``∂L/∂x = (Q ⊙ Σ) Vh``, ``B = Qᵀ x = Uᵀ G`` (k × n)
+      whose row sums of ``B ⊙ Vh`` are ∂Σ and whose active rows are ∇̃Vh_active, and
+      ``∇̃U_active = grad_yᵀ (x Vh_activeᵀ)``: 3Td² + 2Tdr. In all ≈ 5Td².
+    * *rebuild* — forward builds ``W`` (m·k·n = d³, independent of T) and applies it (Td²);
+      backward builds ``W`` again for ``∂L/∂x`` (d³ + Td²), forms ``G`` (Td²) and ``G Vhᵀ`` over all
+      k (d³; its active columns are ∇̃U_active), then ``U_activeᵀ G`` (d²r): 2Td² + 2d³ + d²r. In all
+      ≈ 3Td² + 3d³.
+
+    Forward and backward choose independently — a forward that rebuilds may be followed by a
+    factored backward (for d < T < 1.8d) — because their counts cross at different T: the forward
+    at T = d (2Td² vs Td² + d³), the backward at T = (2d + r)/(1 + 2r/d) ≈ 1.8d at r = d/16
+    (3Td² + 2Tdr vs 2Td² + 2d³ + d²r). So at d = 1024, r = 64 the layer costs, relative to full
+    rank's 3Td²: 1.71× at T = d/2 and at T = d (both factored: (5 + 2r/d)/3), 1.51× at 2d, 1.26× at
+    4d, 1.13× at 8d and 1.06× at 16d (both rebuild: ≈ 1 + d/T). Measured on one CPU thread
+    (``benchmarks/step_scaling.py``, 2 such layers): 1.58, 1.68, 1.50, 1.24, 1.11, 1.06× — within
+    a few % of the counts, a little below because full rank's Adam and the elementwise work weigh
+    on its time too. Only the gradients asked for are counted and computed
+    (``needs_input_grad``: a first layer's ∂x, a frozen U, Vh or Σ cost nothing), so the choice
+    follows them too. The counts are exact multiply-adds, not calibrated timings: the thin products
+    of the factored path (r = 64 columns) run at a lower rate than square ones on some BLAS, which
+    moves the measured crossing a little (``benchmarks/step_scaling.py`` records both).
+
+    **Why three d³ products remain at large T.** Each is forced by a constraint: (1) the forward's
+    ``x Wᵀ`` is cheaper through W than factored once T > d; (2) backward needs W again for
+    ``grad_y W`` because W is *not kept* between forward and backward — the graph holds only the
+    input (already saved by any linear layer) and the factors the layer stores anyway, never a dense
+    m × n weight per layer (plain autograd through ``F.linear(x, U diag(Σ) Vh)`` would keep one per
+    layer: as much memory as the full-rank model's weights again; ``benchmarks/sst_memory.py``), and
+    its alternative is 2Td²; (3) ∂Σ is k bilinear forms ``u_iᵀ G v_i`` of a dense G — m·n·k through
+    G, or 2Td² through Q and x. Using ``Uᵀ U = I`` to shortcut any of them would be wrong: the
+    trained vectors drift from orthogonality between re-SVDs. So SST's step is ``1 + d/T`` times full
+    rank's in multiply-adds at large T, and (5 + 2r/d)/3 at small T.
+
+    Under autocast the backward works in the dtype of ``grad_y`` and casts each gradient back to its
+    input's dtype; ∂Σ's products are summed in Σ's own (float32) precision. Not twice differentiable
+    (``once_differentiable``): SST needs none, and double backward raises instead of returning a
+    wrong answer.
     """
 
     @staticmethod
     def forward(ctx, x, U_active, Vh_active, S, U_frozen, Vh_frozen, bias, active_index, frozen_index, enhanced):
-        W = dense_weight(U_active, Vh_active, S, U_frozen, Vh_frozen, active_index, frozen_index)
         # Tokens as rows of one matrix, folded once here: a non-contiguous x (attention heads merged
         # by a transpose) is copied once, and that copy is what backward reads.
         tokens = x.reshape(-1, x.shape[-1])
+        m, n, k = U_active.shape[0], Vh_active.shape[1], S.numel()
+        if cheaper(forward_macs(tokens.shape[0], m, n, k)) == "factored":
+            # Active and frozen vectors side by side (slot order; the sum over directions does not
+            # care): two products of full width k rather than four, one of them only r wide.
+            U, Vh, sigma = _slot_order(U_active, Vh_active, S, U_frozen, Vh_frozen, active_index, frozen_index)
+            P = F.linear(tokens, Vh)  # x Vhᵀ, T × k
+            y = F.linear(P * sigma.to(P.dtype), U, bias)
+            del U, Vh, P
+        else:
+            W = dense_weight(U_active, Vh_active, S, U_frozen, Vh_frozen, active_index, frozen_index)
+            y = F.linear(tokens, W, bias)
+            del W
         ctx.save_for_backward(tokens, U_active, Vh_active, S, U_frozen, Vh_frozen, active_index, frozen_index)
         ctx.enhanced, ctx.x_shape, ctx.x_dtype = enhanced, x.shape, x.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
-        return F.linear(tokens, W, bias).view(*x.shape[:-1], W.shape[0])
+        return y.view(*x.shape[:-1], m)
 
     @staticmethod
     @once_differentiable
@@ -291,19 +400,60 @@ class SpectralLinear(torch.autograd.Function):
         tokens, U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index = ctx.saved_tensors
         need_x, need_u, need_vh, need_s = ctx.needs_input_grad[:4]
         need_b = ctx.needs_input_grad[6]
-        grad_x = grad_u = grad_vh = grad_s = grad_b = None
-        dtype = grad_y.dtype
-        g = grad_y.reshape(-1, U_a.shape[0])  # tokens × m, folded once
+        m, n, k, r = U_a.shape[0], Vh_a.shape[1], S.numel(), U_a.shape[1]
+        g = grad_y.reshape(-1, m)  # tokens × m, folded once
+        grad_b = g.sum(0).to(ctx.bias_dtype) if need_b else None
+        macs = backward_macs(g.shape[0], m, n, k, r, need_x, need_u, need_vh, need_s)
+        path = SpectralLinear._factored if cheaper(macs) == "factored" else SpectralLinear._rebuild
+        grad_x, grad_u, grad_vh, grad_s = path(
+            ctx, g, tokens, U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index, need_x, need_u, need_vh, need_s
+        )
+        if grad_x is not None:
+            grad_x = grad_x.to(ctx.x_dtype).view(ctx.x_shape)
+        return grad_x, grad_u, grad_vh, grad_s, None, None, grad_b, None, None, None
+
+    @staticmethod
+    def _factored(ctx, g, tokens, U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index, need_x, need_u, need_vh, need_s):
+        """Through ``Q = g U`` and ``B = Qᵀ x = Uᵀ G``: no m × n matrix (the class docstring's *factored*)."""
+        dtype, r = g.dtype, U_a.shape[1]
+        x = tokens.to(dtype)
+        grad_x = grad_u = grad_vh = grad_s = None
+        if need_x or need_s:  # all k directions, in slot order: active first
+            U, Vh, sigma = _slot_order(U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index)
+            Q = g @ U.to(dtype)  # g U, T × k
+        elif need_vh:
+            Q = g @ U_a.to(dtype)  # g U_active, T × r
+        if need_x:
+            grad_x = (Q * sigma.to(dtype)) @ Vh.to(dtype)
+        if need_s:
+            B = Q.T @ x  # Uᵀ G, k × n
+            # u_iᵀ G v_i = Σ_j (Uᵀ G)_ij Vh_ij, summed in Σ's (float32) precision
+            grad_s = torch.empty_like(S)
+            grad_s[torch.cat([active_index, frozen_index])] = (B.to(S.dtype) * Vh.to(S.dtype)).sum(1)
+            B_a = B[:r]
+        elif need_vh:
+            B_a = Q[:, :r].T @ x  # U_activeᵀ G, r × n (Q's first r columns are g U_active)
+        if need_vh:
+            grad_vh = (B_a if ctx.enhanced else B_a * S[active_index].to(dtype)[:, None]).to(Vh_a.dtype)
+        if need_u:
+            GV = g.T @ (x @ Vh_a.T.to(dtype))  # G V_active = gᵀ (x V_active), m × r
+            grad_u = (GV if ctx.enhanced else GV * S[active_index].to(dtype)).to(U_a.dtype)
+        return grad_x, grad_u, grad_vh, grad_s
+
+    @staticmethod
+    def _rebuild(ctx, g, tokens, U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index, need_x, need_u, need_vh, need_s):
+        """Through the dense W (rebuilt) and ``G = gᵀ x`` (the class docstring's *rebuild*)."""
+        dtype = g.dtype
+        grad_x = grad_u = grad_vh = grad_s = None
         if need_x:  # W again, for as long as this one product needs it
             W = dense_weight(U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index)
-            grad_x = (g @ W.to(dtype)).to(ctx.x_dtype).view(ctx.x_shape)
+            grad_x = g @ W.to(dtype)
             del W
-        if need_b:
-            grad_b = g.sum(0).to(ctx.bias_dtype)
         if need_u or need_vh or need_s:
             G = g.T @ tokens.to(dtype)  # ∂L/∂W, m × n, once
-            GV = G @ Vh_a.T.to(dtype)  # ∂L/∂W V_active, m × r
             sigma = None if ctx.enhanced else S[active_index].to(dtype)
+            if need_u or need_s:
+                GV = G @ Vh_a.T.to(dtype)  # ∂L/∂W V_active, m × r
             if need_u:
                 grad_u = (GV if ctx.enhanced else GV * sigma).to(U_a.dtype)
             if need_vh:
@@ -314,7 +464,7 @@ class SpectralLinear(torch.autograd.Function):
                 grad_s[active_index] = (U_a.to(S.dtype) * GV.to(S.dtype)).sum(0)
                 GV_frozen = G @ Vh_f.T.to(dtype)
                 grad_s[frozen_index] = (U_f.to(S.dtype) * GV_frozen.to(S.dtype)).sum(0)
-        return grad_x, grad_u, grad_vh, grad_s, None, None, grad_b, None, None, None
+        return grad_x, grad_u, grad_vh, grad_s
 
 
 class SSTLayer(AdaptedLinear):
