@@ -55,6 +55,38 @@ def test_randomized_svd_matches_exact_on_a_gapped_spectrum(gap, n_iter):
     assert err <= optimal * (1.25 if n_iter == 0 else 1.01)
 
 
+@pytest.mark.parametrize("n_iter", [0, 3])
+def test_randomized_svd_is_torch_svd_lowrank_under_the_same_seed(n_iter):
+    """Same sketch, same half-step QRs, same final SVD as ``torch.svd_lowrank`` (PEFT's pissa_niter_K):
+    on a flat spectrum, where a different sketch or an iteration more or less moves the result far
+    more than rounding does."""
+    W = torch.randn(300, 200, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(7)
+    U, S, Vh = linalg.svd(W, 6, method="randomized", n_iter=n_iter, oversample=0)
+    torch.manual_seed(7)
+    U2, S2, V2 = torch.svd_lowrank(W, q=6, niter=n_iter)
+    torch.testing.assert_close(S, S2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(U @ U.T, U2 @ U2.T, rtol=0, atol=1e-4)  # the same subspaces
+    torch.testing.assert_close(Vh.T @ Vh, V2 @ V2.T, rtol=0, atol=1e-4)
+
+
+def test_check_finite_false_skips_only_the_finiteness_pass():
+    W = torch.randn(30, 20, generator=torch.Generator().manual_seed(0))
+    for method in ("exact", "randomized"):
+        torch.manual_seed(0)
+        checked = linalg.svd(W, 5, method=method)
+        torch.manual_seed(0)
+        trusted = linalg.svd(W, 5, method=method, check_finite=False)
+        for a, b in zip(checked, trusted):
+            assert torch.equal(a, b)
+    # Not a float32/float64 matrix: still read (and upcast, and checked) through as_matrix.
+    assert linalg.svd(W.bfloat16(), 5, check_finite=False).S.dtype == torch.float32
+    with pytest.raises(ValueError, match="non-finite"):
+        linalg.svd(torch.full((4, 4), float("nan")).bfloat16(), 2, check_finite=False)
+    with pytest.raises(ValueError, match=r"rank=9 is outside the allowed range \[1, 4\]"):
+        linalg.svd(torch.eye(4), 9, check_finite=False)
+
+
 def test_power_iterations_help_most_when_the_gap_is_small():
     r = 10
     sigma = torch.cat([torch.ones(r), 0.95 * torch.ones(60)])  # σ_{r+1}/σ_r = 0.95: almost no gap

@@ -89,9 +89,18 @@ def svd(
     n_iter: int = 2,
     generator: torch.Generator | None = None,
     name: str = "matrix",
+    check_finite: bool = True,
 ) -> SVD:
-    """Top-``rank`` singular triplets of ``W`` (all ``k`` when ``rank`` is None)."""
-    W = as_matrix(W, name)
+    """Top-``rank`` singular triplets of ``W`` (all ``k`` when ``rank`` is None).
+
+    ``check_finite=False`` skips the pass over ``W`` that proves it finite, for a caller that has
+    just done so itself (a float32/float64 tensor from :func:`as_matrix`); anything else is still
+    read through :func:`as_matrix`.
+    """
+    if check_finite or not (isinstance(W, torch.Tensor) and W.ndim == 2 and W.dtype in (torch.float32, torch.float64)):
+        W = as_matrix(W, name)
+    else:
+        W = W.detach()
     k = min(W.shape)
     rank = k if rank is None else rank
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= k:
@@ -113,6 +122,10 @@ def randomized_svd(
     2. Power iterations ``Y ← W (Wᵀ Y)``, re-orthonormalizing with QR each half-step so the small
        singular values are not lost to rounding.
     3. ``Q = orth(Y)``; exact SVD of the small ``B = Qᵀ W``; ``U = Q U_B``.
+
+    The same steps, sketch and random draws as ``torch.svd_lowrank(W, q=rank + oversample,
+    niter=n_iter)`` (for ``m ≥ n``; it works on ``Wᵀ`` when ``m < n``), so the two agree up to rounding
+    when seeded alike.
     """
     return _randomized_svd(as_matrix(W), rank, oversample, n_iter, generator)
 
@@ -125,12 +138,18 @@ def _randomized_svd(W: torch.Tensor, rank: int, oversample: int, n_iter: int, ge
     omega = torch.randn(
         n, width, dtype=W.dtype, generator=generator, device=generator.device if generator is not None else W.device
     ).to(W.device)
-    Q, _ = torch.linalg.qr(W @ omega)
+    Q = torch.linalg.qr(W @ omega).Q
     for _ in range(n_iter):
-        Z, _ = torch.linalg.qr(W.T @ Q)
-        Q, _ = torch.linalg.qr(W @ Z)
-    Ub, S, Vh = torch.linalg.svd(Q.T @ W, full_matrices=False)
-    return SVD((Q @ Ub)[:, :rank], S[:rank], Vh[:rank])
+        # Wᵀ Q as (Qᵀ W)ᵀ: the same products, but a row-major W is then streamed along its rows
+        # (2-3× faster on CPU than a gemm reading W transposed, at 4096² with 16 columns), and the
+        # transposed r × n result already has the column-major layout LAPACK's QR works in.
+        Z = torch.linalg.qr((Q.T @ W).T).Q
+        Q = torch.linalg.qr(W @ Z).Q
+    # B = Qᵀ W (width × n) factored through its transpose, Bᵀ = P diag(S) Rᵀ, so B = R diag(S) Pᵀ:
+    # the transposed view is a column-major tall matrix, which LAPACK factors without a copy and
+    # ~4× faster than the wide row-major B (0.25 vs 1 ms at 16 × 4096).
+    P, S, Rh = torch.linalg.svd((Q.T @ W).T, full_matrices=False)
+    return SVD(Q @ Rh[:rank].T, S[:rank], P[:, :rank].T.contiguous())  # only the kept columns of U are formed
 
 
 def spectrum(x: torch.Tensor | nn.Module) -> torch.Tensor:

@@ -61,7 +61,7 @@ import torch
 from torch import nn
 
 from ..linalg import as_matrix, svd
-from .base import check_finite_weight, register
+from .base import register
 from .lora import LoRA, LoRALinear, register_init
 from .options import Option
 
@@ -91,14 +91,23 @@ def singular_split(weight: torch.Tensor, rank: int, scale: float, part: str):
     W = as_matrix(weight, "weight").to(wide_dtype(weight.dtype))  # finite-checked, upcast from bf16/fp16
     if part == "top":
         settings = _SVD_SETTINGS.get()
-        U, S, Vh = svd(W, rank, method=settings.method, n_iter=settings.n_iter, oversample=settings.oversample)
+        U, S, Vh = svd(
+            W,
+            rank,
+            method=settings.method,
+            n_iter=settings.n_iter,
+            oversample=settings.oversample,
+            check_finite=False,  # as_matrix just proved W finite
+        )
     else:
-        U, S, Vh = svd(W)
+        U, S, Vh = svd(W, check_finite=False)
         U, S, Vh = U[:, -rank:], S[-rank:], Vh[-rank:]
     root = (S / scale).sqrt()
     A = root[:, None] * Vh
     B = U * root
-    W_res = W - scale * (B @ A)
+    # W − s·BA in one pass over W (gemm accumulating into a copy of W): no m × n temporaries for
+    # BA and s·BA, which at 4096² cost more than the randomized SVD's remaining work.
+    W_res = torch.addmm(W, B, A, alpha=-scale)
     dtype = weight.dtype
     return A.to(dtype).contiguous(), B.to(dtype).contiguous(), W_res.to(dtype)
 
@@ -129,9 +138,7 @@ class InitLoRA(LoRA):
         super().__init__(**options)
         self.config["init"] = self.init_name
 
-    def check(self, layer_name: str, linear: nn.Linear) -> None:
-        super().check(layer_name, linear)
-        check_finite_weight(layer_name, linear.weight.detach())
+    # The finiteness check is LoRA.check's: it runs for every init that factorizes W, this one too.
 
 
 @register("pissa")
