@@ -123,6 +123,10 @@ def _worker(rank: int, port: int, out: str) -> None:
             train(model, steps, rank)
             state, _ = fsdp.full_state_dicts(model)
             results[case] = {"state": state}
+        model = build("sst")  # one unit per transformer block instead of per adapted layer
+        fsdp.shard(model, units="blocks")
+        train(model, steps, rank)
+        results["sst_blocks"] = {"state": fsdp.full_state_dicts(model)[0]}
         for case in CHECKPOINTED:  # half the steps, save, the rest in a fresh sharded model
             model = build(case)
             fsdp.shard(model)
@@ -205,6 +209,11 @@ def test_trains_as_one_process_on_the_whole_batch(distributed, case):
         prefix = next(k for k in state if k.endswith("resvds_done")).rsplit(".", 1)[0]
         assert int(state[f"{prefix}.periods_done"]) == STEPS // OPTIONS["sst"]["resample_every"]
         assert int(state[f"{prefix}.resvds_done"]) == 1
+
+
+def test_blocks_as_units_train_the_same(distributed):
+    results, _ = distributed
+    assert_same_training("sst", results["sst_blocks"]["state"])
 
 
 def test_every_other_method_trains_or_is_refused_clearly(distributed):

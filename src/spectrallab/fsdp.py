@@ -28,6 +28,10 @@ merge is refused. :func:`shard` asks every method on the model before it touches
 refuses with the method, its layers and the reason. Init-time factorizations (PiSSA's and SST's
 SVDs) run in ``sl.apply``, before sharding, on whole matrices — so apply first, then shard.
 
+FSDP2 warns (``UserWarning``) when a wrapped layer returns a view, as adapted layers do: an in-place
+op on that output would skip FSDP's backward hook. Models that add to a layer's output out of place
+(``x = x + attn(x)``, the tiny GPT, transformers' blocks) are unaffected.
+
 **Checkpoints** are whole tensors, the same keys as one process's ``model.state_dict()``
 (``torch.distributed.checkpoint.state_dict`` with ``full_state_dict=True, cpu_offload=True``): a
 model trained sharded loads into one process, and the other way round. The optimizer's state is
