@@ -5,13 +5,14 @@ or of layers below it, never above. The layers, bottom to top:
 
 0. foundations — ``linalg`` (tensor math; it reads a layer's matrix by duck typing, so it needs no
    method class), ``optim_hooks`` (the step-hook plumbing methods install on an optimizer),
-   ``checkpoint``, ``profiles``, ``progress``, ``hyperbolic``: torch and the standard library only.
+   ``checkpoint``, ``profiles``, ``progress``, ``hyperbolic``, ``shards`` (FSDP2's sharded tensors, gathered
+   whole for method code): torch and the standard library only.
 1. ``methods.options`` — option declarations.
 2. ``methods.base`` — ``Method``, ``AdaptedLinear``, the registry.
 3. ``methods`` and every ``methods.<name>`` — one file per method (a method may build on another,
    DoRA on LoRA; the package imports them all to register them).
 4. ``apply`` — model surgery.
-5. ``optim``, ``memory``, ``truncate``, ``peft_io`` — what works on an adapted model.
+5. ``optim``, ``memory``, ``truncate``, ``peft_io``, ``fsdp`` — what works on an adapted model.
 6. ``runs`` and ``tasks.*`` — the training record and the toy problems.
 7. ``train`` — the training loop.
 8. ``experiments`` — the runs the book shows.
@@ -55,12 +56,13 @@ LAYERS: list[tuple[str, ...]] = [
         "spectrallab.profiles",
         "spectrallab.progress",
         "spectrallab.hyperbolic",
+        "spectrallab.shards",
     ),
     ("spectrallab.methods.options",),
     ("spectrallab.methods.base",),
     ("spectrallab.methods", "spectrallab.methods.*"),
     ("spectrallab.apply",),
-    ("spectrallab.optim", "spectrallab.memory", "spectrallab.truncate", "spectrallab.peft_io"),
+    ("spectrallab.optim", "spectrallab.memory", "spectrallab.truncate", "spectrallab.peft_io", "spectrallab.fsdp"),
     ("spectrallab.runs", "spectrallab.tasks", "spectrallab.tasks.*"),
     ("spectrallab.distributed",),
     ("spectrallab.train",),

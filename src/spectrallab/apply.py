@@ -29,6 +29,7 @@ from torch import nn
 
 from .methods.base import AdaptedLinear, Method, as_linear, is_conv1d, registered
 from .methods.options import OptionTable, table
+from .shards import is_sharded
 
 Targets = None | str | Iterable[str]
 
@@ -238,7 +239,10 @@ def trainable_parameters(model: nn.Module) -> int:
 def memory_key(t: torch.Tensor) -> tuple:
     """Equal for two tensors that are the same numbers in memory (the same storage, offset, shape,
     strides and dtype); distinct views of one buffer (disjoint slices) get different keys. Meta and
-    empty tensors have no memory to compare: their identity is the key."""
+    empty tensors have no memory to compare: their identity is the key. A DTensor (an FSDP2 shard) is
+    keyed by its local tensor: the wrapper has no storage of its own."""
+    if is_sharded(t):
+        t = t.to_local()
     if t.is_meta or t.numel() == 0:
         return ("id", id(t))
     return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)

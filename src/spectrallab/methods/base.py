@@ -363,6 +363,23 @@ class Method:
         :class:`~.galore.GaLoreAdamW`, built by hand): then training with it does not warn. Default: False."""
         return False
 
+    def fsdp_refusal(self) -> str | None:
+        """Why this method cannot train under FSDP2 (:func:`spectrallab.fsdp.shard`), a phrase, or None.
+
+        FSDP2 splits every parameter into per-process shards (DTensors) and gathers the whole of
+        each only for the forward and backward pass; so a method that is all forward pass trains
+        exactly as in one process. What runs outside them — the hooks of :meth:`attach_optimizer`,
+        the optimizer of :meth:`optimizer_groups` — sees shards, and anything there that needs a
+        whole matrix (an SVD, a merge, a column norm) must gather it (:mod:`spectrallab.shards`).
+        Default: None for a method that overrides neither; otherwise a refusal, until the method
+        overrides this to say its optimizer-side code handles shards (SST, GaLore, SORSA do).
+        ``shard`` calls it for every method on the model before it shards anything.
+        """
+        cls = type(self)
+        if cls.attach_optimizer is Method.attach_optimizer and cls.optimizer_groups is Method.optimizer_groups:
+            return None
+        return "its optimizer hooks were not declared to work on sharded parameters (Method.fsdp_refusal)"
+
     def attach_optimizer(self, optimizer: torch.optim.Optimizer, layers: dict[str, AdaptedLinear]) -> None:
         """Install the method's optimizer behaviour (hooks on ``optimizer``). Default: none.
 

@@ -79,6 +79,7 @@ from torch import nn
 
 from ..linalg import all_finite
 from ..optim_hooks import add_step_check
+from ..shards import is_sharded, shard_of, whole
 from .base import AdaptedLinear, LayerCounts, Method, check_rank, register, reset_linear_
 from .options import Option, rank_option
 
@@ -205,8 +206,9 @@ class GaLoreAdamW(torch.optim.Optimizer):
                 step = int(state["step"]) if "step" in state else 0
                 if step % group["update_proj_gap"] and _has_projection(state):
                     continue  # no SVD this step
-                if not all_finite(p.grad):
-                    bad = int((~torch.isfinite(p.grad)).sum())
+                grad = whole(p.grad)  # a shard (FSDP2) is checked whole, so every rank decides alike
+                if not all_finite(grad):
+                    bad = int((~torch.isfinite(grad)).sum())
                     where = f"layer {names[id(p)]!r}" if id(p) in names else f"param {i} of param group {g}"
                     raise ValueError(
                         f"{where}: the gradient has {bad} non-finite value(s) (NaN or inf) at step "
@@ -228,6 +230,11 @@ class GaLoreAdamW(torch.optim.Optimizer):
             if "step" not in state:
                 state["step"] = torch.tensor(0.0)  # a float32 CPU tensor, as torch's own optimizers keep it
             step = int(state["step"])
+            if galore and is_sharded(grad):
+                # FSDP2: the SVD and the projection need the whole gradient. Every rank gathers it and
+                # computes the same P, R and moments (plain tensors, r columns or rows: small), and
+                # each applies the update to its own shard of W (_add_product_).
+                grad = grad.full_tensor()
             if galore:
                 # A new projection from this gradient at steps 1, T+1, 2T+1, ...; R = Pₗᵀ G or G Pᵣᵀ.
                 if step % group["update_proj_gap"] == 0 or not _has_projection(state):
@@ -266,15 +273,29 @@ class GaLoreAdamW(torch.optim.Optimizer):
                 normalized = exp_avg / denom  # N, in the projected coordinates
                 alpha = -step_size * group["scale"]
                 if left is not None and right is not None:  # "full": W += α · Pₗ N Pᵣ
-                    p.addmm_(left @ normalized, right, alpha=alpha)
+                    _add_product_(p, left @ normalized, right, alpha)
                 elif right is not None:  # W += α · N P   (m×r · r×n)
-                    p.addmm_(normalized, right, alpha=alpha)
+                    _add_product_(p, normalized, right, alpha)
                 else:  # W += α · P N   (m×r · r×n)
-                    p.addmm_(left, normalized, alpha=alpha)
+                    _add_product_(p, left, normalized, alpha)
         else:
             torch._foreach_addcdiv_(params, exp_avgs, denoms, [-s for s in step_sizes])
         if group["weight_decay"] > 0.0:  # decoupled, on the full and already updated W (galore-torch's order)
             torch._foreach_add_(params, params, alpha=-lr * group["weight_decay"])
+
+
+def _add_product_(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float) -> None:
+    """``p += α · a b`` (``a``: m × r, ``b``: r × n, both whole). For an FSDP2 shard of ``p``, only its
+    own part: split by rows (``Shard(0)``, FSDP2's default), that is ``a``'s matching rows times ``b``,
+    so no m × n product is formed; any other split takes its part of the whole product."""
+    if not is_sharded(p):
+        p.addmm_(a, b, alpha=alpha)
+        return
+    local = p.to_local()
+    if all(placement.is_replicate() or placement.is_shard(0) for placement in p.placements):
+        local.addmm_(shard_of(a, like=p), b, alpha=alpha)
+    else:
+        local.add_(shard_of(a @ b, like=p), alpha=alpha)
 
 
 def _has_projection(state: dict) -> bool:
@@ -424,6 +445,11 @@ class GaLore(Method):
         c = self.config
         weights = [layer.weight for layer in layers.values()]
         return optimizer_class, [{"params": weights, **{k: c[k] for k in GROUP_KEYS}}]
+
+    def fsdp_refusal(self) -> None:
+        """None: under FSDP2 :class:`GaLoreAdamW` gathers each whole gradient for its SVD and projection,
+        keeps the (small) projected moments whole on every rank and updates each rank's shard of W."""
+        return None
 
     def optimizer_runs_method(self, optimizer: torch.optim.Optimizer) -> bool:
         """A :class:`GaLoreAdamW` built by hand projects by itself (its param groups carry the options)."""

@@ -344,6 +344,14 @@ class ReLoRA(Method):
         """Every ``period`` steps (used by the Playground's "period" knob)."""
         return {"reset_every": period, "restart_warmup": min(period - 1, max(1, period // 10))}
 
+    def fsdp_refusal(self) -> str:
+        """The restart reads and writes whole matrices outside the forward pass; not done for shards."""
+        return (
+            "ReLoRA's merge needs the whole matrix (W ← W + s·BA, then a new random A) and its pruning "
+            "of the optimizer state draws one mask over each whole moment, which spectrallab does not "
+            "gather for FSDP2's shards"
+        )
+
     def check_options(self, where: str) -> None:
         """The restart warm-up must end before the next reset: ``0 ≤ restart_warmup < reset_every``."""
         T, W = self.config["reset_every"], self.config["restart_warmup"]

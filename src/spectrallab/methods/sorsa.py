@@ -67,6 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import linalg
+from ..shards import is_sharded, shard_of, whole_parameters
 from .base import AdaptedLinear, LayerCounts, Method, check_finite_weight, check_rank, frozen, register
 from .lora import LoRAExport
 from .options import Option, rank_option
@@ -201,6 +202,11 @@ class SORSA(Method):
     def adapt(self, layer_name: str, linear: nn.Linear) -> SORSALinear:
         return SORSALinear(layer_name, linear, self.config["rank"])
 
+    def fsdp_refusal(self) -> None:
+        """None: under FSDP2 the regularizer's gradient is computed from the whole A and B (gathered) on
+        every rank, and each rank adds its shard of it to its shard of the gradient."""
+        return None
+
     def attach_optimizer(self, optimizer: torch.optim.Optimizer, layers: dict[str, SORSALinear]) -> None:
         gamma = float(self.config["gamma"])
         if gamma == 0 or not layers:
@@ -224,12 +230,17 @@ class SORSA(Method):
 
         def add_regularizer_gradient(opt, args, kwargs):
             for layer in mine:
-                grads = layer.regularizer_grads()
+                with whole_parameters(layer, ("sorsa_A", "sorsa_B")):  # gathered under FSDP2, else a no-op
+                    grads = layer.regularizer_grads()
                 for param, grad in zip((layer.sorsa_A, layer.sorsa_B), grads):
                     if id(param) not in group_of or not param.requires_grad:
                         continue
                     step = (grad * (gamma / (peak(opt, param) * divisor))).to(param.dtype)
-                    if param.grad is None:
+                    if is_sharded(param):  # FSDP2: this rank's shard of the whole regularizer gradient
+                        if param.grad is None:
+                            param.grad = torch.zeros_like(param)
+                        param.grad.to_local().add_(shard_of(step, like=param))
+                    elif param.grad is None:
                         param.grad = step
                     else:
                         param.grad.add_(step)

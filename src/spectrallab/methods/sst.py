@@ -164,6 +164,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import linalg
 from ..optim_hooks import add_lr_multiplier, add_step_check
+from ..shards import modify_whole_, whole, whole_parameters
 from .base import (
     AdaptedLinear,
     LayerCounts,
@@ -183,6 +184,11 @@ SAMPLINGS = ("multinomial", "uniform", "sequential", "top")
 GRADIENTS = ("enhanced", "default")
 # Optimizer state that does not describe the parameter's entries (Adam's step count, ...): never zeroed.
 _NOT_MOMENTS = ("step",)
+# The parameters the hooks read whole: the trained ones after every step (column norms of U_active),
+# all five at a period's end (swaps index columns and rows by singular index; the re-SVD multiplies
+# them out). Under FSDP2 they are gathered for that (spectrallab.shards); in one process nothing changes.
+_TRAINED = ("U_active", "Vh_active", "S")
+_SPECTRAL = _TRAINED + ("U_frozen", "Vh_frozen")
 
 
 def sampling_probabilities(S: torch.Tensor, uniform_mix: float = 0.5) -> torch.Tensor:
@@ -675,7 +681,10 @@ class SSTLayer(AdaptedLinear):
         for name in ("U_active", "Vh_active", "S"):
             param = getattr(self, name)
             for what, tensor in (("gradient", param.grad), ("value", param)):
-                if tensor is not None and not linalg.all_finite(tensor):
+                if tensor is None:
+                    continue
+                tensor = whole(tensor)  # a shard (FSDP2) is checked whole, so every rank decides alike
+                if not linalg.all_finite(tensor):
                     bad = int((~torch.isfinite(tensor)).sum())
                     raise ValueError(
                         f"layer {self.layer_name!r}: the {what} of {name} has {bad} non-finite "
@@ -703,7 +712,7 @@ class SSTLayer(AdaptedLinear):
                 "period": self.period,
                 "step": step,
                 "active": sorted(self.active_index.tolist()),
-                "sigma": self.S.detach().float().cpu().tolist(),
+                "sigma": whole(self.S.detach()).float().cpu().tolist(),  # gathered if sharded (every rank logs)
                 "resvd": resvd,
             }
         )
@@ -728,7 +737,8 @@ def reset_optimizer_state(
     """Zero ``param``'s moment-like optimizer state: entirely, or only at ``slots`` along ``dim``.
 
     Every tensor in the state shaped like the parameter is a per-entry moment (Adam's ``exp_avg``,
-    ``exp_avg_sq``, ``max_exp_avg_sq``; SGD's ``momentum_buffer``); the step count is kept.
+    ``exp_avg_sq``, ``max_exp_avg_sq``; SGD's ``momentum_buffer``); the step count is kept. Under FSDP2
+    a moment is a shard (a DTensor) and ``slots`` are global: it is zeroed whole (``modify_whole_``).
     """
     state = optimizer.state.get(param)
     if not state:
@@ -739,7 +749,7 @@ def reset_optimizer_state(
         if slots is None:
             value.zero_()
         elif slots.numel():
-            value.index_fill_(dim, slots.to(value.device), 0)
+            modify_whole_(value, lambda moment: moment.index_fill_(dim, slots.to(moment.device), 0))
 
 
 @register("sst")
@@ -804,6 +814,11 @@ class SST(Method):
         """Every ``period`` steps (used by the Playground's "period" knob)."""
         return {"resample_every": period, "warmup": min(period, max(1, period // 10))}
 
+    def fsdp_refusal(self) -> None:
+        """None: under FSDP2 the hooks gather what they read whole (the renormalization, the swaps, the
+        re-SVD: ``whole_parameters``), compute the same on every rank and keep each rank's shard."""
+        return None
+
     def check_options(self, where: str) -> None:
         """A period's warm-up fits in the period: ``0 ≤ warmup ≤ resample_every``."""
         T, W = self.config["resample_every"], self.config["warmup"]
@@ -860,11 +875,16 @@ class SST(Method):
         def after_step(opt, args, kwargs):
             for layer, taken in zip(mine, clocks()):
                 layer.steps_taken.add_(1)
-                layer.project()
                 step = taken + 1
-                if step % period:
+                ends = step % period == 0
+                # Whole matrices for what follows (a no-op unless FSDP2 sharded them; then every
+                # rank computes the same on the gathered values and keeps its shard).
+                with whole_parameters(layer, _SPECTRAL if ends else _TRAINED):
+                    layer.project()
+                    if ends:
+                        resvd, slots = layer.next_period(step)
+                if not ends:
                     continue
-                resvd, slots = layer.next_period(step)
                 if resvd:
                     for param in (layer.U_active, layer.Vh_active, layer.S):
                         reset_optimizer_state(opt, param)
