@@ -73,6 +73,7 @@ def test_summary_and_run_record(home, capsys):
     (run,) = sl.load_runs()  # next to the notebooks' records: Compare overlays it
     assert run.config["command"] == "spectrallab.pretrain" and run.config["method"] == "lora"
     assert run.final("val_loss") == summary["val_loss"] and run.steps[-1] == 12
+    assert summary["trainable_parameters"] == run.config["trainable_parameters"]  # a count, not bytes
 
 
 def test_bad_values_get_the_methods_message(home):
@@ -154,3 +155,39 @@ def test_bf16_autocast(home):
     (run,) = sl.load_runs()
     assert run.config["autocast"] == "bf16"
     assert math.isfinite(summary["val_loss"]) and run.evals[-1]["val_loss"] < run.evals[0]["val_loss"]
+
+
+@pytest.mark.parametrize("method", ["lora", "galore", "sst"])
+def test_fsdp_on_two_processes_equals_one_process(home, method):
+    """--fsdp: FSDP2 shards every adapted layer and the root; SST's swaps and re-SVD and GaLore's
+    projection gather what they need. The whole-model checkpoint equals one process's run. (SST at a
+    small lr: a large one clamps some Σ to 0, where the re-SVD's vectors are not unique.)"""
+    extra = {
+        "lora": ["--rank", "2"],
+        "galore": ["--rank", "2", "--update-proj-gap", "10"],
+        "sst": ["--rank", "2", "--resample-every", "10", "--lr", "3e-4"],
+    }
+    steps = ["--method", method, *extra[method], "--steps", "24", "--checkpoint-every", "12"]
+    two, one = home / "two.pt", home / "one.pt"
+    subprocess.run(torchrun(*steps, "--fsdp", "--checkpoint", str(two), "--summary-json", str(home / "two.json")),
+                   env=child_env(home), timeout=300, check=True)  # fmt: skip
+    subprocess.run(command(*steps, "--checkpoint", str(one), "--summary-json", str(home / "one.json")),
+                   env=child_env(home), timeout=300, check=True)  # fmt: skip
+    a, b = model_state(two), model_state(one)
+    assert a.keys() == b.keys()
+    for key in a:
+        if a[key].is_floating_point() and not key.endswith("attn.qkv.bias"):  # the key bias: see the DDP test
+            # Adam at the race's rates (GaLore's 0.16) turns reduce-scatter rounding into ~1e-5 here and
+            # there; a lost or doubled update would be ~lr.
+            torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4, msg=lambda m, k=key: f"{k}: {m}")
+    sharded, whole = (json.loads((home / f"{n}.json").read_text()) for n in ("two", "one"))
+    assert sharded["parallel"] == "fsdp"
+    assert sharded["trainable_parameters"] == whole["trainable_parameters"]  # the shards add up
+
+
+def test_fsdp_refuses_relora_with_a_reason(home):
+    child = subprocess.run(torchrun("--method", "relora", "--steps", "4", "--fsdp"), env=child_env(home),
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert child.returncode != 0
+    (line,) = {x for x in child.stderr.splitlines() if x.startswith("spectrallab-pretrain: error:")}  # both ranks'
+    assert "FSDP2" in line and "'relora'" in line and "DDP" in line  # the method, and what to use instead

@@ -131,13 +131,17 @@ def training_state(
     cuda = None
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         cuda = torch.cuda.get_rng_state_all()
+    if parallel is None:
+        model_state, optimizer_state = model.state_dict(), optimizer.state_dict()
+    else:
+        model_state, optimizer_state = parallel.state_dicts(model, optimizer)
     return {
         "format": FORMAT,
         "version": VERSION,
         "step": int(step),
         "identity": run_identity,
-        "model": model.state_dict() if parallel is None else parallel.model_state(model),
-        "optimizer": optimizer.state_dict() if parallel is None else parallel.optimizer_state(model, optimizer),
+        "model": model_state,
+        "optimizer": optimizer_state,
         "scheduler": None if scheduler is None else scheduler.state_dict(),
         "data_rng": generator.get_state(),
         "torch_rng": torch.get_rng_state(),

@@ -107,30 +107,24 @@ class Parallel:
     def barrier(self) -> None:
         dist.barrier()
 
-    # -- checkpoints: the whole state, the same file for any number of processes ------------------
-    def model_state(self, model: nn.Module) -> dict[str, Any]:
-        """The model's whole ``state_dict`` (under DDP every rank holds all of it already)."""
+    # -- checkpoints: the whole state, whatever the number of processes ------------------------------
+    def state_dicts(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+        """The model's and optimizer's whole state dicts (a collective under FSDP2, whose rank 0 gets
+        them gathered; under DDP every rank holds all of it already)."""
         if self.kind == "fsdp":
-            from .fsdp import full_model_state
+            from .fsdp import full_state_dicts
 
-            return full_model_state(model)
-        return model.state_dict()
-
-    def optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        if self.kind == "fsdp":
-            from .fsdp import full_optimizer_state
-
-            return full_optimizer_state(model, optimizer)
-        return optimizer.state_dict()
+            return full_state_dicts(model, optimizer)
+        return model.state_dict(), optimizer.state_dict()
 
     def load_state(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict
     ) -> None:
-        """Load a whole (unsharded) state into this rank's model and optimizer."""
+        """Load whole state dicts into this rank's model and optimizer (every rank read the file)."""
         if self.kind == "fsdp":
-            from .fsdp import load_full_state
+            from .fsdp import load_full_state_dicts
 
-            load_full_state(model, optimizer, model_state, optimizer_state)
+            load_full_state_dicts(model, optimizer, model_state, optimizer_state)
             return
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)

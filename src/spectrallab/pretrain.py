@@ -215,6 +215,11 @@ def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
     return total
 
 
+def local_trainable(model: torch.nn.Module) -> int:
+    """Trainable numbers held by this process (a sharded parameter: its local rows)."""
+    return sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters() if p.requires_grad)
+
+
 def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -324,10 +329,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # -- the summary -----------------------------------------------------------------------------
     if parallel is None or parallel.kind == "ddp":
         report = memory_report(model, opt)
-        state_bytes, trainable = report.optimizer_state, report.trainable_parameters
+        state_bytes, trainable = report.optimizer_state, trainable_parameters(model)  # the report's are bytes
     else:  # FSDP2: each process holds a shard; the whole is the sum over processes
-        state_bytes = int(parallel.mean(optimizer_state_bytes(opt)) * world)
-        trainable = trainable_parameters(model)
+        state_bytes = round(parallel.mean(optimizer_state_bytes(opt)) * world)
+        trainable = round(parallel.mean(local_trainable(model)) * world)
     peak, peak_kind = peak_memory(device)
     first, last = ends[0], ends[-1]  # a resumed run's first event is the step it resumed at
     trained = last.step - first.step
