@@ -14,9 +14,11 @@ or of layers below it, never above. The layers, bottom to top:
 4. ``apply`` — model surgery.
 5. ``optim``, ``memory``, ``truncate``, ``peft_io``, ``fsdp`` — what works on an adapted model.
 6. ``runs`` and ``tasks.*`` — the training record and the toy problems.
-7. ``train`` — the training loop.
-8. ``experiments`` — the runs the book shows.
-9. ``spectrallab`` itself — the public facade (``import spectrallab as sl``); nothing inside imports it.
+7. ``distributed`` — one run on several processes (DDP or FSDP2 wrapping, each rank's batch slice).
+8. ``train`` — the training loop.
+9. ``experiments`` — the runs the book shows.
+10. ``pretrain`` — the command line.
+11. ``spectrallab`` itself — the public facade (``import spectrallab as sl``); nothing inside imports it.
 
 (The widgets live outside ``src`` and sit above all of these.) A module missing from ``LAYERS``
 fails the test, so a new file gets a place on purpose.
