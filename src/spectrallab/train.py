@@ -167,7 +167,9 @@ def train(
     def local_loss(batch) -> torch.Tensor:
         if parallel is not None:
             batch = parallel.local(batch, batch_size)
-        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        if autocast is None:
+            return task.loss(forward, batch)
+        with torch.autocast(device.type, dtype=autocast):
             return task.loss(forward, batch)
 
     run.config = {
