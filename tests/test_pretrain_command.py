@@ -191,3 +191,45 @@ def test_fsdp_refuses_relora_with_a_reason(home):
     assert child.returncode != 0
     (line,) = {x for x in child.stderr.splitlines() if x.startswith("spectrallab-pretrain: error:")}  # both ranks'
     assert "FSDP2" in line and "'relora'" in line and "DDP" in line  # the method, and what to use instead
+
+
+def workers_of(marker: str) -> list[int]:
+    """Pids of the processes whose command line contains ``marker`` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_killing_torchrun_stops_its_workers(home):
+    """torchrun's workers live in sessions of their own: without spectrallab.distributed.die_with_launcher
+    a `kill -9` of the launcher leaves them training and writing the checkpoint, beside the run that
+    resumes from it. With it they die with the launcher and the checkpoint stops moving."""
+    marker = str(home / "orphans.pt")
+    launcher = subprocess.Popen(torchrun("--method", "sst", "--rank", "2", "--steps", "5000", "--checkpoint-every",
+                                         "20", "--checkpoint", marker), env=child_env(home))  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not Path(marker).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = [pid for pid in workers_of(marker) if pid != launcher.pid]
+    assert len(workers) == 2, workers
+    launcher.kill()
+    launcher.wait(timeout=30)
+    time.sleep(2)
+    survivors = [pid for pid in workers if pid in workers_of(marker)]
+    for pid in survivors:  # leave nothing running, whatever the verdict
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, "torchrun's workers outlived it"
+
+
+def test_a_finished_checkpoint_says_so(home, capsys):
+    args = [*TINY, "--method", "lora", "--rank", "2", "--steps", "6", "--checkpoint", str(home / "done.pt")]
+    pretrain.main(args)
+    again = pretrain.main(args)  # nothing left to train: returns at once, and the summary says why
+    assert again["steps_this_call"] == 0
+    assert "no step taken" in capsys.readouterr().out.strip().splitlines()[-1]

@@ -27,7 +27,10 @@ Only rank 0 writes (checkpoints, run records, progress); every rank reads a chec
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,17 +39,43 @@ import torch.distributed as dist
 from torch import nn
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
 def launched() -> bool:
     """Whether this process was started by ``torchrun`` (or another launcher) as one of several."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def die_with_launcher() -> None:
+    """Ask Linux to SIGKILL this process when its parent (``torchrun``'s agent) dies.
+
+    ``torchrun`` puts its workers in sessions of their own, so a job scheduler's (or a user's)
+    ``kill -9`` of the launcher, even of its process group, leaves them running: they finish the
+    run and keep writing its checkpoint — while the same command, run again to resume, writes it
+    too. With ``PR_SET_PDEATHSIG`` the kernel kills each worker as soon as the launcher is gone, so a
+    killed run is really stopped and resumes cleanly. Elsewhere than Linux this does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before the request was made
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def init(device: torch.device | None = None) -> tuple[int, int, torch.device]:
     """Join the process group of a ``torchrun`` launch; returns ``(rank, world_size, device)``.
 
     NCCL when the device is CUDA (each process on ``cuda:LOCAL_RANK``), gloo on the CPU. A process
-    group that already exists is used as it is.
+    group that already exists is used as it is. A worker started by ``torchrun`` also dies with it
+    (:func:`die_with_launcher`).
     """
+    if launched():
+        die_with_launcher()
     if device is None:
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":

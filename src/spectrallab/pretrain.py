@@ -361,10 +361,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "record": str(run.path) if run.path else None,
     }
     if rank == 0:
+        speed = (
+            f"{tokens_per_second:,.0f} tokens/s"
+            if trained
+            else f"no step taken: {args.checkpoint} was already at step {last.step}"
+        )
         print(
             f"{label}: val loss {val:.4f}, perplexity {summary['perplexity']:.2f}, "
             f"trainable {trainable:,}, optimizer state {_human(state_bytes)}, "
-            f"peak memory {_human(peak)} ({peak_kind}), {tokens_per_second:,.0f} tokens/s "
+            f"peak memory {_human(peak)} ({peak_kind}), {speed} "
             f"({world} process{'es' if world > 1 else ''}, {device.type}), {summary['steps']} steps",
             flush=True,
         )
