@@ -38,7 +38,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
