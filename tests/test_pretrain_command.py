@@ -233,3 +233,12 @@ def test_a_finished_checkpoint_says_so(home, capsys):
     again = pretrain.main(args)  # nothing left to train: returns at once, and the summary says why
     assert again["steps_this_call"] == 0
     assert "no step taken" in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_model_flops_per_token_is_palms_count():
+    """6·N (N: every weight outside the embeddings) + 12·L·d·T, written out for the tiny GPT."""
+    L, d, T, V = 2, 32, 16, len(sl.tasks.chargpt.VOCAB)
+    model = sl.task("chargpt", n_chars=20_000, d_model=d, n_layer=L, n_head=4, context=T).make_model()
+    per_block = 4 * d * d + 4 * d + 8 * d * d + 5 * d + 4 * d  # attention, MLP (4d), two LayerNorms
+    weights = L * per_block + 2 * d + d * V  # blocks, final LayerNorm, head
+    assert pretrain.model_flops_per_token(model, L, d, T) == 6 * weights + 12 * L * d * T

@@ -220,6 +220,27 @@ def local_trainable(model: torch.nn.Module) -> int:
     return sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters() if p.requires_grad)
 
 
+# Dense bf16 tensor-core peaks (FLOP/s, without sparsity) from the vendors' data sheets, for MFU.
+BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+
+
+def model_flops_per_token(model: torch.nn.Module, n_layer: int, d_model: int, context: int) -> int:
+    """Training FLOPs per token of the dense architecture, as MFU counts them (PaLM, Appendix B):
+    6·N for the weights' forward and backward (N: parameters outside the embeddings) plus
+    12·L·d·T for attention's score and value products. The method's own savings or overheads are
+    deliberately not in it: MFU says how much of the GPU the *model's* arithmetic uses."""
+    embeddings = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    weights = sum(p.numel() for p in model.parameters()) - embeddings
+    return 6 * weights + 12 * n_layer * d_model * context
+
+
+def bf16_peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in BF16_PEAK.items() if key in name), None)
+
+
 def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -272,6 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         lr = task.lr
     model = task.make_model(seed=args.seed)  # also seeds the global generator the method draws from
+    flops_per_token = model_flops_per_token(model, task.n_layer, task.d_model, task.context)
     if method != "full":
         apply(model, method, targets=targets, freeze_others=False, **options)
     model.to(device)
@@ -339,6 +361,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seconds = last.seconds - first.seconds
     tokens_per_second = tokens_per_step * trained / seconds if trained and seconds > 0 else math.nan
     val = run.final("val_loss")
+    peak_flops = bf16_peak(device)
+    mfu = flops_per_token * tokens_per_second / peak_flops if peak_flops and trained else None
     summary = {
         "method": method,
         "steps": last.step,
@@ -354,6 +378,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "peak_memory_kind": peak_kind,
         "tokens_per_step": tokens_per_step,
         "tokens_per_second": tokens_per_second,  # this call's steps, evaluations included
+        "model_flops_per_token": flops_per_token,
+        "model_tflops_per_second": flops_per_token * tokens_per_second / 1e12,
+        "mfu": mfu,  # against the GPU's dense bf16 peak; None off CUDA, or for a GPU not in BF16_PEAK
         "wall_seconds": wall,
         "lr": lr,
         "options": options,
@@ -362,7 +389,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if rank == 0:
         speed = (
-            f"{tokens_per_second:,.0f} tokens/s"
+            f"{tokens_per_second:,.0f} tokens/s" + (f", MFU {mfu:.1%}" if mfu is not None else "")
             if trained
             else f"no step taken: {args.checkpoint} was already at step {last.step}"
         )
