@@ -20,8 +20,10 @@ elementwise work — bias, GELU, LayerNorm, Adam on each parameter — is left o
 measured ratios of the cheap methods sit a little above their counts):
 
 * full: forward ``x Wᵀ``, ``∂L/∂x = g W``, ``G = gᵀ x`` — **3Td²**.
-* LoRA (W frozen; A: r × d, B: d × r): forward Td² + 2Tdr, ∂x Td² + 2Tdr, ∂A and ∂B 2Tdr (no G
-  for W) — **2Td² + 6Tdr**.
+* LoRA (W frozen; A: r × d, B: d × r), the cheaper of its two exact paths
+  (``spectrallab.methods.lora.lora_macs``): factored, forward Td² + 2Tdr, ∂x Td² + 2Tdr, ∂A and ∂B
+  2Tdr (no G for W) — **2Td² + 6Tdr**; merged for T > d, ``W₀ + s·BA`` formed in the forward and
+  again in the backward — **2Td² + 4Tdr + 2d²r**.
 * GaLore: full rank's 3Td², plus projecting G to r × d and the step back to d × d every step —
   **3Td² + 2d²r** (+ one SVD of G per 200 steps, off the window).
 * SLTrain (``W = s·BA + S``, S sparse, applied as a dense matrix): the dense S costs what full's W
@@ -49,6 +51,7 @@ os.environ.setdefault("SPECTRALLAB_PROFILE", "cpu")
 from common import interleaved, record  # noqa: E402
 
 import spectrallab as sl  # noqa: E402
+from spectrallab.methods.lora import lora_macs  # noqa: E402
 from spectrallab.methods.sst import backward_macs, cheaper, forward_macs  # noqa: E402
 
 D, LAYERS, RANK = 1024, 2, 64
@@ -67,7 +70,9 @@ def macs_per_layer(method: str, T: int, d: int = D, r: int = RANK) -> int:
     if method == "full":
         return 3 * T * d * d
     if method == "lora":
-        return 2 * T * d * d + 6 * T * d * r
+        # the layer's own counts, both paths (spectrallab.methods.lora.lora_macs)
+        assert lora_macs(T, d, d, r, True)["factored"] == 2 * T * d * d + 6 * T * d * r
+        return min(lora_macs(T, d, d, r, True).values())
     if method == "galore":
         return 3 * T * d * d + 2 * d * d * r
     if method == "sltrain":
@@ -155,7 +160,7 @@ def measure(rounds: int) -> dict:
         "torch_threads": THREADS,
         "count_model_per_layer": {
             "full": "3Td^2",
-            "lora": "2Td^2 + 6Tdr",
+            "lora": "min(2Td^2 + 6Tdr, 2Td^2 + 4Tdr + 2d^2r)",
             "galore": "3Td^2 + 2d^2r",
             "sltrain": "3Td^2 + 6Tdr",
             "sst": "min(2Td^2, Td^2 + d^3) + min(3Td^2 + 2Tdr, 2Td^2 + 2d^3 + d^2r)",

@@ -94,6 +94,110 @@ def lora_scale(alpha: float, rank: int, rslora: bool) -> float:
     return alpha / math.sqrt(rank) if rslora else alpha / rank
 
 
+def lora_macs(tokens: int, m: int, n: int, r: int, backward: bool) -> dict[str, int]:
+    """Multiply-adds of a LoRA layer's forward (and, with ``backward``, its backward) for ``tokens``
+    rows, by path; ``W`` frozen, so no ``m × n`` weight gradient either way.
+
+    ``"factored"`` (two skinny products, as the paper writes ``h = W₀x + BAx``): forward
+    ``T·mn + T·r(m + n)``; backward ``∂x = g W₀ + (g B) A``, ``∂A = (g B)ᵀ x``, ``∂B = gᵀ (x Aᵀ)`` —
+    ``T·mn + 3T·r(m + n)`` with the forward's ``x Aᵀ`` saved.
+    ``"merged"`` (:class:`MergedLoRA`): ``W₀ + s·BA`` formed, ``m·n·r``, then one product ``T·mn``; the
+    backward forms it again for ``∂x`` and computes ``g B`` and ``x Aᵀ`` once each for ``∂A``, ``∂B`` —
+    ``mnr + T·mn + 2T·r(m + n)``. Merged is cheaper from ``T > mn / (m + n)`` tokens (``d / 2`` for a
+    square d × d layer) in inference and from ``T > 2mn / (m + n)`` (``d``) in training.
+    """
+    T = tokens
+    factored = T * m * n + T * r * (m + n)
+    merged = m * n * r + T * m * n
+    if backward:
+        factored += T * m * n + 2 * T * r * (m + n)
+        merged += m * n * r + T * m * n + 2 * T * r * (m + n)
+    return {"factored": factored, "merged": merged}
+
+
+class MergedLoRA(torch.autograd.Function):
+    """``y = x (W₀ + s·BA)ᵀ + b`` through the merged weight, with LoRA's gradients computed directly.
+
+    For long batches (``T`` above about the layer's width) one product with the merged ``m × n``
+    weight is cheaper than the two skinny ones, whose ``T × r`` by ``r × n`` product is also a slow
+    shape on a CPU (output as large as the layer's, inner size only ``r``). Autograd through the
+    merged weight would form the full ``∂L/∂W = gᵀ x`` (``T·mn``, what LoRA exists to avoid), so the
+    backward is written out::
+
+        ∂L/∂x = g (W₀ + s·BA)      ∂L/∂A = s·(g B)ᵀ x      ∂L/∂B = s·gᵀ (x Aᵀ)      ∂L/∂b = Σ_rows g
+
+    The merged weight is formed again in the backward rather than saved (``m·n·r`` multiply-adds
+    against ``m·n`` floats of memory per layer): the activations kept are ``x`` alone, fewer than
+    the factored path's ``x`` and ``x Aᵀ``. ``W₀`` and ``b`` are frozen (no gradient is computed
+    for them). Equal to the factored forward and its autograd gradients up to rounding (tested in
+    float64).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_A, lora_B, scale):
+        ctx.save_for_backward(x, weight, lora_A, lora_B)
+        ctx.scale = scale
+        ctx.has_bias = bias is not None
+        return F.linear(x, torch.addmm(weight, lora_B, lora_A, alpha=scale), bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, lora_A, lora_B = ctx.saved_tensors
+        need_x, _, need_bias, need_A, need_B, _ = ctx.needs_input_grad
+        s = ctx.scale
+        rows = grad.reshape(-1, grad.shape[-1])
+        inputs = x.reshape(-1, x.shape[-1])
+        grad_x = grad_A = grad_B = grad_bias = None
+        if need_x:
+            grad_x = (rows @ torch.addmm(weight, lora_B, lora_A, alpha=s)).reshape(x.shape)
+        if need_A:
+            grad_A = (rows @ lora_B).T @ inputs  # r × n; the scale once, on the small result
+            grad_A.mul_(s)
+        if need_B:
+            # (uᵀ g)ᵀ with u = x Aᵀ: the r × T by T × m product is the fast shape; its transpose is
+            # the m × r gradient (AccumulateGrad lays it out like the parameter).
+            grad_B = ((inputs @ lora_A.T).T @ rows).T
+            grad_B.mul_(s)
+        if need_bias and ctx.has_bias:
+            grad_bias = rows.sum(0)
+        return grad_x, None, grad_bias, grad_A, grad_B, None
+
+
+def merged_is_cheaper(layer: LoRALinear, x: torch.Tensor) -> bool:
+    """Whether :class:`MergedLoRA` takes fewer multiply-adds than the factored product for ``x``.
+
+    Only without dropout: with it, the low-rank branch sees ``dropout(x)`` and the base ``x``, two
+    different inputs that no single merged weight can serve. And only while ``W₀`` is frozen.
+    """
+    if not isinstance(layer.dropout, nn.Identity) and layer.training:
+        return False
+    if layer.weight.requires_grad:  # MergedLoRA computes no gradient for W₀ (a user unfroze it)
+        return False
+    tokens = x.numel() // max(1, x.shape[-1])
+    backward = torch.is_grad_enabled() and (x.requires_grad or layer.lora_A.requires_grad or layer.lora_B.requires_grad)
+    macs = lora_macs(tokens, layer.out_features, layer.in_features, layer.rank, backward)
+    return macs["merged"] < macs["factored"]
+
+
+def merged_lora(x, weight, bias, lora_A, lora_B, scale: float) -> torch.Tensor:
+    """:class:`MergedLoRA` under autocast too: a custom Function's backward runs outside the
+    autocast region, so the inputs are cast here, as ``F.linear`` would cast them, and the Function
+    runs in that precision with autocast off (its gradients are cast back to each input's dtype)."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        with torch.autocast(device, enabled=False):
+            return MergedLoRA.apply(
+                x.to(dtype),
+                weight.to(dtype),
+                None if bias is None else bias.to(dtype),
+                lora_A.to(dtype),
+                lora_B.to(dtype),
+                scale,
+            )
+    return MergedLoRA.apply(x, weight, bias, lora_A, lora_B, scale)
+
+
 class LoRALinear(AdaptedLinear):
     """``y = x Wᵀ + b + s·(dropout(x) Aᵀ) Bᵀ`` with ``W`` and ``b`` frozen."""
 
@@ -146,9 +250,13 @@ class LoRALinear(AdaptedLinear):
             self.lora_B0.copy_(B)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Two skinny matmuls, never the dense ΔW: O(r(m+n)) per token instead of O(mn). The scale
-        # rides on an in-place add (no scaled copy of the output); F.linear's backward does not
-        # need its own output, so modifying it in place is safe for autograd.
+        # Long batches: one product with W₀ + s·BA and LoRA's gradients written out (MergedLoRA),
+        # when that is fewer multiply-adds (lora_macs). Otherwise two skinny matmuls, never the
+        # dense ΔW: O(r(m+n)) per token instead of O(mn). The scale rides on an in-place add (no
+        # scaled copy of the output); F.linear's backward does not need its own output, so
+        # modifying it in place is safe for autograd.
+        if merged_is_cheaper(self, x):
+            return merged_lora(x, self.weight, self.bias, self.lora_A, self.lora_B, self.scale)
         out = F.linear(x, self.weight, self.bias)
         return out.add_(F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B), alpha=self.scale)
 
