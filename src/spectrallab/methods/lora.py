@@ -100,7 +100,7 @@ def lora_macs(tokens: int, m: int, n: int, r: int, backward: bool) -> dict[str, 
 
     ``"factored"`` (two skinny products, as the paper writes ``h = W₀x + BAx``): forward
     ``T·mn + T·r(m + n)``; backward ``∂x = g W₀ + (g B) A``, ``∂A = (g B)ᵀ x``, ``∂B = gᵀ (x Aᵀ)`` —
-    ``T·mn + 3T·r(m + n)`` with the forward's ``x Aᵀ`` saved.
+    ``T·mn + 2T·r(m + n)`` with the forward's ``x Aᵀ`` saved.
     ``"merged"`` (:class:`MergedLoRA`): ``W₀ + s·BA`` formed, ``m·n·r``, then one product ``T·mn``; the
     backward forms it again for ``∂x`` and computes ``g B`` and ``x Aᵀ`` once each for ``∂A``, ``∂B`` —
     ``mnr + T·mn + 2T·r(m + n)``. Merged is cheaper from ``T > mn / (m + n)`` tokens (``d / 2`` for a
