@@ -33,7 +33,7 @@ from plotly.subplots import make_subplots
 from spectrallab.runs import Run, load_runs, runs_dir
 
 from .base import Widget, _escape
-from .plots import LAYOUT, palette
+from .plots import palette, style
 
 TRAIN_LOSS = "train_loss"  # the metric key for the per-step training loss (Run.loss), not an eval metric
 FINAL_TRAIN_LOSS_STEPS = 10  # a run's "final" training loss: the mean of its last this-many steps
@@ -251,18 +251,11 @@ class Compare(Widget):
             font=dict(size=15, color="#555"),
             visible=False,
         )
-        # The legend sits below the panels: it grows with the number of runs, and there it pushes the
-        # figure taller instead of running into the titles.
-        fig.update_layout(
-            **{
-                **LAYOUT,
-                "height": 480,
-                "margin": dict(l=60, r=20, t=80, b=50),
-                "legend": dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0),
-            }
-        )
         fig.update_xaxes(title_text="index i", row=1, col=2)
-        fig.update_yaxes(title_text="σ<sub>i</sub>", type="log", row=1, col=2)
+        fig.update_yaxes(title_text="singular value σ<sub>i</sub>", type="log", row=1, col=2)
+        # The book's figure style: the legend sits below the panels, in a margin of its own that grows
+        # with the number of runs instead of running into the titles.
+        style(fig, height=480)
         self._add_slots(fig, len(self.records))
         return fig
 

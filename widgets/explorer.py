@@ -39,7 +39,7 @@ from spectrallab.methods.lora import LORA_INITS, spectrum_indices
 from spectrallab.tasks.teacher import random_orthonormal
 
 from .base import Widget
-from .plots import LAYOUT
+from .plots import style
 
 DEMO_LAYER = "demo: 512×512, decaying spectrum + noise"
 # The heatmaps show the entries at evenly strided rows and columns, at most this many of each: enough
@@ -334,17 +334,12 @@ class SpectrumExplorer(Widget):
         for col in (1, 3):  # the cut, on the spectrum and on the error/energy panel
             fig.add_vline(x=1, line_dash="dash", line_color="gray", row=1, col=col)
         fig.update_layout(
-            **{
-                **LAYOUT,
-                "height": 780,
-                "margin": dict(l=60, r=20, t=150, b=30),
-                "legend": dict(orientation="h", yanchor="bottom", y=1.06, xanchor="left", x=0),
-            },
-            title=dict(y=0.98, yanchor="top", font_size=15),
+            height=780,
+            title_font_size=15,
             coloraxis=dict(colorscale="RdBu", cmid=0, colorbar=dict(title="entry", len=0.4, y=0.2)),
         )
         fig.update_xaxes(title_text="index i", row=1, col=1)
-        fig.update_yaxes(title_text="σ<sub>i</sub>", row=1, col=1)
+        fig.update_yaxes(title_text="singular value σ<sub>i</sub>", row=1, col=1)
         fig.update_xaxes(title_text="rank r", row=1, col=3)
         fig.update_yaxes(
             title_text="fraction of ‖W‖<sub>F</sub> (error) or ‖W‖<sub>F</sub>² (energy)",
@@ -365,7 +360,8 @@ class SpectrumExplorer(Widget):
                 row=2,
                 col=col,
             )
-        return fig
+        # the book's figure style; the title (set when drawing) has two lines
+        return style(fig, title_lines=2)
 
     @property
     def cut_shapes(self) -> tuple:

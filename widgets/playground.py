@@ -36,7 +36,7 @@ from spectrallab.methods.options import Option
 
 from .base import Widget, _escape
 from .option_controls import auto_checkbox, declared, dropdown_options, fits, needs_auto, tooltip, value_control
-from .plots import LAYOUT, palette
+from .plots import palette, style
 from .session import SCENARIOS, TrainingSession, reference_run
 
 REFRESH_SECONDS = 0.1  # redraw at most ~10 times a second while training
@@ -418,7 +418,7 @@ class Playground(Widget):
                 f"{self.session.step_count}/{self.session.steps}"
             )
             fig.layout.annotations[1].text = f"σ of {layer}"
-            fig.layout.annotations[2].text = "σ of ΔW = W − W_start"
+            fig.layout.annotations[2].text = "σ of ΔW = W − W<sub>start</sub>"
         self._update_counts()
         self._last_draw = time.monotonic()
 
@@ -488,9 +488,6 @@ class Playground(Widget):
                 visible=False,
             )
         )
-        # legend under the panels: above them it would collide with the subplot titles
-        layout = {**LAYOUT, "height": 440, "legend": dict(orientation="h", yanchor="top", y=-0.18, x=0)}
-        fig.update_layout(**layout)
         fig.update_xaxes(title_text="step", row=1, col=1)
         fig.update_xaxes(title_text="index i", row=1, col=2)
         fig.update_xaxes(title_text="index i", row=1, col=3)
@@ -505,7 +502,8 @@ class Playground(Widget):
                 tickfont=dict(color=METRIC_COLOR),
             )
         )
-        return fig
+        # the book's figure style: legend under the panels, where it meets no subplot title
+        return style(fig, height=440)
 
     # -- internals -------------------------------------------------------------------------------
     def _record(self, event: sl.Event | None) -> None:

@@ -31,7 +31,7 @@ import spectrallab as sl
 from spectrallab.methods.sst import SSTLayer
 
 from .base import Widget
-from .plots import LAYOUT
+from .plots import style
 
 # Positions of the traces in ``SSTView.figure.data`` (fixed: traces are updated, never replaced).
 HEATMAP, ACTIVE, RESVD, HIGHLIGHT, SIGMA, SIGMA_ACTIVE, SIGMA_FIRST = range(7)
@@ -193,8 +193,8 @@ class SSTView(Widget):
         fig.update_xaxes(title_text="singular index i", row=1, col=1)
         fig.update_yaxes(title_text="period", row=1, col=1)
         fig.update_xaxes(title_text="singular index i", row=1, col=2)
-        fig.update_yaxes(title_text="Σ_i", row=1, col=2)
-        fig.update_layout(**{**LAYOUT, "height": 450})
+        fig.update_yaxes(title_text="Σ<sub>i</sub>", row=1, col=2)
+        style(fig, height=450, names=True)
         self._draw(fig)
         return fig
 
@@ -203,13 +203,16 @@ class SSTView(Widget):
         p = self.controls["period"].value
         entry, k = self.history[p], self.sigma.shape[1]
         fig.data[HEATMAP].z = self._colour_values()
-        fig.data[HEATMAP].colorbar.title = "log₁₀ Σ_i" if self.controls["log_color"].value else "Σ_i"
+        fig.data[HEATMAP].colorbar.title = (
+            "log₁₀ Σ<sub>i</sub>" if self.controls["log_color"].value else "Σ<sub>i</sub>"
+        )
         fig.data[HIGHLIGHT].x, fig.data[HIGHLIGHT].y = [-0.5, k - 0.5], [p, p]
         fig.data[SIGMA].x, fig.data[SIGMA].y = np.arange(k), self.sigma[p]
         fig.data[SIGMA_ACTIVE].x = entry["active"]
         fig.data[SIGMA_ACTIVE].y = self.sigma[p][entry["active"]]
         step = "" if entry["step"] is None else f", step {entry['step']}"
-        fig.update_layout(title=f"{self.title} — period {p}{step}{' (re-SVD)' if entry['resvd'] else ''}")
+        # only the text: the title's place is the figure style's (plots.style)
+        fig.layout.title.text = f"{self.title} — period {p}{step}{' (re-SVD)' if entry['resvd'] else ''}"
 
     def _on_change(self, change) -> None:
         try:
