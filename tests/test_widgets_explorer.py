@@ -268,3 +268,8 @@ def test_static_figure_is_what_the_book_displays_and_stays_modest():
     added = len(pio.to_json(fig)) - len(pio.to_json(w.figure))
     assert 0 < added < 900_000, f"the static states add {added} bytes"
     assert "rank slider" in w.static_note() and "make lab" in w.static_note()
+
+
+def test_static_figure_offers_no_control_the_instructor_hid(matrix):
+    fig = SpectrumExplorer(matrix, rank=4, hide=["init", "rank"], live=False).static_figure()
+    assert not fig.layout.sliders and [m.name for m in fig.layout.updatemenus] == ["scale"]

@@ -545,7 +545,7 @@ class SpectrumExplorer(Widget):
 
         Trace positions 0–9 are the live figure's; one extra circle trace per other spectral init
         (PiSSA's top r, MiLoRA's bottom r) follows them, shown by the init menu."""
-        states = self.static_states()
+        states = self.static_states([int(self.controls["rank"].value)] if "rank" in self.hidden else None)
         inits = self._static_inits()
         current_rank = int(self.controls["rank"].value)
         fig = go.Figure(self.figure)
@@ -591,22 +591,24 @@ class SpectrumExplorer(Widget):
             dict(method="relayout", label="log σ", args=[{"yaxis.type": "log"}]),
             dict(method="relayout", label="linear σ", args=[{"yaxis.type": "linear"}]),
         ]
-        extra_height = 100
+        # A control the instructor hid (``hide=``) is not offered on the static page either.
+        menus = []
+        if "init" not in self.hidden:
+            active = list(self.controls["init"].options).index(inits[0])
+            menus.append(static.buttons(menu, active, x=0.64, y=-0.045, kind="dropdown", name="init"))
+        if "log_y" not in self.hidden:
+            menus.append(static.buttons(scale, 0 if log else 1, x=0.82, y=-0.045, name="scale"))
+        sliders = (
+            []
+            if "rank" in self.hidden
+            else [static.slider(steps, list(states).index(current_rank), "rank r = ", length=0.6)]
+        )
+        extra_height = 100 if sliders or menus else 0
         fig.update_layout(
             height=(fig.layout.height or 780) + extra_height,
             margin_b=(fig.layout.margin.b or 30) + extra_height,
-            sliders=[static.slider(steps, list(states).index(current_rank), "rank r = ", length=0.6)],
-            updatemenus=[
-                static.buttons(
-                    menu,
-                    list(self.controls["init"].options).index(inits[0]),
-                    x=0.64,
-                    y=-0.045,
-                    kind="dropdown",
-                    name="init",
-                ),
-                static.buttons(scale, 0 if log else 1, x=0.82, y=-0.045, name="scale"),
-            ],
+            sliders=sliders,
+            updatemenus=menus,
         )
         fig.layout.meta = {"spectrallab": {"widget": "SpectrumExplorer", "ranks": list(states), "k": k}}
         return fig

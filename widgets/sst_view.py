@@ -252,8 +252,8 @@ class SSTView(Widget):
     def static_figure(self) -> go.Figure:
         """The figure with a plotly period slider and a log/linear colour switch that need no kernel;
         each slider step's data is what the live widget draws for that period."""
-        states = self.static_states()
         current = self.controls["period"].value
+        states = self.static_states([current] if "period" in self.hidden else None)
         steps = [
             dict(
                 method="update",
@@ -281,8 +281,12 @@ class SSTView(Widget):
         fig.update_layout(
             height=(fig.layout.height or 450) + extra_height,
             margin_b=(fig.layout.margin.b or 40) + extra_height,
-            sliders=[static.slider(steps, list(states).index(current), "period ", length=0.7)],
-            updatemenus=[
+            sliders=[]
+            if "period" in self.hidden
+            else [static.slider(steps, list(states).index(current), "period ", length=0.7)],
+            updatemenus=[]
+            if "log_color" in self.hidden
+            else [
                 static.buttons(
                     [
                         dict(method="restyle", label="log₁₀ Σ colour", args=[colours[0], [HEATMAP]]),
