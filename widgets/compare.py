@@ -526,8 +526,9 @@ class Compare(Widget):
                 visible = [g == group for g in trace_groups]
                 entries.append(dict(method="restyle", label=f"only {group}", args=[{"visible": visible}]))
             kind = "buttons" if len(entries) <= 6 else "dropdown"
-            menu = static.buttons(entries, 0, x=1.0, y=1.16, kind=kind, name="runs")
-            menu.update(xanchor="right", yanchor="bottom")
+            # Above the panels, between the title (left) and plotly's toolbar (right), which it would hide.
+            menu = static.buttons(entries, 0, x=0.3, y=1.13, kind=kind, name="runs")
+            menu.update(yanchor="bottom")
             fig.update_layout(updatemenus=[menu])
         fig.layout.meta = {"spectrallab": {"widget": "Compare", "groups": {g: len(ids) for g, ids in groups.items()}}}
         return fig
