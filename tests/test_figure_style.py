@@ -35,12 +35,11 @@ const meet = (a, b, pad = 0) => a && b && a.left < b.right - pad && b.left < a.r
                                  a.top < b.bottom - pad && b.top < a.bottom - pad;
 const plain = t => String(t).replace(/<[^>]+>/g, ' ').replace(/\u2212/g, '-').replace(/\s+/g, ' ').trim();
 function value(text) {               // the number a log-axis tick label writes, or NaN
+  const raw = String(text).replace(/\u2212/g, '-').trim();
+  const power = raw.match(/^(?:([\d.]+)\s*×\s*)?10<sup>(-?\d+)<\/sup>$/);   // 10⁻⁵, 2×10³
+  if (power) return (power[1] ? parseFloat(power[1]) : 1) * Math.pow(10, parseInt(power[2]));
   const t = plain(text);
-  let m = t.match(/^(-?[\d.]+)\s*×\s*10\s*(-?\d+)$/);
-  if (m) return parseFloat(m[1]) * Math.pow(10, parseInt(m[2]));
-  m = t.match(/^10\s*(-?\d+)$/);
-  if (m && t !== '10') return Math.pow(10, parseInt(m[1]));
-  return /^-?[\d.]+(e-?\d+)?$/.test(t) ? parseFloat(t) : NaN;
+  return /^-?[\d.]+(e-?\d+)?$/.test(t) ? parseFloat(t) : NaN;     // 0.01, 250; not 10n, 1p, 5µ
 }
 const out = {legend_title: [], legend_data: [], modebar_title: [], log_ticks: [], raw_names: [], figures: 0};
 document.querySelectorAll('.js-plotly-plot').forEach((gd, n) => {
@@ -57,7 +56,11 @@ document.querySelectorAll('.js-plotly-plot').forEach((gd, n) => {
   const title = gd.querySelector('.gtitle') && box(gd.querySelector('.gtitle'));
   const modebar = gd.querySelector('.modebar') && box(gd.querySelector('.modebar'));
   if (meet(title, modebar)) out.modebar_title.push(name);
-  const words = [plain((fl.title && fl.title.text) || '')];
+  // Axis and subplot titles must be words or rendered symbols; a figure title may name a code
+  // parameter (restart_warmup) or method (gated_lora), but not write a symbol's subscript plainly.
+  const title_words = plain((fl.title && fl.title.text) || '');
+  if (/(^|[^A-Za-z0-9])[A-Za-zα-ωΑ-Ω‖)′]_/.test(title_words)) out.raw_names.push(`${name}: "${title_words}"`);
+  const words = [];
   Object.keys(fl).filter(k => /^[xy]axis\d*$/.test(k)).forEach(k => {
     const ax = fl[k];
     if (ax.visible !== false && ax.title && ax.title.text) words.push(plain(ax.title.text));

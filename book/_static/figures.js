@@ -289,7 +289,11 @@
       var wrapped = wrapTitle(title, room, (fl.title.font && fl.title.font.size) || 16);
       if (wrapped !== title) {
         layout["title.text"] = wrapped;
-        extraTop = (wrapped.split("<br>").length - title.split("<br>").length) * TITLE_LINE;
+        var added = wrapped.split("<br>").length - title.split("<br>").length;
+        extraTop = added * TITLE_LINE;
+        // plotly anchors a title of several lines by its first line: move it down by the added ones,
+        // or they climb into the modebar band (plots.style does the same for titles it is given)
+        layout["title.pad.t"] = ((fl.title.pad && fl.title.pad.t) || 0) + Math.round(0.8 * 22 * added);
       }
     }
     var top = fl.margin.t + extraTop;
