@@ -135,6 +135,25 @@ for (const el of column.querySelectorAll(arguments[0])) {
                text: (el.innerText || '').trim().split('\\n')[0].slice(0, 80)});
   }
 }
+// Text outputs wrap (book/_static/spectrallab.css), which keeps prose readable but breaks a
+// table: a row of aligned columns (two or more runs of 2+ spaces) must fit on one line of its box.
+const TABLE_ROW = /\\S {2,}\\S.*\\S {2,}\\S/;
+const ruler = document.createElement('canvas').getContext('2d');
+for (const pre of column.querySelectorAll('.cell_output pre')) {
+  if (!pre.getClientRects().length) continue;
+  const cs = getComputedStyle(pre);
+  ruler.font = `${cs.fontStyle} ${cs.fontWeight} ${cs.fontSize} ${cs.fontFamily}`;
+  const room = pre.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+  for (const line of pre.textContent.split('\\n')) {
+    const needed = TABLE_ROW.test(line) ? ruler.measureText(line).width : 0;
+    if (needed > room + 1) {
+      const cell = pre.closest('.cell');
+      wide.push({block: 'table row in pre', where: cell && cell.id ? '#' + cell.id : '',
+                 scroll_width: Math.ceil(needed), box_width: Math.floor(room), column_width: Math.round(width),
+                 text: line.slice(0, 80)});
+    }
+  }
+}
 return wide;
 """
 

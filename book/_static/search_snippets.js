@@ -10,8 +10,8 @@
     sigma: "σ", tau: "τ", phi: "φ", varphi: "φ", chi: "χ", psi: "ψ", omega: "ω", Gamma: "Γ",
     Delta: "Δ", Theta: "Θ", Lambda: "Λ", Pi: "Π", Sigma: "Σ", Phi: "Φ", Psi: "Ψ", Omega: "Ω",
     top: "ᵀ", intercal: "ᵀ", times: "×", cdot: "·", cdots: "⋯", ldots: "…", dots: "…",
-    approx: "≈", sim: "∼", le: "≤", leq: "≤", ge: "≥", geq: "≥", ne: "≠", neq: "≠", to: "→",
-    rightarrow: "→", mapsto: "↦", in: "∈", infty: "∞", ell: "ℓ", sqrt: "√", sum: "∑", prod: "∏",
+    approx: " ≈ ", sim: " ∼ ", le: " ≤ ", leq: " ≤ ", ge: " ≥ ", geq: " ≥ ", ne: " ≠ ", neq: " ≠ ",
+    to: " → ", rightarrow: " → ", mapsto: " ↦ ", in: " ∈ ", infty: "∞", ell: "ℓ", sqrt: "√", sum: "∑", prod: "∏",
     partial: "∂", nabla: "∇", pm: "±", odot: "⊙", otimes: "⊗", circ: "∘", lVert: "‖", rVert: "‖",
     Vert: "‖", lvert: "|", rvert: "|", mid: "|", langle: "⟨", rangle: "⟩", min: "min", max: "max",
     log: "log", exp: "exp", det: "det", tr: "tr", quad: " ", qquad: " ", ",": " ", ";": " ", "!": "",
@@ -24,7 +24,11 @@
     let text = tex.trim().replace(/^\\\(|\\\)$/g, "").replace(/^\$|\$$/g, "");
     for (let i = 0; i < 3; i++) text = text.replace(WRAPPERS, "$1");
     text = text.replace(/\\frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}/g, "$1/$2");
-    text = text.replace(/\\([A-Za-z]+|[,;!])/g, (match, name) => (name in SYMBOLS ? SYMBOLS[name] : match));
+    // A control word eats the spaces after it, as in TeX (\Delta W → ΔW); relations bring their own.
+    text = text.replace(/\\([A-Za-z]+)\s*|\\([,;!])/g, (match, word, mark) => {
+      const name = word || mark;
+      return name in SYMBOLS ? SYMBOLS[name] : match;
+    });
     text = text.replace(/\^\{?ᵀ\}?/g, "ᵀ").replace(/[{}]/g, "").replace(/\s+/g, " ").trim();
     return text.includes("\\") ? "…" : text;
   }
