@@ -14,9 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 GUIDES = {"widgets", "notation", "teaching"}
 
 
-def chapters() -> list[Path]:
+def toc_entries(caption: str | None = None) -> list[dict]:
+    """The table of contents' entries, of every part or of the part with ``caption``."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [ROOT / f"{entry['file']}.md" for entry in toc["chapters"]]
+    return [entry for part in toc["parts"] if caption in (None, part["caption"]) for entry in part["chapters"]]
+
+
+def chapters() -> list[Path]:
+    files = [ROOT / f"{entry['file']}.md" for entry in toc_entries("Chapters")]
     return [path for path in files if path.stem not in GUIDES]
 
 
@@ -41,7 +46,7 @@ def test_chapter_has_objectives_prerequisites_and_a_summary(chapter):
 
 def test_prerequisites_link_to_earlier_pages_of_the_book():
     order = [path.stem for path in chapters()]
-    toc_stems = {Path(e["file"]).stem for e in yaml.safe_load((ROOT / "_toc.yml").read_text())["chapters"]}
+    toc_stems = {Path(e["file"]).stem for e in toc_entries()}
     for position, chapter in enumerate(chapters()):
         prerequisites = admonition(chapter.read_text(), "Prerequisites")
         for target in re.findall(r"\{doc\}`([^`]+)`", prerequisites):

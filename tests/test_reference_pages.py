@@ -18,7 +18,7 @@ import spectrallab.widgets as slw
 from conftest import ROOT
 from spectrallab.methods.base import registered
 
-REFERENCE = ["glossary", "methods_table", "which_method", "api"]
+REFERENCE = ["notation", "glossary", "methods_table", "which_method", "api"]
 
 
 def soup(html_dir: Path, stem: str):
