@@ -45,6 +45,7 @@ def tiny_book(tmp_path):
     root = tmp_path / "book-root"
     (root / "book").mkdir(parents=True)
     shutil.copytree(ROOT / "book" / "_ext", root / "book" / "_ext")
+    shutil.copytree(ROOT / "book" / "_static", root / "book" / "_static")  # the extensions' CSS and JS
     shutil.copy(ROOT / "_config.yml", root / "_config.yml")
     (root / "_toc.yml").write_text("format: jb-book\nroot: book/a\nchapters:\n  - file: book/b\n")
     (root / "src" / "spectrallab").mkdir(parents=True)

@@ -106,3 +106,105 @@ def test_chapter_page_renders_figures_and_math_without_console_errors(browser, b
     browser.save_screenshot(str(ARTIFACTS / f"page-{chapter.stem}.png"))
     errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, f"{chapter.stem}: console errors: {errors}"
+
+
+# -- nothing clipped: every output and code block fits the text column ------------------------------
+
+# The blocks a reader must see in full: code (cells and literal blocks), every output a cell prints
+# (text, HTML tables, rich outputs) and every table. Plotly figures size themselves (widgets/plots.py),
+# so an output that holds one is left to the figure tests.
+BLOCKS = "article.bd-article pre, article.bd-article div.output, article.bd-article table"
+
+OVERWIDE_BLOCKS = """
+const column = document.querySelector('article.bd-article');
+// Collapsed solutions and hidden inputs must fit too, once a reader opens them.
+document.querySelectorAll('article.bd-article details').forEach(d => { d.open = true; });
+const style = getComputedStyle(column);
+const width = column.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+const wide = [];
+for (const el of column.querySelectorAll(arguments[0])) {
+  if (el.closest('.js-plotly-plot') || el.querySelector('.js-plotly-plot')) continue;
+  if (!el.getClientRects().length) continue;  // not displayed
+  // Wider than its own box (scrolls or spills out) or than the column it sits in.
+  const over = Math.max(el.scrollWidth - el.clientWidth, el.scrollWidth - width);
+  if (over > 1) {
+    const cell = el.closest('.cell');
+    const where = cell && cell.id ? '#' + cell.id : (el.closest('section[id]') || {}).id || '';
+    wide.push({block: el.tagName.toLowerCase() + '.' + [...el.classList].join('.'), where: where,
+               scroll_width: el.scrollWidth, box_width: el.clientWidth, column_width: Math.round(width),
+               text: (el.innerText || '').trim().split('\\n')[0].slice(0, 80)});
+  }
+}
+// Text outputs wrap (book/_static/spectrallab.css), which keeps prose readable but breaks a
+// table: a row of aligned columns (two or more runs of 2+ spaces) must fit on one line of its box.
+const TABLE_ROW = /\\S {2,}\\S.*\\S {2,}\\S/;
+const ruler = document.createElement('canvas').getContext('2d');
+for (const pre of column.querySelectorAll('.cell_output pre')) {
+  if (!pre.getClientRects().length) continue;
+  const cs = getComputedStyle(pre);
+  ruler.font = `${cs.fontStyle} ${cs.fontWeight} ${cs.fontSize} ${cs.fontFamily}`;
+  const room = pre.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+  for (const line of pre.textContent.split('\\n')) {
+    const needed = TABLE_ROW.test(line) ? ruler.measureText(line).width : 0;
+    if (needed > room + 1) {
+      const cell = pre.closest('.cell');
+      wide.push({block: 'table row in pre', where: cell && cell.id ? '#' + cell.id : '',
+                 scroll_width: Math.ceil(needed), box_width: Math.floor(room), column_width: Math.round(width),
+                 text: line.slice(0, 80)});
+    }
+  }
+}
+return wide;
+"""
+
+
+def overwide_blocks(driver, page, width: int = 1400) -> list[dict]:
+    """The output and code blocks of ``page`` (a built HTML file) wider than the text column in a
+    ``width``-pixel window, each as {block, where, scroll_width, box_width, column_width, text}."""
+    driver.set_window_size(width, 1000)
+    driver.get(page.as_uri())
+    wait_for(driver, "return document.readyState === 'complete'")
+    # Widths are final once MathJax has typeset (it changes line heights, not widths, but may wrap).
+    wait_for(driver, "return !window.MathJax || !MathJax.startup || MathJax.startup.promise ? 1 : 0")
+    if driver.execute_script("return !!(window.MathJax && MathJax.startup && MathJax.startup.promise)"):
+        driver.execute_async_script("MathJax.startup.promise.then(arguments[arguments.length - 1]);")
+    return driver.execute_script(OVERWIDE_BLOCKS, BLOCKS)
+
+
+def page_overflow(driver) -> int:
+    """How far the page itself scrolls sideways (px): 0 when everything wide scrolls in its own box."""
+    return driver.execute_script("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+
+
+@pytest.mark.browser
+@pytest.mark.chapters
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_no_output_or_code_block_is_wider_than_the_column(browser, built_book, chapter):
+    page = built_book / chapter.relative_to(ROOT).with_suffix(".html")
+    wide = overwide_blocks(browser, page, 1400)
+    lines = [
+        f"{b['block']} in {b['where'] or 'the page'}: {b['scroll_width']} px wide in a {b['box_width']} px box, "
+        f"column {b['column_width']} px ({b['text']!r})"
+        for b in wide
+    ]
+    assert not wide, f"{chapter.stem} at 1400 px: {len(wide)} blocks wider than the column:\n" + "\n".join(lines)
+
+
+@pytest.mark.browser
+@pytest.mark.chapters
+def test_search_snippets_show_math_as_symbols_not_latex(browser, built_book):
+    """Sphinx makes a result's snippet from the page's text, where math is TeX source; the book's
+    search page turns it into symbols first (book/_static/search_snippets.js)."""
+    browser.get((built_book / "search.html").as_uri())
+    assert wait_for(browser, "return typeof Search !== 'undefined' && Search._withoutTex === true"), (
+        "search.html did not install the snippet filter"
+    )
+    page = (
+        '<html><body><div role="main"><p>the rank <span class="math notranslate nohighlight">\\(r\\)</span> '
+        'update <span class="math notranslate nohighlight">\\(\\Delta W = \\mathrm{B}A^\\top\\)</span> with '
+        '<span class="math notranslate nohighlight">\\(\\sigma_i \\le \\alpha/r\\)</span></p>'
+        '<div class="math notranslate nohighlight">\\[\\begin{aligned} x \\end{aligned}\\]</div></div></body></html>'
+    )
+    text = browser.execute_script("return Search.htmlToText(arguments[0]);", page)
+    assert "\\" not in text and "aligned" not in text, text
+    assert "the rank r update ΔW = BAᵀ with σ_i ≤ α/r" in " ".join(text.split()), text

@@ -244,7 +244,9 @@ def test_cli_writes_both_folders_for_the_real_book(tmp_path):
     result = run_cli(tmp_path / "out")
     assert result.returncode == 0, result.stderr
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    stems = [Path(toc["root"]).name] + [Path(entry["file"]).name for entry in toc["chapters"]]
+    listed = [entry["file"] for part in toc["parts"] for entry in part["chapters"]]
+    stems = [Path(toc["root"]).name] + [Path(file).name for file in listed]
+    assert [path.stem for path in handouts().toc_files(ROOT)] == stems  # every part, in order
     for audience in ("student", "instructor"):
         written = sorted(p.stem for p in (tmp_path / "out" / audience).glob("*.ipynb"))
         assert written == sorted(stems), audience

@@ -13,6 +13,14 @@ What is checked, through the page only (the test never talks to the kernel):
 The screenshot goes to test-artifacts/widget-live.png and the server's log to
 test-artifacts/widget-live-server.log.
 
+**The still the static book shows.** A training widget cannot run in a page without a kernel, so the
+built book shows, under its finished figure, a still of the live widget (``Playground.static_note``).
+This test is where a browser drives the live widget, so it makes that still: after Pause it crops the
+page to the widget (controls + figure), scaled to :data:`STILL_SCALE`, into
+test-artifacts/<still>; with ``SPECTRALLAB_REFRESH_STILLS=1`` (or when the committed one is missing)
+it also writes book/images/<still>. It then checks the committed still: a PNG under
+:data:`STILL_MAX_BYTES`, of about the fresh one's shape (a changed layout asks for a refresh).
+
 Which notebook runs is data: :data:`LIVE_WIDGETS` lists :class:`LiveWidget` specs (the notebook's
 code cells + where the loss and the spectrum are drawn). :data:`PLAYGROUND` is the
 Playground as a reader would build it.
@@ -63,6 +71,7 @@ class LiveWidget:
     pause: str = "Pause"
     screenshot: str = "widget-live.png"  # file name in test-artifacts/
     min_redraws: int = 3  # distinct growing lengths the loss trace must show
+    still: str | None = None  # the still of this widget the static book shows, in book/images/
 
 
 # The Playground: one FigureWidget with subplots; trace 0 is the training loss (TRAIN), trace 4
@@ -73,6 +82,7 @@ PLAYGROUND = LiveWidget(
     loss=(0, 0),
     spectrum=(0, 4),
     plots=1,
+    still="playground-live.png",
     cells=(
         """\
 import os
@@ -101,6 +111,10 @@ LIVE_TIMEOUT = 30.0  # Play -> the loss grows and the spectrum changes
 SETTLE_TIMEOUT = 10.0  # Pause -> the figure stops changing (a step in flight may still land)
 HOLD_SECONDS = 1.5  # ... and then stays unchanged this long
 POLL = 0.1
+
+STILL_SCALE = 0.7  # the still's pixels per CSS pixel: legible controls, a small file
+STILL_MAX_BYTES = 200_000
+STILLS = Path(__file__).resolve().parent.parent / "book" / "images"
 
 # Browser console errors that are not ours (each checked against the message text):
 KNOWN_CONSOLE_ERRORS = (
@@ -347,6 +361,51 @@ def open_live_widget(driver, server: Server, widget: LiveWidget) -> None:
         time.sleep(POLL)
 
 
+# The widget's box on the page: the outermost ipywidgets box holding the first plotly figure.
+WIDGET_BOX_JS = """
+const plot = document.querySelector('.js-plotly-plot');
+let box = plot, node = plot;
+while (node && node !== document.body) {
+    if (node.classList && node.classList.contains('widget-box')) box = node;
+    node = node.parentElement;
+}
+const r = box.getBoundingClientRect();
+return {x: r.left + window.scrollX, y: r.top + window.scrollY, width: r.width, height: r.height};"""
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG file"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def make_still(driver, widget: LiveWidget) -> None:
+    """Crop the page to the widget, write the still, refresh the committed one if asked, and check it."""
+    import base64
+
+    box = driver.execute_script(WIDGET_BOX_JS)
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {"format": "png", "captureBeyondViewport": True, "clip": {**box, "scale": STILL_SCALE}},
+    )
+    fresh = base64.b64decode(shot["data"])
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / widget.still).write_bytes(fresh)
+    committed = STILLS / widget.still
+    if os.environ.get("SPECTRALLAB_REFRESH_STILLS") or not committed.exists():
+        STILLS.mkdir(parents=True, exist_ok=True)
+        committed.write_bytes(fresh)
+    data = committed.read_bytes()
+    assert len(data) < STILL_MAX_BYTES, (
+        f"{committed} is {len(data)} bytes (limit {STILL_MAX_BYTES}): every page with a {widget.name} embeds it"
+    )
+    (w0, h0), (w1, h1) = png_size(data), png_size(fresh)
+    assert abs((w0 / h0) / (w1 / h1) - 1) < 0.25, (
+        f"the committed still {committed} ({w0}×{h0}) no longer has the live widget's shape ({w1}×{h1}, "
+        f"test-artifacts/{widget.still}): refresh it with SPECTRALLAB_REFRESH_STILLS=1"
+    )
+
+
 def console_errors(driver) -> list[str]:
     return [
         e["message"]
@@ -418,6 +477,8 @@ def test_play_makes_the_figures_live_and_pause_freezes_them(browser, voila_serve
                 f"{widget.name}: the spectrum changed after Pause"
             )
         assert settled[0]["points"] > loss0["points"]
+        if widget.still:
+            make_still(browser, widget)
     finally:
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / widget.screenshot))

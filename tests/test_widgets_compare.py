@@ -270,3 +270,36 @@ def test_runs_on_the_hyperbolic_scenario_compare_by_roc_auc():
     finals = left(w)
     assert sorted(t.name for t in finals) == ["full", "lora", "sst"] and w.error is None
     assert all(0.0 <= t.y[0] <= 1.0 for t in finals)
+
+
+def test_colliding_labels_name_the_setting_that_differs_not_the_run_id():
+    from spectrallab.widgets.compare import run_labels
+
+    def run(lr, steps, seed=0, name="run"):
+        return Run(name, config={"method": "lora", "rank": 4, "lr": lr, "steps": steps, "seed": seed})
+
+    a, b, c = run(0.01, 100), run(0.003, 100), run(0.01, 400)
+    same = [run(0.01, 100, seed=1, name="full"), run(0.01, 100, seed=1, name="full")]
+    labels = run_labels([a, b, c, *same])
+    assert labels[a.id] == "lora r=4 · lr 0.01, 100 steps"  # sl.fit's default name "run" is dropped
+    assert labels[b.id] == "lora r=4 · lr 0.003, 100 steps"
+    assert labels[c.id] == "lora r=4 · lr 0.01, 400 steps"
+    assert labels[same[0].id].startswith("full · lora r=4 #") and labels[same[0].id] != labels[same[1].id]
+    assert len(set(labels.values())) == 5
+
+
+def test_static_figure_drops_empty_slots_and_its_buttons_show_one_method(runs):
+    w = Compare(live=False)
+    fig = w.static_figure()
+    assert len(w.figure.data) == 8 and len(fig.data) == 8  # four runs: a curve and a spectrum each
+    w_many = Compare(selected=[runs["lora2"].id, runs["full"].id], live=False)
+    static = w_many.static_figure()
+    assert len(static.data) == 4 and all(t.visible is not False for t in static.data)  # no hidden slots
+    buttons = fig.layout.updatemenus[0].buttons
+    assert [b.label for b in buttons] == ["all runs", "only lora", "only full"]
+    only_lora = buttons[1].args[0]["visible"]
+    shown = [(t.name, list(t.x), list(t.y)) for t, v in zip(fig.data, only_lora) if v]
+    live = Compare(selected=[r.id for k, r in runs.items() if k != "full"], live=False)  # the live widget, lora only
+    expected = [(t.name, list(t.x), list(t.y)) for t in live.figure.data if t.visible is not False]
+    assert shown == expected
+    assert "legend" in w.static_note() and "make lab" in w.static_note()

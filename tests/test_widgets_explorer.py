@@ -210,3 +210,66 @@ def test_a_hybonet_model_lists_the_lorentz_layers_inner_linears():
     shown = np.concatenate([w.figure.data[KEPT].y, w.figure.data[DROPPED].y])
     np.testing.assert_allclose(shown, torch.linalg.svdvals(inner.effective_weight().detach()).numpy(), rtol=1e-5)
     assert w.readout.k == min(inner.out_features, inner.in_features) and w.error is None
+
+
+def _step_data(fig, position: int) -> dict[int, dict]:
+    """The data a static slider step writes, by trace index (typed arrays decoded)."""
+    from spectrallab.widgets.static import decode
+
+    changes, _layout, indices = fig.layout.sliders[0].steps[position].args
+    return {index: {key: decode(values[n]) for key, values in changes.items()} for n, index in enumerate(indices)}
+
+
+def test_static_rank_slider_step_k_is_the_live_figure_at_that_rank(matrix):
+    w = SpectrumExplorer(matrix, rank=5, init="pissa", live=False)
+    fig = w.static_figure()
+    ranks = fig.layout.meta["spectrallab"]["ranks"]
+    assert ranks == w.static_ranks() and 5 in ranks and ranks[0] == 1 and ranks[-1] == 40
+    assert fig.layout.sliders[0].active == ranks.index(5)
+    assert w.state["rank"] == 5 and w.state["init"] == "pissa"  # the controls were restored
+    for position, r in enumerate(ranks):
+        written = _step_data(fig, position)
+        live = SpectrumExplorer(matrix, rank=r, init="pissa", live=False).figure  # the live widget at that value
+        for index in (KEPT, DROPPED, TAKEN, MEASURED, ENERGY_AT_R, W_R_MAP, RESIDUAL_MAP):
+            for key in ("x", "y", "z"):
+                expected = live.data[index][key] if key in live.data[index] else None
+                if expected is None:
+                    assert written[index][key] is None
+                else:
+                    np.testing.assert_array_equal(np.asarray(written[index][key]), np.asarray(expected))
+        layout = fig.layout.sliders[0].steps[position].args[1]
+        assert layout["shapes[0].x0"] == live.layout.shapes[0].x0 == r + 0.5
+        assert layout["title.text"].split("<br>")[0] == live.layout.title.text.split("<br>")[0]
+
+
+def test_static_init_menu_shows_each_inits_circles(matrix):
+    w = SpectrumExplorer(matrix, rank=3, init="default", live=False)
+    fig = w.static_figure()
+    menu = fig.layout.updatemenus[0]
+    labels = [b.label for b in menu.buttons]
+    assert labels == [f"init: {i}" for i in LORA_INITS]
+    pissa = menu.buttons[labels.index("init: pissa")]
+    visible, indices = pissa.args
+    shown = [i for i, v in zip(indices, visible["visible"]) if v]
+    assert len(shown) == 1 and shown[0] >= 10  # an extra trace after the live figure's ten
+    live = SpectrumExplorer(matrix, rank=3, init="pissa", live=False).figure
+    assert list(fig.data[shown[0]].x) == list(live.data[TAKEN].x) == [1, 2, 3]  # PiSSA's top r
+    assert not any(menu.buttons[labels.index("init: default")].args[0]["visible"])  # LoRA's own: none
+    position = fig.layout.meta["spectrallab"]["ranks"].index(8)
+    live8 = SpectrumExplorer(matrix, rank=8, init="pissa", live=False).figure
+    assert list(_step_data(fig, position)[shown[0]]["x"]) == list(live8.data[TAKEN].x)  # the slider moves it too
+
+
+def test_static_figure_is_what_the_book_displays_and_stays_modest():
+    import plotly.io as pio
+
+    w = SpectrumExplorer(live=False)  # the 512×512 demo
+    fig = w.static_figure()
+    added = len(pio.to_json(fig)) - len(pio.to_json(w.figure))
+    assert 0 < added < 900_000, f"the static states add {added} bytes"
+    assert "rank slider" in w.static_note() and "make lab" in w.static_note()
+
+
+def test_static_figure_offers_no_control_the_instructor_hid(matrix):
+    fig = SpectrumExplorer(matrix, rank=4, hide=["init", "rank"], live=False).static_figure()
+    assert not fig.layout.sliders and [m.name for m in fig.layout.updatemenus] == ["scale"]

@@ -484,3 +484,13 @@ def test_a_shared_knob_that_may_be_none_gets_its_auto_box(zoo):
     w.auto["rank"].value = True
     w.controls["method"].value = "lora"  # None is not LoRA's: the box is cleared
     assert w.state["rank"] == 3 and not w.auto["rank"].value and w.error is None
+
+
+def test_static_note_shows_the_still_of_the_live_widget_and_how_to_get_it():
+    from spectrallab.widgets.playground import STILL
+
+    w = Playground(scenario="low-rank teacher", method="lora", rank=2, steps=2, ghost=False, live=False)
+    note = w.static_note()
+    assert "make lab" in note and "git clone" in note and "minute" in note
+    assert STILL.is_file() and STILL.stat().st_size < 200_000  # made by tests/test_widgets_browser.py
+    assert "data:image/png;base64," in note and "<figure" in note

@@ -116,3 +116,24 @@ def test_an_sst_adapted_hybonet_layer_is_shown_through_its_lorentz_layer():
     assert len(w.figure.data[ACTIVE].x) == len(w.history) * 2 and w.error is None
     with pytest.raises(TypeError, match=r"holds 2 \(encoder.layers.0.transform.linear, encoder.layers.1"):
         SSTView(model, live=False)
+
+
+def test_static_period_slider_step_k_is_the_live_figure_at_that_period(layer):
+    from spectrallab.widgets.sst_view import HIGHLIGHT, SIGMA, SIGMA_ACTIVE
+    from spectrallab.widgets.static import decode
+
+    w = SSTView(layer, period=1, live=False)
+    fig = w.static_figure()
+    periods = fig.layout.meta["spectrallab"]["periods"]
+    assert periods == list(range(len(w.history))) and fig.layout.sliders[0].active == 1
+    assert w.state["period"] == 1
+    for position, p in enumerate(periods):
+        changes, layout, indices = fig.layout.sliders[0].steps[position].args
+        live = SSTView(layer, period=p, live=False).figure
+        assert layout["title.text"] == live.layout.title.text
+        for n, index in enumerate(indices):
+            assert index in (HIGHLIGHT, SIGMA, SIGMA_ACTIVE)
+            for key in ("x", "y"):
+                np.testing.assert_array_equal(np.asarray(decode(changes[key][n])), np.asarray(live.data[index][key]))
+    linear = fig.layout.updatemenus[0].buttons[1].args[0]
+    np.testing.assert_array_equal(decode(linear["z"][0]), SSTView(layer, log_color=False, live=False).figure.data[0].z)

@@ -6,7 +6,10 @@
 * ``.controls`` are ipywidgets keyed by name; ``.state`` is a plain dict of their values, and
   ``Widget.from_state(state, hide=[...])`` rebuilds the same configuration with chosen controls
   hidden, so an instructor can pin a setup for a lesson.
-* Displaying it shows controls + figure when live, and the figure with a one-line note when static.
+* Displaying it shows controls + figure when live; when static, :meth:`Widget.static_figure` (the
+  figure, with plotly sliders and buttons over precomputed states where the widget's controls are
+  cheap — see :mod:`.static`) and :meth:`Widget.static_note` (what works on the page, and how to get
+  the live widget).
 """
 
 from __future__ import annotations
@@ -18,12 +21,8 @@ import ipywidgets as W
 import plotly.graph_objects as go
 from IPython.display import HTML, display
 
+from . import static
 from .display import live_mode
-
-STATIC_NOTE = (
-    "<p style='color:#555;font-size:0.9em;margin:0.3em 0 1em 0'>A static snapshot. Run this "
-    "chapter in JupyterLab (<code>make lab</code>) to use the controls.</p>"
-)
 
 
 class Widget:
@@ -91,8 +90,17 @@ class Widget:
         if self.live:
             display(self.view())
         else:
-            display(self.figure)
-            display(HTML(STATIC_NOTE))
+            display(self.static_figure())
+            display(HTML(self.static_note()))
+
+    def static_figure(self) -> go.Figure:
+        """What a page without a kernel shows: here the figure as it stands; widgets whose controls are
+        cheap override this with plotly sliders and buttons over states their own code computed."""
+        return self.figure
+
+    def static_note(self) -> str:
+        """The line under the static figure: what works on the page, and how to get the live widget."""
+        return static.note("A static snapshot: the controls need a kernel.")
 
     def show_error(self, where: str, error: BaseException) -> None:
         """Put an exception's message where the reader sees it (never lost in a thread)."""

@@ -32,8 +32,9 @@ from plotly.subplots import make_subplots
 
 from spectrallab.runs import Run, load_runs, runs_dir
 
+from . import static
 from .base import Widget, _escape
-from .plots import LAYOUT, palette
+from .plots import palette, style
 
 TRAIN_LOSS = "train_loss"  # the metric key for the per-step training loss (Run.loss), not an eval metric
 FINAL_TRAIN_LOSS_STEPS = 10  # a run's "final" training loss: the mean of its last this-many steps
@@ -65,16 +66,67 @@ def run_rank(run: Run) -> int | None:
     return int(rank) if isinstance(rank, (int, float)) and not isinstance(rank, bool) else None
 
 
+# Config keys that tell apart runs of one name, method and rank, in the order a reader cares about,
+# with how each is written in a label.
+DISTINGUISHING = (
+    ("task", "{}"),
+    ("scenario", "{}"),
+    ("init", "init {}"),
+    ("sparsity", "sparsity {:g}"),
+    ("alpha", "α {:g}"),
+    ("lr", "lr {:g}"),
+    ("steps", "{} steps"),
+    ("batch_size", "batch {}"),
+    ("seed", "seed {}"),
+    ("profile", "profile {}"),
+)
+UNNAMED = {"", "run"}  # sl.fit's default name says nothing a label needs
+
+
 def run_labels(runs: Sequence[Run]) -> dict[str, str]:
-    """A readable, unique label per run id: ``"name · method r=8"``, plus the id's tail when repeated."""
+    """A readable, unique label per run id: ``"name · method r=8"`` (without the name when it is
+    sl.fit's default or repeats the method). Runs whose labels collide get the settings that tell
+    them apart (``lr 0.01``, ``600 steps``, ``seed 1`` …); only runs identical in all of those get
+    their id's tail."""
     base = {}
     for run in runs:
         rank = run_rank(run)
-        base[run.id] = f"{run.name} · {run_method(run)}" + (f" r={rank}" if rank is not None else "")
+        head = run_method(run) + (f" r={rank}" if rank is not None else "")
+        name = str(run.name or "")
+        if name in UNNAMED or name in (head, run_method(run)):
+            base[run.id] = head
+        elif run_method(run) in name.split():  # "playground digits lora": add the rank, not the method again
+            base[run.id] = name + (f" r={rank}" if rank is not None and f"r={rank}" not in name else "")
+        else:
+            base[run.id] = f"{name} · {head}"
+    by_label: dict[str, list[Run]] = {}
+    for run in runs:
+        by_label.setdefault(base[run.id], []).append(run)
+    labels = dict(base)
+    for label, group in by_label.items():
+        if len(group) == 1:
+            continue
+        parts: dict[str, list[str]] = {run.id: [] for run in group}
+        for key, form in DISTINGUISHING:
+            written = {run.id: _written(run.config.get(key), form) for run in group}
+            if len(set(written.values())) > 1:
+                for run in group:
+                    parts[run.id].append(written[run.id] or f"no {key}")
+        for run in group:
+            labels[run.id] = f"{label} · {', '.join(parts[run.id])}" if parts[run.id] else label
     counts: dict[str, int] = {}
-    for label in base.values():
+    for label in labels.values():
         counts[label] = counts.get(label, 0) + 1
-    return {rid: label if counts[label] == 1 else f"{label} #{rid[-6:]}" for rid, label in base.items()}
+    return {rid: label if counts[label] == 1 else f"{label} #{rid[-6:]}" for rid, label in labels.items()}
+
+
+def _written(value: Any, form: str) -> str:
+    if value is None:
+        return ""
+    try:
+        return form.format(value)
+    except (TypeError, ValueError):
+        return f"{form.split('{')[0]}{value}"
 
 
 def metric_series(run: Run, metric: str) -> tuple[list[int], list[float]]:
@@ -251,18 +303,11 @@ class Compare(Widget):
             font=dict(size=15, color="#555"),
             visible=False,
         )
-        # The legend sits below the panels: it grows with the number of runs, and there it pushes the
-        # figure taller instead of running into the titles.
-        fig.update_layout(
-            **{
-                **LAYOUT,
-                "height": 480,
-                "margin": dict(l=60, r=20, t=80, b=50),
-                "legend": dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0),
-            }
-        )
         fig.update_xaxes(title_text="index i", row=1, col=2)
-        fig.update_yaxes(title_text="σ<sub>i</sub>", type="log", row=1, col=2)
+        fig.update_yaxes(title_text="singular value σ<sub>i</sub>", type="log", row=1, col=2)
+        # The book's figure style: the legend sits below the panels, in a margin of its own that grows
+        # with the number of runs instead of running into the titles.
+        style(fig, height=480)
         self._add_slots(fig, len(self.records))
         return fig
 
@@ -455,6 +500,44 @@ class Compare(Widget):
         if notes:
             parts.append("left out: " + "; ".join(_escape(note) for note in notes))
         return " · ".join(parts)
+
+    # -- the static page -------------------------------------------------------------------------
+    def static_groups(self) -> dict[str, list[str]]:
+        """``{group: [run ids]}`` of the shown runs, grouped as the figure colours them (``group_by``)."""
+        labels = run_labels(self.records)
+        groups: dict[str, list[str]] = {}
+        for run in self.shown:
+            groups.setdefault(self._group(run, self.controls["group_by"].value, labels), []).append(run.id)
+        return groups
+
+    def static_figure(self) -> go.Figure:
+        """The figure as drawn, without its empty slots, plus buttons that show every run or one
+        group's (a method's, by default); the legend toggles single runs (click an entry). No kernel
+        needed: showing and hiding is plotly's own ``restyle`` of ``visible``."""
+        fig = go.Figure(self.figure)
+        fig.data = [trace for trace in fig.data if trace.visible is not False]
+        groups = self.static_groups()
+        group_of = {rid: group for group, ids in groups.items() for rid in ids}
+        group_of.update({group: group for group in groups})  # off the step axis a trace's legendgroup is its group
+        trace_groups = [group_of.get(trace.legendgroup) for trace in fig.data]
+        if len(groups) > 1:
+            entries = [dict(method="restyle", label="all runs", args=[{"visible": [True] * len(fig.data)}])]
+            for group in groups:
+                visible = [g == group for g in trace_groups]
+                entries.append(dict(method="restyle", label=f"only {group}", args=[{"visible": visible}]))
+            kind = "buttons" if len(entries) <= 6 else "dropdown"
+            # Above the panels, between the title (left) and plotly's toolbar (right), which it would hide.
+            menu = static.buttons(entries, 0, x=0.3, y=1.13, kind=kind, name="runs")
+            menu.update(yanchor="bottom")
+            fig.update_layout(updatemenus=[menu])
+        fig.layout.meta = {"spectrallab": {"widget": "Compare", "groups": {g: len(ids) for g, ids in groups.items()}}}
+        return fig
+
+    def static_note(self) -> str:
+        return static.note(
+            "In this figure, click a legend entry to hide or show a run, or use the buttons above it to "
+            "show one group; choosing other runs, metrics or axes needs the live widget."
+        )
 
     # -- plumbing --------------------------------------------------------------------------------
     def _observe(self, name: str) -> None:

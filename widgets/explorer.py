@@ -38,8 +38,9 @@ from spectrallab.methods.base import AdaptedLinear
 from spectrallab.methods.lora import LORA_INITS, spectrum_indices
 from spectrallab.tasks.teacher import random_orthonormal
 
+from . import static
 from .base import Widget
-from .plots import LAYOUT
+from .plots import style
 
 DEMO_LAYER = "demo: 512×512, decaying spectrum + noise"
 # The heatmaps show the entries at evenly strided rows and columns, at most this many of each: enough
@@ -334,17 +335,12 @@ class SpectrumExplorer(Widget):
         for col in (1, 3):  # the cut, on the spectrum and on the error/energy panel
             fig.add_vline(x=1, line_dash="dash", line_color="gray", row=1, col=col)
         fig.update_layout(
-            **{
-                **LAYOUT,
-                "height": 780,
-                "margin": dict(l=60, r=20, t=150, b=30),
-                "legend": dict(orientation="h", yanchor="bottom", y=1.06, xanchor="left", x=0),
-            },
-            title=dict(y=0.98, yanchor="top", font_size=15),
+            height=780,
+            title_font_size=15,
             coloraxis=dict(colorscale="RdBu", cmid=0, colorbar=dict(title="entry", len=0.4, y=0.2)),
         )
         fig.update_xaxes(title_text="index i", row=1, col=1)
-        fig.update_yaxes(title_text="σ<sub>i</sub>", row=1, col=1)
+        fig.update_yaxes(title_text="singular value σ<sub>i</sub>", row=1, col=1)
         fig.update_xaxes(title_text="rank r", row=1, col=3)
         fig.update_yaxes(
             title_text="fraction of ‖W‖<sub>F</sub> (error) or ‖W‖<sub>F</sub>² (energy)",
@@ -365,7 +361,8 @@ class SpectrumExplorer(Widget):
                 row=2,
                 col=col,
             )
-        return fig
+        # the book's figure style; the title (set when drawing) has two lines
+        return style(fig, title_lines=2)
 
     @property
     def cut_shapes(self) -> tuple:
@@ -477,6 +474,146 @@ class SpectrumExplorer(Widget):
             f"r = {o.rank}/{o.k} · energy captured {o.energy:.1%} · ‖W − W<sub>r</sub>‖<sub>F</sub> = "
             f"{o.error:.4g} (Eckart–Young bound {o.bound:.4g}; {o.relative_error:.1%} of ‖W‖<sub>F</sub>) · "
             f"{self._init_sentence()}"
+        )
+
+    # -- the static page -------------------------------------------------------------------------
+    # Traces and layout the rank slider moves (everything else depends only on the layer or scale).
+    RANK_TRACES = (KEPT, DROPPED, TAKEN, MEASURED, ENERGY_AT_R, W_R_MAP, RESIDUAL_MAP)
+    RANK_KEYS = ("x", "y", "z", "name")
+
+    def static_ranks(self, count: int = 10) -> list[int]:
+        """The ranks the static slider offers: a geometric grid over 1 … k, plus the current rank."""
+        return static.rank_grid(self.current.k, count, keep=[int(self.controls["rank"].value)])
+
+    def static_states(self, ranks: Iterable[int] | None = None) -> dict[int, dict[str, Any]]:
+        """``{rank: state}`` for the static slider, each drawn by the live code (set the control, read
+        the figure): ``traces`` (the :data:`RANK_TRACES`, by init for the init's circles), ``shapes``
+        (the two cuts' x), ``annotation`` (the W_r panel title) and ``title``. The controls are
+        restored afterwards."""
+        ranks = self.static_ranks() if ranks is None else list(ranks)
+        c = self.controls
+        start_rank, start_init = c["rank"].value, c["init"].value
+        states: dict[int, dict[str, Any]] = {}
+        try:
+            for r in ranks:
+                c["rank"].value = int(r)
+                taken: dict[str, dict] = {}
+                for init in self._static_inits():
+                    c["init"].value = init
+                    if self.error is not None:
+                        raise self.error
+                    circles = self.figure.data[TAKEN].to_plotly_json()
+                    circles["name"] = self._taken_label()
+                    taken[init] = circles
+                c["init"].value = start_init
+                fig = self.figure
+                states[int(r)] = {
+                    "traces": {i: fig.data[i].to_plotly_json() for i in self.RANK_TRACES},
+                    "taken": taken,
+                    "shapes": [(s.x0, s.x1) for s in fig.layout.shapes[:2]],
+                    "annotation": fig.layout.annotations[3].text,
+                    "title": self._static_title(),
+                }
+        finally:
+            c["rank"].value, c["init"].value = start_rank, start_init
+        return states
+
+    def _static_inits(self) -> list[str]:
+        """The current init first, then every other init that copies singular directions into BA."""
+        current = self.controls["init"].value
+        k = self.current.k
+        return [current] + [i for i in self.controls["init"].options if i != current and spectrum_indices(i, k, 1)]
+
+    def _taken_label(self) -> str:
+        """The init's circles in the legend of the static figure: what it copies, and how much energy."""
+        sentence = self._init_sentence()
+        return sentence.split(" into BA")[0] + " into BA" if " into BA" in sentence else sentence
+
+    def _static_title(self) -> str:
+        """The live title, its second line about the layer and the slider (the init's sentence is in
+        the legend there: the slider and the init menu move independently)."""
+        first = self._title().split("<br>")[0]
+        return f"{first}<br><sup>{self.readout.layer} · circled: what the chosen init copies into BA</sup>"
+
+    def static_figure(self) -> go.Figure:
+        """The figure with a plotly rank slider, an init menu and a log/linear switch that work with
+        no kernel: each rank of :meth:`static_ranks` is a slider step whose data the live widget drew.
+
+        Trace positions 0–9 are the live figure's; one extra circle trace per other spectral init
+        (PiSSA's top r, MiLoRA's bottom r) follows them, shown by the init menu."""
+        states = self.static_states([int(self.controls["rank"].value)] if "rank" in self.hidden else None)
+        inits = self._static_inits()
+        current_rank = int(self.controls["rank"].value)
+        fig = go.Figure(self.figure)
+        extra = {}
+        for init in inits[1:]:
+            extra[init] = len(fig.data)
+            fig.add_trace(go.Scatter(states[current_rank]["taken"][init]))
+            fig.data[-1].visible = False
+        circle_of = {inits[0]: TAKEN, **extra}
+        traces = list(self.RANK_TRACES) + list(extra.values())
+
+        steps = []
+        for r, state in states.items():
+            data = [state["traces"][i] for i in self.RANK_TRACES[:2]]
+            data += [state["taken"][inits[0]]] + [state["traces"][i] for i in self.RANK_TRACES[3:]]
+            data += [state["taken"][init] for init in extra]
+            (s0, s1), (e0, e1) = state["shapes"]
+            layout = {
+                "shapes[0].x0": s0,
+                "shapes[0].x1": s1,
+                "shapes[1].x0": e0,
+                "shapes[1].x1": e1,
+                "annotations[3].text": state["annotation"],
+                "title.text": state["title"],
+            }
+            steps.append(
+                dict(method="update", label=str(r), args=[static.trace_changes(data, self.RANK_KEYS), layout, traces])
+            )
+        fig.data[TAKEN].name = states[current_rank]["taken"][inits[0]]["name"]
+        fig.layout.title.text = states[current_rank]["title"]
+
+        k = self.current.k
+        menu = []
+        for init in self.controls["init"].options:
+            # An init that copies nothing (LoRA's own) shows no circles, as in the live widget.
+            shown = circle_of.get(init) if spectrum_indices(init, k, 1) else None
+            visible = [index == shown for index in circle_of.values()]
+            menu.append(
+                dict(method="restyle", label=f"init: {init}", args=[{"visible": visible}, list(circle_of.values())])
+            )
+        log = bool(self.controls["log_y"].value)
+        scale = [
+            dict(method="relayout", label="log σ", args=[{"yaxis.type": "log"}]),
+            dict(method="relayout", label="linear σ", args=[{"yaxis.type": "linear"}]),
+        ]
+        # A control the instructor hid (``hide=``) is not offered on the static page either.
+        menus = []
+        if "init" not in self.hidden:
+            active = list(self.controls["init"].options).index(inits[0])
+            menus.append(static.buttons(menu, active, x=0.64, y=-0.045, kind="dropdown", name="init"))
+        if "log_y" not in self.hidden:
+            menus.append(static.buttons(scale, 0 if log else 1, x=0.82, y=-0.045, name="scale"))
+        sliders = (
+            []
+            if "rank" in self.hidden
+            else [static.slider(steps, list(states).index(current_rank), "rank r = ", length=0.6)]
+        )
+        extra_height = 100 if sliders or menus else 0
+        fig.update_layout(
+            height=(fig.layout.height or 780) + extra_height,
+            margin_b=(fig.layout.margin.b or 30) + extra_height,
+            sliders=sliders,
+            updatemenus=menus,
+        )
+        fig.layout.meta = {"spectrallab": {"widget": "SpectrumExplorer", "ranks": list(states), "k": k}}
+        return fig
+
+    def static_note(self) -> str:
+        ranks = ", ".join(map(str, self.static_ranks()))
+        return static.note(
+            f"This figure works without a kernel: drag the rank slider (ranks {ranks}, computed when the "
+            "book was built), pick an init, switch the σ scale. Other ranks and the layer menu need the live widget."
         )
 
     # -- plumbing --------------------------------------------------------------------------------

@@ -18,11 +18,13 @@ trains to the end before returning, so the saved figure shows the finished run.
 
 from __future__ import annotations
 
+import base64
 import math
 import threading
 import time
 import weakref
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
@@ -34,9 +36,10 @@ import spectrallab as sl
 from spectrallab.methods.lora import LORA_INITS
 from spectrallab.methods.options import Option
 
+from . import static
 from .base import Widget, _escape
 from .option_controls import auto_checkbox, declared, dropdown_options, fits, needs_auto, tooltip, value_control
-from .plots import LAYOUT, palette
+from .plots import palette, style
 from .session import SCENARIOS, TrainingSession, reference_run
 
 REFRESH_SECONDS = 0.1  # redraw at most ~10 times a second while training
@@ -51,6 +54,9 @@ _PLAYGROUNDS: weakref.WeakSet[Playground] = weakref.WeakSet()
 
 # Trace order in the figure. The last two (the scenario's headline metric and its ghost) are hidden,
 # with their axis, for a scenario that has none; they come last so the first six keep their places.
+# The still of the live widget that static pages show (see Playground.static_note); in a checkout.
+STILL = Path(__file__).resolve().parent.parent / "book" / "images" / "playground-live.png"
+
 TRAIN, VAL, GHOST, SPEC_START, SPEC_NOW, DELTA, METRIC, GHOST_METRIC = range(8)
 METRIC_COLOR = "#d62728"
 
@@ -418,7 +424,7 @@ class Playground(Widget):
                 f"{self.session.step_count}/{self.session.steps}"
             )
             fig.layout.annotations[1].text = f"σ of {layer}"
-            fig.layout.annotations[2].text = "σ of ΔW = W − W_start"
+            fig.layout.annotations[2].text = "σ of ΔW = W − W<sub>start</sub>"
         self._update_counts()
         self._last_draw = time.monotonic()
 
@@ -488,9 +494,6 @@ class Playground(Widget):
                 visible=False,
             )
         )
-        # legend under the panels: above them it would collide with the subplot titles
-        layout = {**LAYOUT, "height": 440, "legend": dict(orientation="h", yanchor="top", y=-0.18, x=0)}
-        fig.update_layout(**layout)
         fig.update_xaxes(title_text="step", row=1, col=1)
         fig.update_xaxes(title_text="index i", row=1, col=2)
         fig.update_xaxes(title_text="index i", row=1, col=3)
@@ -505,7 +508,8 @@ class Playground(Widget):
                 tickfont=dict(color=METRIC_COLOR),
             )
         )
-        return fig
+        # the book's figure style: legend under the panels, where it meets no subplot title
+        return style(fig, height=440)
 
     # -- internals -------------------------------------------------------------------------------
     def _record(self, event: sl.Event | None) -> None:
@@ -636,3 +640,28 @@ class Playground(Widget):
         return W.VBox(
             [W.HBox(fixed, layout=W.Layout(flex_flow="row wrap")), self._options_row, W.HBox([buttons, self.counts])]
         )
+
+    # -- the static page -------------------------------------------------------------------------
+    def static_note(self) -> str:
+        """Under the finished run's figure: a still of the live Playground (its controls and figure, a
+        screenshot taken in Voilà by ``tests/test_widgets_browser.py``), then how to get it live.
+
+        **Why a committed image.** The book build has no browser, and a page without a kernel cannot
+        train; so the still is made where a browser drives the live widget — the browser test — and
+        kept small in the repository (``book/images/playground-live.png``, well under 200 KB; the test
+        refreshes it with ``SPECTRALLAB_REFRESH_STILLS=1`` and checks it exists and stays small). It is
+        embedded in the page (a data URI), so a page works on its own, offline, from any folder. A
+        checkout without the image (an installed wheel) shows the line without the picture."""
+        text = "A static snapshot of one finished run: training needs a kernel."
+        if not STILL.is_file():
+            return static.note(text)
+        data = base64.b64encode(STILL.read_bytes()).decode("ascii")
+        picture = (
+            "<figure class='spectrallab-still' style='margin:0.5em 0'>"
+            f"<img src='data:image/png;base64,{data}' alt='The live Playground: its task, method, rank, "
+            "learning-rate and step controls, the Play, Pause, Step and Reset buttons, and the loss and "
+            "spectra panels while it trains' style='max-width:100%;height:auto;border:1px solid #ccc'>"
+            "<figcaption style='color:#555;font-size:0.85em'>The live Playground (here in Voilà, training "
+            "digits with LoRA): the controls above the same three panels.</figcaption></figure>"
+        )
+        return picture + static.note(text)

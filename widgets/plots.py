@@ -1,26 +1,241 @@
-"""Plotly figures of spectra and training curves, shared by chapters and (later) live widgets.
+"""Plotly figures of spectra and training curves, shared by chapters and live widgets, in one style.
 
 Each function takes plain data — arrays, :class:`spectrallab.Run` records — and returns a
 ``plotly.graph_objects.Figure``. Nothing here trains or decomposes anything: the numbers come from
 the library, so a figure never disagrees with the text next to it.
+
+**One style.** Every figure of the book — these builders, the widgets, and the few figures a chapter
+assembles itself — ends in :func:`style`, which gives it the ``spectrallab`` template and a layout in
+which nothing collides:
+
+* the title sits left-aligned below a band kept free for plotly's toolbar (the modebar appears at
+  the top right on hover), and subplot titles get room of their own below it;
+* the legend sits under the plot (or at the right, for long lists), in margins reserved for it, so it
+  never covers a title or the data;
+* log axes label decades only, as powers of ten (never SI prefixes: ``10n``, ``1p`` read as units),
+  with unlabelled minor ticks; an axis spanning less than a decade gets a few plain values instead;
+* axis titles, titles and subplot titles render ``σ_i``-style subscripts (``σ<sub>i</sub>``), and
+  metric names read as words (``val_loss`` → "validation loss").
+
+The page does the rest: ``book/_static/figures.js`` repaints every figure for the book's dark theme and
+reflows legends and multi-panel figures at phone width.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.colors import sample_colorscale
 
 from spectrallab.runs import Run
 
-LAYOUT = dict(
-    template="plotly_white",
-    height=400,
-    margin=dict(l=60, r=20, t=80, b=50),
-    legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0),
+FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
+
+# The template: plotly_white with the book's font, axes that make room for their own labels
+# (automargin) and exponents written as powers of ten on every axis.
+_axis = dict(automargin=True, exponentformat="power", showexponent="all", title=dict(standoff=8))
+TEMPLATE = go.layout.Template(pio.templates["plotly_white"])
+TEMPLATE.layout.update(
+    font=dict(family=FONT, size=13),
+    title=dict(font=dict(size=16)),
+    xaxis=_axis,
+    yaxis=_axis,
+    hoverlabel=dict(font=dict(family=FONT)),
+    coloraxis=dict(colorbar=dict(exponentformat="power")),
 )
+for heatmap in TEMPLATE.data.heatmap:  # colour bars of heatmaps: powers of ten too
+    heatmap.update(colorbar=dict(exponentformat="power"))
+pio.templates["spectrallab"] = TEMPLATE
+# Figures a chapter builds itself (a go.Table, a quick go.Figure) look like the rest of the book.
+pio.templates.default = "spectrallab"
+
+# Pixels kept free above the title for the modebar (about 30 px tall at the top right).
+MODEBAR_BAND = 34
+TITLE_LINE = 22  # one line of a 16 px title
+SUBPLOT_TITLE_BAND = 28  # subplot titles sit just above their panels
+
+# Below the plot, in the container's bottom margin (plotly reserves the legend's height there), so
+# the x axis title, the tick labels and the legend each keep their own band.
+LEGEND_BELOW = dict(
+    orientation="h", x=0, xanchor="left", xref="paper", y=0, yanchor="bottom", yref="container", title_text=""
+)
+# At the right of the plot, for long lists (one entry per layer); plotly widens the right margin.
+LEGEND_RIGHT = dict(orientation="v", x=1.02, xanchor="left", xref="paper", y=1, yanchor="top", yref="paper")
+
+LAYOUT = dict(
+    template="spectrallab",
+    height=400,
+    margin=dict(l=60, r=20, t=MODEBAR_BAND + TITLE_LINE + 12, b=10),
+    legend=LEGEND_BELOW,
+)
+
+# Metric keys of Run records, as a reader names them.
+METRIC_NAMES = {
+    "val_loss": "validation loss",
+    "loss": "training loss",
+    "train_loss": "training loss",
+    "accuracy": "validation accuracy",
+    "val_accuracy": "validation accuracy",
+    "perplexity": "validation perplexity",
+    "val_perplexity": "validation perplexity",
+    "bits_per_char": "bits per character",
+    "val_auc": "validation ROC AUC",
+    "val_roc_auc": "validation ROC AUC",
+    "val_f1": "validation F1",
+    "f1": "F1",
+    "grad_norm": "gradient norm",
+    "lr": "learning rate",
+}
+
+
+def metric_name(key: str) -> str:
+    """A Run metric key in words (``val_loss`` → "validation loss"); unknown keys lose their underscores."""
+    return METRIC_NAMES.get(key, key.replace("_", " "))
+
+
+# A subscript written the plain-text way: one symbol (a single letter or Greek letter, a closing ‖ or
+# parenthesis, a prime) then ``_`` then a short index (``i``, ``F``, ``r+1``, ``{r}``). A longer word
+# before the underscore (``val_loss``, ``ffa_lora``) is a name, not a symbol, and is left alone.
+_SUBSCRIPT = re.compile(r"((?<![A-Za-z0-9_])[A-Za-zα-ωΑ-ΩŴŵ]′?|[‖)])_(\{([^{}]*)\}|[A-Za-z0-9+\-]+)")
+
+
+def rich(text):
+    """``σ_i`` → ``σ<sub>i</sub>``, ``‖W‖_F²`` → ``‖W‖<sub>F</sub>²``, ``E_{r}`` → ``E<sub>r</sub>``
+    (plotly renders the HTML); ``None`` and text without a plain subscript come back unchanged."""
+    if not isinstance(text, str) or "_" not in text:
+        return text
+
+    def sub(match: re.Match) -> str:
+        index = match.group(3) if match.group(3) is not None else match.group(2)
+        return f"{match.group(1)}<sub>{index}</sub>"
+
+    return _SUBSCRIPT.sub(sub, text)
+
+
+def _axes(fig: go.Figure) -> list[tuple[str, object]]:
+    """``(name, axis)`` for every cartesian axis of the layout (``xaxis``, ``xaxis2``, ..., ``yaxis4``)."""
+    return [(name, fig.layout[name]) for name in fig.layout if re.fullmatch(r"[xy]axis\d*", name)]
+
+
+def _trace_axis(trace, letter: str) -> str:
+    ref = getattr(trace, f"{letter}axis", None) or letter
+    return f"{letter}axis{ref[1:]}"
+
+
+def _log_values(fig: go.Figure, axis_name: str) -> np.ndarray:
+    letter = axis_name[0]
+    chunks = []
+    for trace in fig.data:
+        if _trace_axis(trace, letter) != axis_name or not hasattr(trace, letter):
+            continue
+        values = getattr(trace, letter)
+        if values is None:
+            continue
+        try:
+            v = np.asarray(values, dtype=float).ravel()
+        except (TypeError, ValueError):
+            continue
+        chunks.append(v[np.isfinite(v) & (v > 0)])
+    return np.concatenate(chunks) if chunks else np.array([])
+
+
+def _nice_steps(lo: float, hi: float, count: int = 5) -> list[float]:
+    """About ``count`` round values (1, 2, 2.5 or 5 × 10^k apart) covering [lo, hi]."""
+    raw = (hi - lo) / max(1, count - 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    start = math.floor(lo / step) * step
+    values = [start + i * step for i in range(int(math.ceil((hi - start) / step)) + 1)]
+    return [v for v in values if v > 0]
+
+
+def readable_log_axis(axis, values: np.ndarray | None = None) -> None:
+    """Ticks a reader can read on a log axis: every decade (or every 2nd, 3rd, ... when there are
+    many) as a power of ten, minor ticks unlabelled; less than two decades in ``values`` gets plain
+    round numbers instead (plotly would write mantissas "2 3 4 5" between the decades)."""
+    axis.update(exponentformat="power", showexponent="all")
+    if values is not None and values.size:
+        lo, hi = math.log10(values.min()), math.log10(values.max())
+        if math.floor(hi) - math.ceil(lo) + 1 < 2:  # fewer than two decade ticks would show
+            pad = 0.04 * max(hi - lo, 0.05)
+            vmin, vmax = 10 ** (lo - pad), 10 ** (hi + pad)
+            ticks = [v for v in _nice_steps(vmin, vmax) if vmin <= v <= vmax] or [float(values.min())]
+            axis.update(tickmode="array", tickvals=ticks, ticktext=[f"{v:.3g}" for v in ticks], minor=dict(ticks=""))
+            return
+        span = hi - lo
+        axis.update(tickmode="linear", tick0=0, dtick=max(1, math.ceil(span / 6)))
+        axis.update(minor=dict(ticks="outside", ticklen=3, dtick="D1", showgrid=False) if span <= 6 else dict(ticks=""))
+    else:  # no data yet (a widget's skeleton): decades only; figures.js refines once the data is drawn
+        axis.update(dtick=1, tick0=0, minor=dict(ticks="outside", ticklen=3, dtick="D1", showgrid=False))
+
+
+def _title_lines(fig: go.Figure) -> int:
+    text = fig.layout.title.text
+    return 1 + text.count("<br>") if text else 0
+
+
+def _subplot_titles(fig: go.Figure) -> bool:
+    """True when annotations sit above the top of the plot area (make_subplots' titles of the top row)."""
+    top = max((max(axis.domain or (0, 1)) for name, axis in _axes(fig) if name.startswith("y")), default=1)
+    return any(
+        (a.yref in (None, "paper")) and a.y is not None and a.y >= top - 1e-6 and a.yanchor == "bottom"
+        for a in fig.layout.annotations
+    )
+
+
+def style(
+    fig: go.Figure,
+    *,
+    height: int | None = None,
+    legend: str = "below",
+    title_lines: int | None = None,
+    names: bool = False,
+) -> go.Figure:
+    """Give ``fig`` the book's figure style (see the module docstring) and return it.
+
+    ``legend`` is ``"below"`` (default) or ``"right"`` (long lists); ``title_lines`` reserves room for a
+    title set later (a widget titles its figure when it draws); ``names=True`` also renders plain
+    subscripts in trace names (legend entries). Safe to call again after changing the figure."""
+    fig.update_layout(template="spectrallab", legend=LEGEND_RIGHT if legend == "right" else LEGEND_BELOW)
+    if height is not None:
+        fig.update_layout(height=height)
+    elif fig.layout.height is None:
+        fig.update_layout(height=LAYOUT["height"])
+    if fig.layout.title.text:
+        fig.layout.title.text = rich(fig.layout.title.text)
+    lines = max(_title_lines(fig), title_lines if title_lines is not None else 1)
+    top = MODEBAR_BAND + TITLE_LINE * lines + (SUBPLOT_TITLE_BAND if _subplot_titles(fig) else 12)
+    # The title in the container's coordinates: its top edge a fixed distance below the modebar band
+    # whatever the figure's height, left-aligned with the plot so it runs away from the modebar.
+    fig.update_layout(
+        # (plotly anchors a title of several lines by its first line's baseline: move it down by the rest)
+        title=dict(
+            x=0,
+            xref="paper",
+            xanchor="left",
+            y=1,
+            yref="container",
+            yanchor="top",
+            pad=dict(t=MODEBAR_BAND + int(0.8 * TITLE_LINE) * (lines - 1)),
+        ),
+        margin=dict(t=top, l=fig.layout.margin.l if fig.layout.margin.l is not None else 60),
+    )
+    for name, axis in _axes(fig):
+        if axis.title.text:
+            axis.title.text = rich(axis.title.text)
+        if axis.type == "log":
+            readable_log_axis(axis, _log_values(fig, name))
+    for annotation in fig.layout.annotations:
+        annotation.text = rich(annotation.text)
+    if names:
+        for trace in fig.data:
+            trace.name = rich(trace.name)
+    return fig
 
 
 def palette(n: int, scale: str = "Turbo") -> list[str]:
@@ -57,10 +272,14 @@ def spectrum_figure(
             annotation_text=f"r = {cut}",
             annotation_position="top right",
         )
-    fig.update_layout(title=title, xaxis_title="index i", yaxis_title="σ_i / σ_1" if normalize else "σ_i", **LAYOUT)
+    fig.update_layout(
+        title=title,
+        xaxis_title="index i (largest first)",
+        yaxis_title="σ_i / σ_1 (relative singular value)" if normalize else "singular value σ_i",
+    )
     if log_y:
         fig.update_yaxes(type="log")
-    return fig
+    return style(fig)
 
 
 def curves_figure(
@@ -91,10 +310,10 @@ def curves_figure(
             )
         steps, values = run.eval_series(metric)
         fig.add_trace(go.Scatter(x=steps, y=values, mode="lines+markers", line=dict(color=color), name=label))
-    fig.update_layout(title=title or metric.replace("_", " "), xaxis_title="step", yaxis_title=metric, **LAYOUT)
+    fig.update_layout(title=title or metric_name(metric), xaxis_title="step", yaxis_title=metric_name(metric))
     if log_y:
         fig.update_yaxes(type="log")
-    return fig
+    return style(fig)
 
 
 def spectrum_evolution_figure(
@@ -114,11 +333,14 @@ def spectrum_evolution_figure(
             go.Scatter(x=np.arange(1, len(s) + 1), y=s, mode="lines", line=dict(color=color), name=f"step {step}")
         )
     fig.update_layout(
-        title=title or f"Spectrum of {layer} during training", xaxis_title="index i", yaxis_title="σ_i", **LAYOUT
+        title=title or f"Spectrum of {layer} during training",
+        xaxis_title="index i (largest first)",
+        yaxis_title="singular value σ_i",
     )
     if log_y:
         fig.update_yaxes(type="log")
-    return fig
+    # One entry per measured step: a long list, so at the right of the plot.
+    return style(fig, legend="right" if len(history) > 6 else "below")
 
 
 def bar_figure(
@@ -131,12 +353,19 @@ def bar_figure(
     text_format: str = "{:.3g}",
 ) -> go.Figure:
     fig = go.Figure(
-        go.Bar(x=list(labels), y=list(values), text=[text_format.format(v) for v in values], textposition="outside")
+        go.Bar(
+            x=list(labels),
+            y=list(values),
+            text=[text_format.format(v) for v in values],
+            textposition="outside",
+            textfont_size=11,
+            cliponaxis=False,
+        )
     )
-    fig.update_layout(title=title, yaxis_title=yaxis_title, **LAYOUT)
+    fig.update_layout(title=title, yaxis_title=yaxis_title, showlegend=False)
     if log_y:
         fig.update_yaxes(type="log")
-    return fig
+    return style(fig)
 
 
 def lines_figure(
@@ -148,20 +377,22 @@ def lines_figure(
     yaxis_title: str,
     log_x: bool = False,
     log_y: bool = False,
+    legend: str = "below",
 ) -> go.Figure:
-    """One line per labelled series against a shared x (e.g. an error against the spectral gap per setting)."""
+    """One line per labelled series against a shared x (e.g. an error against the spectral gap per setting);
+    ``legend="right"`` for many series (one per layer)."""
     fig = go.Figure()
     colors = sample_colorscale("Viridis", [0.85 * i / max(1, len(series) - 1) for i in range(len(series))])
     for (label, y), color in zip(series.items(), colors):
         fig.add_trace(
             go.Scatter(x=list(x), y=list(_values(y)), mode="lines+markers", line=dict(color=color), name=label)
         )
-    fig.update_layout(title=title, xaxis_title=xaxis_title, yaxis_title=yaxis_title, **LAYOUT)
+    fig.update_layout(title=title, xaxis_title=xaxis_title, yaxis_title=yaxis_title)
     if log_x:
         fig.update_xaxes(type="log")
     if log_y:
         fig.update_yaxes(type="log")
-    return fig
+    return style(fig, legend=legend)
 
 
 def density_figure(
@@ -169,7 +400,7 @@ def density_figure(
     curves: Mapping[str, tuple] | None = None,
     *,
     title: str = "Distribution of singular values",
-    xaxis_title: str = "σ",
+    xaxis_title: str = "singular value σ",
     bins: int = 60,
 ) -> go.Figure:
     """Histograms (normalized to densities, sharing ``bins`` equal bins) of labelled samples, with optional
@@ -191,8 +422,8 @@ def density_figure(
         )
     for label, (x, y) in (curves or {}).items():
         fig.add_trace(go.Scatter(x=_values(x), y=_values(y), mode="lines", line=dict(width=2.5), name=label))
-    fig.update_layout(title=title, xaxis_title=xaxis_title, yaxis_title="density", barmode="overlay", **LAYOUT)
-    return fig
+    fig.update_layout(title=title, xaxis_title=xaxis_title, yaxis_title="density", barmode="overlay")
+    return style(fig)
 
 
 def tradeoff_figure(
@@ -204,13 +435,19 @@ def tradeoff_figure(
     text: Mapping[str, Sequence[str]] | None = None,
     references: Mapping[str, float] | None = None,
     log_x: bool = True,
+    log_y: bool = False,
 ) -> go.Figure:
     """A quality metric against a cost, one labelled series of ``(x, y)`` points per method (each with
     its own x values, e.g. LoRA at several ranks and full fine-tuning as a single point), optional point
-    labels ``text`` (``"r=8"``) and dashed horizontal ``references`` (e.g. the frozen base)."""
+    labels ``text`` (``"r=8"``) and dashed horizontal ``references`` (e.g. the frozen base).
+
+    Point labels of different series are put on different sides of their points (above, below,
+    right, left in turn), in a small font, so series that pass close to each other do not print
+    their labels on top of one another; every label is also in the hover text."""
     fig = go.Figure()
     colors = palette(len(points))
-    for (label, (x, y)), color in zip(points.items(), colors):
+    sides = ["top center", "bottom center", "middle right", "middle left"]
+    for i, ((label, (x, y)), color) in enumerate(zip(points.items(), colors)):
         labels = list((text or {}).get(label, []))
         fig.add_trace(
             go.Scatter(
@@ -219,7 +456,10 @@ def tradeoff_figure(
                 name=label,
                 mode="lines+markers+text" if labels else "lines+markers",
                 text=labels or None,
-                textposition="top center",
+                textposition=sides[i % len(sides)],
+                textfont=dict(size=10, color=color),
+                cliponaxis=False,
+                hovertemplate=("%{text}: " if labels else "") + "x = %{x:.4g}, y = %{y:.4g}",
                 marker=dict(size=9),
                 line=dict(color=color),
             )
@@ -232,10 +472,12 @@ def tradeoff_figure(
             annotation_text=label,
             annotation_position="bottom right",
         )
-    fig.update_layout(title=title, xaxis_title=xaxis_title, yaxis_title=yaxis_title, **LAYOUT)
+    fig.update_layout(title=title, xaxis_title=xaxis_title, yaxis_title=yaxis_title)
     if log_x:
         fig.update_xaxes(type="log")
-    return fig
+    if log_y:
+        fig.update_yaxes(type="log")
+    return style(fig)
 
 
 def trajectories_figure(
@@ -244,7 +486,7 @@ def trajectories_figure(
     targets: Sequence[float] | None = None,
     top: int | None = None,
     title: str = "Singular values during training",
-    yaxis_title: str = "σ_i",
+    yaxis_title: str = "singular value σ_i",
     log_y: bool = False,
 ) -> go.Figure:
     """Each σ_i against the step, from a history in the format of ``Run.spectra[layer]``
@@ -256,13 +498,15 @@ def trajectories_figure(
     colors = palette(k)
     fig = go.Figure()
     for i, color in zip(range(k), colors):
-        fig.add_trace(go.Scatter(x=steps, y=values[:, i], mode="lines", line=dict(color=color), name=f"σ_{i + 1}"))
+        fig.add_trace(
+            go.Scatter(x=steps, y=values[:, i], mode="lines", line=dict(color=color), name=f"σ<sub>{i + 1}</sub>")
+        )
         if targets is not None and i < len(targets):
             fig.add_hline(y=float(targets[i]), line_dash="dot", line_color=color, opacity=0.7)
-    fig.update_layout(title=title, xaxis_title="step", yaxis_title=yaxis_title, **LAYOUT)
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title=yaxis_title)
     if log_y:
         fig.update_yaxes(type="log")
-    return fig
+    return style(fig, legend="right" if k > 6 else "below")
 
 
 def grouped_bar_figure(
@@ -285,9 +529,11 @@ def grouped_bar_figure(
                 name=name,
                 text=[text_format.format(v) for v in values],
                 textposition="outside",
+                textfont_size=10,
+                cliponaxis=False,
             )
         )
-    fig.update_layout(title=title, yaxis_title=yaxis_title, barmode="group", **LAYOUT)
+    fig.update_layout(title=title, yaxis_title=yaxis_title, barmode="group")
     if log_y:
         fig.update_yaxes(type="log")
-    return fig
+    return style(fig)

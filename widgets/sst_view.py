@@ -30,8 +30,9 @@ from torch import nn
 import spectrallab as sl
 from spectrallab.methods.sst import SSTLayer
 
+from . import static
 from .base import Widget
-from .plots import LAYOUT
+from .plots import style
 
 # Positions of the traces in ``SSTView.figure.data`` (fixed: traces are updated, never replaced).
 HEATMAP, ACTIVE, RESVD, HIGHLIGHT, SIGMA, SIGMA_ACTIVE, SIGMA_FIRST = range(7)
@@ -193,8 +194,8 @@ class SSTView(Widget):
         fig.update_xaxes(title_text="singular index i", row=1, col=1)
         fig.update_yaxes(title_text="period", row=1, col=1)
         fig.update_xaxes(title_text="singular index i", row=1, col=2)
-        fig.update_yaxes(title_text="Σ_i", row=1, col=2)
-        fig.update_layout(**{**LAYOUT, "height": 450})
+        fig.update_yaxes(title_text="Σ<sub>i</sub>", row=1, col=2)
+        style(fig, height=450, names=True)
         self._draw(fig)
         return fig
 
@@ -203,13 +204,16 @@ class SSTView(Widget):
         p = self.controls["period"].value
         entry, k = self.history[p], self.sigma.shape[1]
         fig.data[HEATMAP].z = self._colour_values()
-        fig.data[HEATMAP].colorbar.title = "log₁₀ Σ_i" if self.controls["log_color"].value else "Σ_i"
+        fig.data[HEATMAP].colorbar.title = (
+            "log₁₀ Σ<sub>i</sub>" if self.controls["log_color"].value else "Σ<sub>i</sub>"
+        )
         fig.data[HIGHLIGHT].x, fig.data[HIGHLIGHT].y = [-0.5, k - 0.5], [p, p]
         fig.data[SIGMA].x, fig.data[SIGMA].y = np.arange(k), self.sigma[p]
         fig.data[SIGMA_ACTIVE].x = entry["active"]
         fig.data[SIGMA_ACTIVE].y = self.sigma[p][entry["active"]]
         step = "" if entry["step"] is None else f", step {entry['step']}"
-        fig.update_layout(title=f"{self.title} — period {p}{step}{' (re-SVD)' if entry['resvd'] else ''}")
+        # only the text: the title's place is the figure style's (plots.style)
+        fig.layout.title.text = f"{self.title} — period {p}{step}{' (re-SVD)' if entry['resvd'] else ''}"
 
     def _on_change(self, change) -> None:
         try:
@@ -220,3 +224,93 @@ class SSTView(Widget):
                 self._draw(self.figure)
         except Exception as error:  # shown in the widget, never lost in a callback
             self.show_error("redraw", error)
+
+    # -- the static page -----------------------------------------------------------------------------
+    PERIOD_TRACES = (HIGHLIGHT, SIGMA, SIGMA_ACTIVE)
+
+    def static_periods(self) -> list[int]:
+        """The periods the static slider offers: all of them, or at most ``static.MAX_STEPS`` evenly spaced."""
+        periods = range(len(self.history))
+        return static.spaced(periods, static.MAX_STEPS, keep=[self.controls["period"].value])
+
+    def static_states(self, periods: Iterable[int] | None = None) -> dict[int, dict[str, Any]]:
+        """``{period: {"traces": {index: trace dict}, "title": str}}``, each drawn by the live code."""
+        periods = self.static_periods() if periods is None else list(periods)
+        control = self.controls["period"]
+        start = control.value
+        states = {}
+        try:
+            for p in periods:
+                control.value = int(p)
+                if self.error is not None:
+                    raise self.error
+                states[int(p)] = {
+                    "traces": {i: self.figure.data[i].to_plotly_json() for i in self.PERIOD_TRACES},
+                    "title": self.figure.layout.title.text,
+                }
+        finally:
+            control.value = start
+        return states
+
+    def static_figure(self) -> go.Figure:
+        """The figure with a plotly period slider and a log/linear colour switch that need no kernel;
+        each slider step's data is what the live widget draws for that period."""
+        current = self.controls["period"].value
+        states = self.static_states([current] if "period" in self.hidden else None)
+        steps = [
+            dict(
+                method="update",
+                label=str(p),
+                args=[
+                    static.trace_changes([state["traces"][i] for i in self.PERIOD_TRACES], ("x", "y")),
+                    {"title.text": state["title"]},
+                    list(self.PERIOD_TRACES),
+                ],
+            )
+            for p, state in states.items()
+        ]
+        log = self.controls["log_color"]
+        start = log.value
+        colours = []
+        for value in (True, False):  # the heatmap's colours both ways, drawn by the live code too
+            log.value = value
+            heatmap = self.figure.data[HEATMAP]
+            colours.append(
+                {"z": [static.encode(np.asarray(heatmap.z))], "colorbar.title.text": [heatmap.colorbar.title.text]}
+            )
+        log.value = start  # the figure was last drawn with False: back to where it was
+        fig = go.Figure(self.figure)
+        extra_height = 90
+        fig.update_layout(
+            height=(fig.layout.height or 450) + extra_height,
+            margin_b=(fig.layout.margin.b or 40) + extra_height,
+            sliders=[]
+            if "period" in self.hidden
+            else [static.slider(steps, list(states).index(current), "period ", length=0.7)],
+            updatemenus=[]
+            if "log_color" in self.hidden
+            else [
+                static.buttons(
+                    [
+                        dict(method="restyle", label="log₁₀ Σ colour", args=[colours[0], [HEATMAP]]),
+                        dict(method="restyle", label="linear Σ colour", args=[colours[1], [HEATMAP]]),
+                    ],
+                    0 if start else 1,
+                    x=0.74,
+                    y=-0.24,
+                    name="colour",
+                )
+            ],
+        )
+        fig.layout.meta = {"spectrallab": {"widget": "SSTView", "periods": list(states)}}
+        return fig
+
+    def static_note(self) -> str:
+        shown = self.static_periods()
+        which = (
+            "every period" if len(shown) == len(self.history) else f"{len(shown)} of the {len(self.history)} periods"
+        )
+        return static.note(
+            f"This figure works without a kernel: drag the period slider ({which}, drawn when the book was "
+            "built) and switch the colour scale."
+        )

@@ -455,13 +455,29 @@ def toc_files(root) -> list[Path]:
 
 def chapter_numbers(root) -> dict[Path, int | None]:
     """Each toc file's chapter number as the book shows it: with ``defaults: numbered: true`` in
-    ``_toc.yml`` the chapters after the root are numbered 1, 2, ... in order (the root is not);
-    otherwise no file has a number."""
+    ``_toc.yml`` the chapters after the root are numbered 1, 2, ... in order (the root is not),
+    across parts, except in a part that says ``numbered: false`` (the reference pages); otherwise no
+    file has a number."""
+    root = Path(root)
     files = toc_files(root)
-    toc = yaml.safe_load((Path(root) / "_toc.yml").read_text())
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
     if not (toc.get("defaults") or {}).get("numbered"):
         return {path: None for path in files}
-    return {path: (index or None) for index, path in enumerate(files)}
+    unnumbered = {
+        str(entry["file"])
+        for part in toc.get("parts", []) or []
+        if part.get("numbered") is False
+        for entry in part.get("chapters", []) or []
+    }
+    numbers, count = {}, 0
+    for index, path in enumerate(files):
+        entry = str(path.relative_to(root).with_suffix(""))
+        if index == 0 or entry in unnumbered:
+            numbers[path] = None
+        else:
+            count += 1
+            numbers[path] = count
+    return numbers
 
 
 def write_handouts(outdir, root=ROOT) -> list[Path]:

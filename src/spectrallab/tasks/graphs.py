@@ -529,7 +529,7 @@ def gromov_delta(
     On components of more than ``max_anchors`` nodes the quadruples are drawn among that many nodes
     chosen at random (their distances are still those of the whole component). Distances come from
     breadth-first search (scipy's compiled one, on the networkx graph's adjacency; networkx's own
-    search in Python is far slower), kept as a ``max_anchors``² float32 matrix at most.
+    search in Python is far slower), kept as a ``max_anchors`` × ``max_anchors`` float32 matrix at most.
     """
     G = _largest_component(graph)
     n = G.number_of_nodes()
