@@ -100,3 +100,20 @@ def test_rebuilds_execute_only_what_changed_and_failures_still_fail(tiny_book):
     failing = build(root)
     assert failing.returncode != 0, "a failing cell must fail the build"
     assert "a failing cell" in failing.stdout + failing.stderr
+
+
+@pytest.mark.chapters
+def test_checkouts_sharing_a_cache_root_keep_each_others_caches(tiny_book, tmp_path):
+    """Two checkouts with different library sources and one SPECTRALLAB_BOOK_CACHE (worktrees):
+    neither build deletes the other's cache, so switching back executes nothing."""
+    root, log = tiny_book
+    other = tmp_path / "other-checkout"
+    shutil.copytree(root, other)
+    (other / "src" / "spectrallab" / "library.py").write_text("VERSION = 3\n")
+    shared = tmp_path / "shared-cache"
+    assert build(root, SPECTRALLAB_BOOK_CACHE=str(shared)).returncode == 0
+    assert build(other, SPECTRALLAB_BOOK_CACHE=str(shared)).returncode == 0
+    assert executed(log) == ["a", "a", "b", "b"]
+    assert len(list(shared.glob("ci-*"))) == 2, "one checkout deleted the other's cache"
+    again = build(root, SPECTRALLAB_BOOK_CACHE=str(shared))
+    assert again.returncode == 0 and executed(log) == [], "the first checkout's cache was lost"
