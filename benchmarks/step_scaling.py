@@ -32,7 +32,8 @@ measured ratios of the cheap methods sit a little above their counts):
 * SST: the cheaper of its two exact paths, forward and backward chosen independently
   (``spectrallab.methods.sst.SpectralLinear``): forward min(2Td², Td² + d³), backward
   min(3Td² + 2Tdr, 2Td² + 2d³ + d²r) — factored at small T, rebuilding W at large T; ≈ 5/3 of full
-  for short batches, 1 + d/T for long ones.
+  for short batches, 1 + d/T for long ones. From T ≥ 8d the forward's W is kept for backward
+  (``keep_weight="auto"``), which drops one d³: backward 2Td² + d³ + d²r, ≈ 1 + 2d/(3T).
 
     python benchmarks/step_scaling.py            # 2-4 minutes on one CPU core (longer on a loaded machine)
 """
@@ -52,7 +53,7 @@ from common import interleaved, record  # noqa: E402
 
 import spectrallab as sl  # noqa: E402
 from spectrallab.methods.lora import lora_macs  # noqa: E402
-from spectrallab.methods.sst import backward_macs, cheaper, forward_macs  # noqa: E402
+from spectrallab.methods.sst import backward_macs, cheaper, forward_macs, keeps_weight  # noqa: E402
 
 D, LAYERS, RANK = 1024, 2, 64
 METHODS = ["full", "lora", "galore", "sltrain", "sst"]
@@ -62,7 +63,9 @@ THREADS = 1  # with time.process_time: CPU time = the work done (see the module 
 
 def sst_paths(T: int, d: int, r: int) -> tuple[str, str]:
     """(forward path, backward path) SST takes for T tokens through a square layer, every gradient asked."""
-    return cheaper(forward_macs(T, d, d, d)), cheaper(backward_macs(T, d, d, d, r, True, True, True, True))
+    forward = cheaper(forward_macs(T, d, d, d))
+    kept = forward == "rebuild" and keeps_weight("auto", T, d)
+    return forward, cheaper(backward_macs(T, d, d, d, r, True, True, True, True, weight_kept=kept))
 
 
 def macs_per_layer(method: str, T: int, d: int = D, r: int = RANK) -> int:
@@ -79,9 +82,13 @@ def macs_per_layer(method: str, T: int, d: int = D, r: int = RANK) -> int:
         return 3 * T * d * d + 6 * T * d * r
     if method == "sst":
         forward = min(2 * T * d * d, T * d * d + d**3)
-        backward = min(3 * T * d * d + 2 * T * d * r, 2 * T * d * d + 2 * d**3 + d * d * r)
+        # from T ≥ 8d (keep_weight="auto") the forward's W is kept and backward does not rebuild it
+        kept = T * d * d + d**3 < 2 * T * d * d and T >= 8 * d
+        backward = min(3 * T * d * d + 2 * T * d * r, 2 * T * d * d + (1 if kept else 2) * d**3 + d * d * r)
         # the formulas written here are the layer's own counts
-        fwd, bwd = forward_macs(T, d, d, d), backward_macs(T, d, d, d, r, True, True, True, True)
+        fwd = forward_macs(T, d, d, d)
+        bwd = backward_macs(T, d, d, d, r, True, True, True, True, weight_kept=kept)
+        assert kept == (cheaper(fwd) == "rebuild" and keeps_weight("auto", T, d))
         assert forward == min(fwd.values()) and backward == min(bwd.values()), (T, fwd, bwd)
         return forward + backward
     raise ValueError(f"method={method!r} is not one of {', '.join(map(repr, METHODS))}")
@@ -163,7 +170,8 @@ def measure(rounds: int) -> dict:
             "lora": "min(2Td^2 + 6Tdr, 2Td^2 + 4Tdr + 2d^2r)",
             "galore": "3Td^2 + 2d^2r",
             "sltrain": "3Td^2 + 6Tdr",
-            "sst": "min(2Td^2, Td^2 + d^3) + min(3Td^2 + 2Tdr, 2Td^2 + 2d^3 + d^2r)",
+            "sst": "min(2Td^2, Td^2 + d^3) + min(3Td^2 + 2Tdr, 2Td^2 + 2d^3 + d^2r); from T >= 8d (W kept): "
+            "Td^2 + d^3 + 2Td^2 + d^3 + d^2r",
         },
         "rows": rows,
     }

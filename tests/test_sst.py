@@ -170,7 +170,7 @@ def test_enhanced_gradient_is_continuous_at_sigma_zero():
     assert grads[0].norm() > 1e-3
 
 
-def _through_the_function_and_plain_autograd(x, layer, enhanced):
+def _through_the_function_and_plain_autograd(x, layer, enhanced, keep_weight="auto"):
     """(our backward's gradients, plain autograd's gradients) of one fixed random loss, for every input."""
     params = [layer.U_active, layer.Vh_active, layer.S] + ([layer.bias] if layer.bias is not None else [])
     weights = torch.randn(*x.shape[:-1], layer.out_features, dtype=x.dtype, generator=torch.Generator().manual_seed(5))
@@ -187,6 +187,7 @@ def _through_the_function_and_plain_autograd(x, layer, enhanced):
                 layer.active_index,
                 layer.frozen_index,
                 enhanced,
+                keep_weight,
             )
             * weights
         ).sum(),
@@ -217,7 +218,8 @@ def test_spectral_linear_backward_passes_gradcheck_and_equals_plain_autograd(bia
         layer.active_index,
         layer.frozen_index,
         False,
-    )  # default: the true gradient
+        "always",
+    )  # default: the true gradient; the rebuild path's W kept for backward
     assert torch.autograd.gradcheck(SpectralLinear.apply, inputs)
     ours, plain = _through_the_function_and_plain_autograd(x, layer, enhanced=False)
     for a, b in zip(ours, plain):
@@ -246,11 +248,12 @@ NEEDS = [
 ]
 
 
+@pytest.mark.parametrize("keep_weight", ["never", "always"])
 @pytest.mark.parametrize("gradient", GRADIENTS)
 @pytest.mark.parametrize("tokens, forward_path, backward_path", PATHS)
 @pytest.mark.parametrize("needs", NEEDS, ids=lambda needs: "+".join(needs))
 def test_both_paths_give_autograds_gradients_through_the_effective_weight(
-    tokens, forward_path, backward_path, gradient, needs
+    tokens, forward_path, backward_path, gradient, needs, keep_weight
 ):
     """Each path (factored, rebuild) of the forward and of the backward, for each gradient mode and
     each subset of gradients asked for (they change the counts, hence the path, and which products
@@ -258,7 +261,7 @@ def test_both_paths_give_autograds_gradients_through_the_effective_weight(
     gradients divided by Σ_i for the enhanced gradient — and so does the output. After a few steps,
     so that U and Vh are no longer orthonormal (a path relying on UᵀU = I would fail)."""
     torch.manual_seed(0)
-    layer = sl.apply(nn.Linear(16, 16).double(), "sst", rank=4, gradient=gradient)
+    layer = sl.apply(nn.Linear(16, 16).double(), "sst", rank=4, gradient=gradient, keep_weight=keep_weight)
     opt = sl.optimizer(layer, lr=0.05)
     for _ in range(3):
         layer(torch.randn(8, 16, dtype=torch.float64)).sin().sum().backward()
@@ -317,6 +320,43 @@ def test_the_graph_saves_no_dense_weight():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
         F.linear(torch.randn(6, 40, requires_grad=True), model[0].effective_weight()).sum()
     assert (24, 40) in saved or (40, 24) in saved
+
+
+def _saved_shapes_and_gradients(keep_weight: str, tokens: int):
+    """What a 24 × 40 SST layer's graph saves for ``tokens`` tokens, and the gradients it returns."""
+    torch.manual_seed(0)
+    layer = sl.apply(nn.Linear(40, 24), "sst", rank=3, keep_weight=keep_weight)
+    x = torch.randn(tokens, 40, requires_grad=True, generator=torch.Generator().manual_seed(1))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        loss = layer(x).sin().sum()
+    loss.backward()
+    grads = [x.grad] + [p.grad for p in (layer.U_active, layer.Vh_active, layer.S, layer.bias)]
+    return saved, grads
+
+
+@pytest.mark.parametrize("tokens", [100, 191, 192, 400])
+def test_auto_keeps_the_dense_weight_from_eight_rows_per_output_and_the_gradients_do_not_change(tokens):
+    """keep_weight="auto" keeps the forward's W for backward from T ≥ 8·out_features tokens (24 × 8 =
+    192; below, the graph saves no 24 × 40 tensor), "never" never does, and the gradients are
+    bit-identical whatever is kept (the kept W is the one backward would rebuild)."""
+    from spectrallab.methods.sst import keeps_weight
+
+    assert keeps_weight("auto", tokens, 24) == (tokens >= 192)
+    saved_auto, grads_auto = _saved_shapes_and_gradients("auto", tokens)
+    saved_never, grads_never = _saved_shapes_and_gradients("never", tokens)
+    assert ((24, 40) in saved_auto) == (tokens >= 192), saved_auto
+    assert (24, 40) not in saved_never
+    for a, b in zip(grads_auto, grads_never):
+        assert torch.equal(a, b)
+    if tokens >= 192:  # the backward's count drops by one dense product, m·k·n
+        kept = backward_macs(tokens, 24, 40, 24, 3, True, True, True, True, weight_kept=True)["rebuild"]
+        assert backward_macs(tokens, 24, 40, 24, 3, True, True, True, True)["rebuild"] - kept == 24 * 24 * 40
+
+
+def test_keep_weight_refuses_an_unknown_policy():
+    with pytest.raises(ValueError, match="keep_weight"):
+        sl.apply(nn.Linear(8, 8), "sst", rank=2, keep_weight="sometimes")
 
 
 def _accumulation_vs_one_batch(gradient: str, steps: int = 20) -> float:

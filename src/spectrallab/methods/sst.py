@@ -62,12 +62,17 @@ independent of the batch), applies it with one ``F.linear``, and in backward bui
 ``∂L/∂x`` and forms ``G = grad_yᵀ x`` once: about 3·T·d² + 3·d³. Full-rank training costs 3·T·d², so
 SST's step is ≈ 5/3 of it for short batches and 1 + d/T for long ones (the forward switches at
 T = d, the backward at T ≈ 2d; the counts, and why three d³ products remain, are in
-:class:`SpectralLinear`). Either way W is *not* kept for backward: the graph holds only the input and
-the factors the layer stores anyway. Plain autograd through ``F.linear(x, U diag(Σ) Vh)`` would keep
-one dense m × n weight per layer from forward to backward — as much as the full-rank model's weights
-again. Measured (``benchmarks/sst_memory.py``, tiny GPT at d_model 1024, 4096 tokens per batch,
-r = 64, CPU): the memory a training step adds is 0.86× full rank's, against 0.95× through plain
-autograd. The step-time ratios to full rank over T are recorded by ``benchmarks/step_scaling.py``.
+:class:`SpectralLinear`). Below 8·m tokens W is *not* kept for backward: the graph holds only the
+input and the factors the layer stores anyway. Plain autograd through ``F.linear(x, U diag(Σ) Vh)``
+would keep one dense m × n weight per layer from forward to backward — as much as the full-rank
+model's weights again. Measured (``benchmarks/sst_memory.py``, tiny GPT at d_model 1024, 4096 tokens
+per batch, r = 64, CPU): the memory a training step adds is 0.86× full rank's, against 0.95× through
+plain autograd. From 8·m tokens on (``keep_weight="auto"``, :func:`keeps_weight`) the forward's W is
+kept for backward, which saves backward's rebuild (one of the three d³ products: the step goes from
+≈ 1 + d/T to ≈ 1 + 2d/(3T) times full rank's) for at most an eighth of the input the layer saves
+anyway; ``keep_weight="never"`` never keeps it, ``"always"`` whenever the forward built it. The
+gradients are the same to the bit either way. The step-time ratios to full rank over T are recorded
+by ``benchmarks/step_scaling.py``.
 
 Everything that changes *optimization* is installed by :func:`spectrallab.optimizer` (step hooks,
 see :meth:`SST.attach_optimizer`), so a hand-written loop calling ``opt.step()`` runs the whole
@@ -182,6 +187,28 @@ from .options import Option, rank_option
 
 SAMPLINGS = ("multinomial", "uniform", "sequential", "top")
 GRADIENTS = ("enhanced", "default")
+KEEP_WEIGHTS = ("auto", "always", "never")
+# "auto" keeps the dense W from forward to backward when it is at most this fraction of the input
+# the layer saves for backward anyway (m·n against T·n elements: from T ≥ 8·m tokens on).
+KEEP_WEIGHT_SHARE = 1 / 8
+
+
+def keeps_weight(policy: str, tokens: int, m: int) -> bool:
+    """Whether a forward that built the dense W (the *rebuild* path) keeps it for backward.
+
+    ``"never"``: never (the least memory: backward builds W again). ``"always"``: whenever the
+    forward built it. ``"auto"``: when W's m·n elements are at most :data:`KEEP_WEIGHT_SHARE` of the
+    T·n elements of the input saved for backward, i.e. from ``T ≥ 8·m`` tokens, where the saved
+    rebuild (m·k·n multiply-adds) is worth a few per cent of the step and W a small share of what
+    the layer keeps anyway.
+    """
+    if policy == "always":
+        return True
+    if policy == "never":
+        return False
+    return m <= KEEP_WEIGHT_SHARE * tokens
+
+
 # Optimizer state that does not describe the parameter's entries (Adam's step count, ...): never zeroed.
 _NOT_MOMENTS = ("step",)
 # The parameters the hooks read whole: the trained ones after every step (column norms of U_active),
@@ -272,10 +299,20 @@ def forward_macs(tokens: int, m: int, n: int, k: int) -> dict[str, int]:
 
 
 def backward_macs(
-    tokens: int, m: int, n: int, k: int, r: int, need_x: bool, need_u: bool, need_vh: bool, need_s: bool
+    tokens: int,
+    m: int,
+    n: int,
+    k: int,
+    r: int,
+    need_x: bool,
+    need_u: bool,
+    need_vh: bool,
+    need_s: bool,
+    weight_kept: bool = False,
 ) -> dict[str, int]:
     """Multiply-adds of :class:`SpectralLinear`'s backward for ``tokens`` rows, by path, counting only
-    the gradients asked for (see the class docstring for the products)."""
+    the gradients asked for (see the class docstring for the products). ``weight_kept``: the forward
+    kept its dense W (:func:`keeps_weight`), so the rebuild path does not build it again."""
     T = tokens
     factored = rebuild = 0
     # factored: Q = g U (all k if ∂x or ∂Σ is asked, else the active r), ∂x = (Q ⊙ Σ) Vh,
@@ -295,7 +332,7 @@ def backward_macs(
     # rebuild: W again and ∂x = g W; G = gᵀ x once; G Vhᵀ over all k for ∂Σ (its active columns are
     # ∇U_active), or over the active r alone; ∇Vh_active = U_activeᵀ G
     if need_x:
-        rebuild += m * k * n + T * m * n
+        rebuild += (0 if weight_kept else m * k * n) + T * m * n
     if need_u or need_vh or need_s:
         rebuild += T * m * n
     if need_s:
@@ -361,16 +398,21 @@ class SpectralLinear(torch.autograd.Function):
     of the factored path (r = 64 columns) run at a lower rate than square ones on some BLAS, which
     moves the measured crossing a little (``benchmarks/step_scaling.py`` records both).
 
-    **Why three d³ products remain at large T.** Each is forced by a constraint: (1) the forward's
-    ``x Wᵀ`` is cheaper through W than factored once T > d; (2) backward needs W again for
-    ``grad_y W`` because W is *not kept* between forward and backward — the graph holds only the
-    input (already saved by any linear layer) and the factors the layer stores anyway, never a dense
-    m × n weight per layer (plain autograd through ``F.linear(x, U diag(Σ) Vh)`` would keep one per
-    layer: as much memory as the full-rank model's weights again; ``benchmarks/sst_memory.py``), and
-    its alternative is 2Td²; (3) ∂Σ is k bilinear forms ``u_iᵀ G v_i`` of a dense G — m·n·k through
-    G, or 2Td² through Q and x. Using ``Uᵀ U = I`` to shortcut any of them would be wrong: the
-    trained vectors drift from orthogonality between re-SVDs. So SST's step is ``1 + d/T`` times full
-    rank's in multiply-adds at large T, and (5 + 2r/d)/3 at small T.
+    **Why three d³ products remain at large T, and when one goes.** Each is forced by a constraint:
+    (1) the forward's ``x Wᵀ`` is cheaper through W than factored once T > d; (2) backward needs W
+    again for ``grad_y W``, and unless the forward kept it (below) it builds W again: keeping it
+    costs a dense m × n tensor per layer from forward to backward (plain autograd through
+    ``F.linear(x, U diag(Σ) Vh)`` keeps one per layer: as much memory as the full-rank model's
+    weights again; ``benchmarks/sst_memory.py``), and the alternative, factored, is 2Td²; (3) ∂Σ is k
+    bilinear forms ``u_iᵀ G v_i`` of a dense G — m·n·k through G, or 2Td² through Q and x. Using
+    ``Uᵀ U = I`` to shortcut any of them would be wrong: the trained vectors drift from
+    orthogonality between re-SVDs. So SST's step is ``1 + d/T`` times full rank's in multiply-adds at
+    large T when W is not kept, and (5 + 2r/d)/3 at small T. The kept W is worth its memory only
+    where it is small next to what the layer saves anyway — the input, T × n: with
+    ``keep_weight="auto"`` the forward keeps W from T ≥ 8·m tokens (W at most an eighth of the
+    input; :func:`keeps_weight`), and (2) goes: ``1 + 2d/(3T)`` there — 1.09× at 8d, 1.04× at 16d
+    for d = 1024, r = 64. The kept W is the tensor backward would have built, so the gradients are
+    bit-identical to the rebuilt ones.
 
     Under autocast the backward works in the dtype of ``grad_y`` and casts each gradient back to its
     input's dtype; ∂Σ's products are summed in Σ's own (float32) precision. Not twice differentiable
@@ -379,11 +421,14 @@ class SpectralLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, U_active, Vh_active, S, U_frozen, Vh_frozen, bias, active_index, frozen_index, enhanced):
+    def forward(
+        ctx, x, U_active, Vh_active, S, U_frozen, Vh_frozen, bias, active_index, frozen_index, enhanced, keep_weight
+    ):
         # Tokens as rows of one matrix, folded once here: a non-contiguous x (attention heads merged
         # by a transpose) is copied once, and that copy is what backward reads.
         tokens = x.reshape(-1, x.shape[-1])
         m, n, k = U_active.shape[0], Vh_active.shape[1], S.numel()
+        kept = None  # the dense W, when it is kept for backward (keeps_weight)
         if cheaper(forward_macs(tokens.shape[0], m, n, k)) == "factored":
             # Active and frozen vectors side by side (slot order; the sum over directions does not
             # care): two products of full width k rather than four, one of them only r wide.
@@ -394,8 +439,10 @@ class SpectralLinear(torch.autograd.Function):
         else:
             W = dense_weight(U_active, Vh_active, S, U_frozen, Vh_frozen, active_index, frozen_index)
             y = F.linear(tokens, W, bias)
+            if keeps_weight(keep_weight, tokens.shape[0], m):
+                kept = W
             del W
-        ctx.save_for_backward(tokens, U_active, Vh_active, S, U_frozen, Vh_frozen, active_index, frozen_index)
+        ctx.save_for_backward(tokens, U_active, Vh_active, S, U_frozen, Vh_frozen, active_index, frozen_index, kept)
         ctx.enhanced, ctx.x_shape, ctx.x_dtype = enhanced, x.shape, x.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
         return y.view(*x.shape[:-1], m)
@@ -403,20 +450,25 @@ class SpectralLinear(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        tokens, U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index = ctx.saved_tensors
+        tokens, U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index, W = ctx.saved_tensors
         need_x, need_u, need_vh, need_s = ctx.needs_input_grad[:4]
         need_b = ctx.needs_input_grad[6]
         m, n, k, r = U_a.shape[0], Vh_a.shape[1], S.numel(), U_a.shape[1]
         g = grad_y.reshape(-1, m)  # tokens × m, folded once
         grad_b = g.sum(0).to(ctx.bias_dtype) if need_b else None
-        macs = backward_macs(g.shape[0], m, n, k, r, need_x, need_u, need_vh, need_s)
-        path = SpectralLinear._factored if cheaper(macs) == "factored" else SpectralLinear._rebuild
-        grad_x, grad_u, grad_vh, grad_s = path(
-            ctx, g, tokens, U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index, need_x, need_u, need_vh, need_s
-        )
+        macs = backward_macs(g.shape[0], m, n, k, r, need_x, need_u, need_vh, need_s, weight_kept=W is not None)
+        if cheaper(macs) == "factored":
+            grad_x, grad_u, grad_vh, grad_s = SpectralLinear._factored(
+                ctx, g, tokens, U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index, need_x, need_u, need_vh, need_s
+            )
+        else:
+            grad_x, grad_u, grad_vh, grad_s = SpectralLinear._rebuild(
+                ctx, g, tokens, U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index, need_x, need_u, need_vh, need_s, W
+            )
+        del W
         if grad_x is not None:
             grad_x = grad_x.to(ctx.x_dtype).view(ctx.x_shape)
-        return grad_x, grad_u, grad_vh, grad_s, None, None, grad_b, None, None, None
+        return grad_x, grad_u, grad_vh, grad_s, None, None, grad_b, None, None, None, None
 
     @staticmethod
     def _factored(ctx, g, tokens, U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index, need_x, need_u, need_vh, need_s):
@@ -447,12 +499,16 @@ class SpectralLinear(torch.autograd.Function):
         return grad_x, grad_u, grad_vh, grad_s
 
     @staticmethod
-    def _rebuild(ctx, g, tokens, U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index, need_x, need_u, need_vh, need_s):
-        """Through the dense W (rebuilt) and ``G = gᵀ x`` (the class docstring's *rebuild*)."""
+    def _rebuild(
+        ctx, g, tokens, U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index, need_x, need_u, need_vh, need_s, W=None
+    ):
+        """Through the dense W (the forward's, if it kept it, else rebuilt) and ``G = gᵀ x`` (the class
+        docstring's *rebuild*)."""
         dtype = g.dtype
         grad_x = grad_u = grad_vh = grad_s = None
-        if need_x:  # W again, for as long as this one product needs it
-            W = dense_weight(U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index)
+        if need_x:  # W again (unless kept), for as long as this one product needs it
+            if W is None:
+                W = dense_weight(U_a, Vh_a, S, U_f, Vh_f, active_index, frozen_index)
             grad_x = g @ W.to(dtype)
             del W
         if need_u or need_vh or need_s:
@@ -489,12 +545,14 @@ class SSTLayer(AdaptedLinear):
         periods_per_round: int | None = None,
         seed: int = 0,
         gradient: str = "enhanced",
+        keep_weight: str = "auto",
     ):
         super().__init__(linear.in_features, linear.out_features)
         W = linear.weight.detach()
         check_finite_weight(layer_name, W)
         self.layer_name, self.rank, self.sampling, self.uniform_mix = layer_name, rank, sampling, uniform_mix
         self.gradient = gradient  # "enhanced" | "default": what SpectralLinear's backward returns
+        self.keep_weight = keep_weight  # "auto" | "always" | "never": see keeps_weight
         U, S, Vh = linalg.svd(W, name=f"layer {layer_name!r}")  # all k triplets, float32
         self.k = k = S.numel()
         self.periods_per_round = periods_per_round or math.ceil(k / rank)
@@ -567,6 +625,7 @@ class SSTLayer(AdaptedLinear):
             self.active_index,
             self.frozen_index,
             self.gradient == "enhanced",
+            self.keep_weight,
         )
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -720,7 +779,7 @@ class SSTLayer(AdaptedLinear):
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, k={self.k}, rank={self.rank}, sampling={self.sampling!r}, "
-            f"periods_per_round={self.periods_per_round}, gradient={self.gradient!r}"
+            f"periods_per_round={self.periods_per_round}, gradient={self.gradient!r}, keep_weight={self.keep_weight!r}"
         )
 
 
@@ -768,6 +827,9 @@ class SST(Method):
     * ``gradient`` ("enhanced": ∂L/∂W·V_{·i} | "default": the plain gradient, Σ_i times that) — what
       the layer's backward writes into ``.grad``.
     * ``seed`` (0) — seeds every layer's sampling generator (with the layer's name).
+    * ``keep_weight`` ("auto" | "always" | "never") — whether a forward that built the dense W keeps
+      it for backward (memory for speed; the gradients are the same to the bit):
+      :func:`keeps_weight`.
 
     Trainable per layer: ``r(m + n) + k`` (+ bias). Everything else is trainable too
     (a pre-training method). See the module docstring for the algorithm and the choices made.
@@ -800,6 +862,12 @@ class SST(Method):
             choices=GRADIENTS,
         ),
         "seed": Option(0, "seeds every layer's sampling generator (with the layer's name)", kind="seed"),
+        "keep_weight": Option(
+            "auto",
+            "keep the dense W from forward to backward: auto (from 8·out_features tokens), always, never",
+            kind="choice",
+            choices=KEEP_WEIGHTS,
+        ),
     }
     freezes_others = False
     init_reads_weight = "it factorizes the weight (an SVD) at apply"
@@ -842,6 +910,7 @@ class SST(Method):
             c["periods_per_round"],
             c["seed"],
             c["gradient"],
+            c["keep_weight"],
         )
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer, layers: dict[str, SSTLayer]) -> None:
