@@ -30,6 +30,7 @@ tiny GPT at d_model 128 with 4096 tokens per batch (the configuration ``pretrain
 quote), measured in interleaved rounds in one process, medians.
 
     python benchmarks/sst_memory.py            # memory table (and --time for the step times)
+    python benchmarks/sst_memory.py --batch 256 --record-as sst_memory_16384_tokens   # where "auto" keeps W
 """
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TARGETS = ["qkv", "proj", "fc1", "fc2"]
-CONFIGS = ["full", "lora", "sst", "sst_autograd"]
+CONFIGS = ["full", "lora", "sst", "sst_never", "sst_autograd"]
 LABELS = {
     "full": "full rank",
     "lora": "LoRA",
-    "sst": "SST (its backward)",
+    "sst": "SST (its backward, keep_weight=auto)",
+    "sst_never": "SST (its backward, keep_weight=never)",
     "sst_autograd": "SST via plain autograd (previous forward)",
 }
 
@@ -89,7 +91,8 @@ def build(task, config: str, rank: int, device: str):
     model = task.make_model(seed=0).to(device)
     if config != "full":
         method = "sst" if config.startswith("sst") else config
-        sl.apply(model, method, targets=TARGETS, freeze_others=False, rank=rank)
+        options = {"keep_weight": "never"} if config == "sst_never" else {}
+        sl.apply(model, method, targets=TARGETS, freeze_others=False, rank=rank, **options)
     opt = sl.optimizer(model, lr=1e-4)
     batch = task.batch("train", task.batch_size, torch.Generator().manual_seed(0))
     return model, opt, tuple(t.to(device) for t in batch)
@@ -191,6 +194,10 @@ def memory_table(args) -> dict:
     ratios = {config: {key: r[key] / first[key] for key in keys + ["s_per_step"]} for config, r in results.items()}
     saving = {key: results["sst"][key] / results["sst_autograd"][key] for key in keys}
     print("SST's backward vs plain autograd: " + ", ".join(f"{k} {v:.2f}×" for k, v in saving.items()))
+    # What keep_weight="auto" costs over "never": nothing below 8·out_features tokens (no layer keeps
+    # its W), at most an eighth of each keeping layer's saved input above.
+    kept_cost = {key: results["sst"][key] / results["sst_never"][key] for key in keys}
+    print("SST keep_weight=auto vs never: " + ", ".join(f"{k} {v:.2f}×" for k, v in kept_cost.items()))
     return {
         "model": memory_task(args).config() | {"batch_size": args.batch},
         "rank": args.rank,
@@ -198,6 +205,7 @@ def memory_table(args) -> dict:
         "results": results,
         "relative_to_full": ratios,
         "sst_over_sst_autograd": saving,
+        "sst_auto_over_sst_never": kept_cost,
     }
 
 
@@ -259,6 +267,7 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="measure on the CPU even when CUDA is there")
     parser.add_argument("--time", action="store_true", help="also the interleaved step-time comparison")
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--record-as", default="sst_memory", help="name of the record in results/ (another size)")
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -270,7 +279,7 @@ def main() -> None:
         sys.path.insert(0, str(HERE))
         from common import record
 
-        print(f"recorded in {record('sst_memory', result)}")
+        print(f"recorded in {record(args.record_as, result)}")
 
 
 if __name__ == "__main__":

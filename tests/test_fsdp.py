@@ -10,8 +10,10 @@ one process trained on the concatenated batches:
 * every other registered method either does the same or is refused by ``shard`` with a
   ``ValueError`` naming it, the model left unsharded (ReLoRA; SVFT's scalar gate);
 * checkpoints: a sharded run saved half-way and resumed in a new sharded model ends exactly where
-  the uninterrupted run ends (SST and GaLore, whose state lives in hooks, buffers and GaLoreAdamW),
-  and the saved model loads into one process.
+  the uninterrupted run ends (SST and GaLore, whose state lives in hooks, buffers and GaLoreAdamW);
+  the same checkpoint resumed in one process, and one process's half-way state resumed sharded, end
+  where one process's uninterrupted run ends (the optimizer's state is torch's own numbered layout
+  in both).
 """
 
 from __future__ import annotations
@@ -138,6 +140,15 @@ def _worker(rank: int, port: int, out: str) -> None:
             extra = fsdp.load_checkpoint(out / f"{case}.pt", model, opt)
             train(model, steps[extra["step"] :], rank, opt)
             results[f"{case}_resumed"] = {"state": fsdp.full_state_dicts(model)[0], "extra": extra}
+            # one process's half-way state (every rank trains the whole batches alike), resumed sharded
+            single = build(case)
+            single_opt = train(single, steps[: STEPS // 2])
+            model = build(case)
+            fsdp.shard(model)
+            opt = sl.optimizer(model, lr=LR)
+            fsdp.load_full_state_dicts(model, opt, single.state_dict(), single_opt.state_dict())
+            train(model, steps[STEPS // 2 :], rank, opt)
+            results[f"{case}_from_one_process"] = {"state": fsdp.full_state_dicts(model)[0]}
     except Exception:
         results["error"] = traceback.format_exc()
     if rank == 0:
@@ -247,6 +258,14 @@ def test_a_sharded_checkpoint_resumes_exactly_and_loads_in_one_process(distribut
     model = build(case)
     model.load_state_dict(saved["model"])  # whole tensors, one process's keys (strict)
     assert saved["optimizer"]["state"], "the optimizer state was saved"
+    assert all(isinstance(key, int) for key in saved["optimizer"]["state"]), "torch's numbered layout"
+    # resumed in one process on the whole batches: where one process's uninterrupted run ends
+    opt = sl.optimizer(model, lr=LR)
+    opt.load_state_dict(saved["optimizer"])
+    train(model, batches()[STEPS // 2 :], opt=opt)
+    assert_same_training(case, model.state_dict())
+    # and the other way round: one process's half-way state, resumed sharded
+    assert_same_training(case, results[f"{case}_from_one_process"]["state"])
     single = build(case)
     train(single, batches(STEPS // 2))
     for key, value in single.state_dict().items():

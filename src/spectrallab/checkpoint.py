@@ -150,6 +150,54 @@ def training_state(
     }
 
 
+def optimizer_state_by_index(state: dict) -> dict:
+    """An optimizer state dict in torch's own layout (``optimizer.state_dict()``: parameters numbered
+    0, 1, ... across the groups in order) from ``torch.distributed.checkpoint``'s (parameters named by
+    their fully qualified names, as FSDP's gathered state has them). A state already numbered is
+    returned as it is. So one checkpoint format serves one process, DDP and FSDP2."""
+    groups = state.get("param_groups", [])
+    if all(isinstance(p, int) for group in groups for p in group["params"]):
+        return state
+    number: dict[str, int] = {}
+    numbered_groups = []
+    for group in groups:
+        params = [number.setdefault(name, len(number)) for name in group["params"]]
+        numbered_groups.append({**group, "params": params})
+    unknown = sorted(set(state.get("state", {})) - set(number))
+    if unknown:
+        raise ValueError(f"optimizer state names parameters that no parameter group holds: {', '.join(unknown)}")
+    return {
+        "state": {number[name]: value for name, value in state.get("state", {}).items()},
+        "param_groups": numbered_groups,
+    }
+
+
+def optimizer_state_by_name(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> dict:
+    """The inverse of :func:`optimizer_state_by_index` for ``optimizer`` over ``model``'s parameters:
+    torch's numbered layout renamed to fully qualified parameter names (what
+    ``torch.distributed.checkpoint.state_dict.set_optimizer_state_dict`` reads). A state already
+    named is returned as it is."""
+    groups = state.get("param_groups", [])
+    if not all(isinstance(p, int) for group in groups for p in group["params"]):
+        return state
+    names_of = {id(param): name for name, param in model.named_parameters(remove_duplicate=False)}
+    ordered = [param for group in optimizer.param_groups for param in group["params"]]
+    if len(ordered) != sum(len(group["params"]) for group in groups) or len(groups) != len(optimizer.param_groups):
+        raise ValueError(
+            f"optimizer state has {len(groups)} parameter groups of "
+            f"{[len(group['params']) for group in groups]} parameters; this optimizer has "
+            f"{[len(group['params']) for group in optimizer.param_groups]}"
+        )
+    missing = [i for i, param in enumerate(ordered) if id(param) not in names_of]
+    if missing:
+        raise ValueError(f"optimizer parameters {missing} are not parameters of the model")
+    names = [names_of[id(param)] for param in ordered]
+    return {
+        "state": {names[i]: value for i, value in state.get("state", {}).items()},
+        "param_groups": [{**group, "params": [names[i] for i in group["params"]]} for group in groups],
+    }
+
+
 def load_training_state(path: Path | str) -> dict:
     """Read a checkpoint written by :func:`spectrallab.train` (``weights_only=True``)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -193,7 +241,7 @@ def restore_training_state(
         )
     if parallel is None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(optimizer_state_by_index(state["optimizer"]))  # also one FSDP wrote
     else:
         parallel.load_state(model, optimizer, state["model"], state["optimizer"])
     if scheduler is not None:

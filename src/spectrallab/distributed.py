@@ -154,8 +154,10 @@ class Parallel:
 
             load_full_state_dicts(model, optimizer, model_state, optimizer_state)
             return
+        from .checkpoint import optimizer_state_by_index
+
         model.load_state_dict(model_state)
-        optimizer.load_state_dict(optimizer_state)
+        optimizer.load_state_dict(optimizer_state_by_index(optimizer_state))
 
 
 def wrap(model: nn.Module, *, fsdp: bool = False, device: torch.device | None = None) -> Parallel:

@@ -33,11 +33,13 @@ op on that output would skip FSDP's backward hook. Models that add to a layer's 
 (``x = x + attn(x)``, the tiny GPT, transformers' blocks) are unaffected.
 
 **Checkpoints** are whole tensors, the same keys as one process's ``model.state_dict()``
-(``torch.distributed.checkpoint.state_dict`` with ``full_state_dict=True, cpu_offload=True``): a
-model trained sharded loads into one process, and the other way round. The optimizer's state is
-keyed by parameter name (that API's format). Loading runs torch's state initialization (one step
-with zero gradients at lr 0) with spectrallab's step hooks paused, so it moves no clock (SST's
-``steps_taken``) and starts no period.
+(``torch.distributed.checkpoint.state_dict`` with ``full_state_dict=True, cpu_offload=True``), and
+the optimizer's state is in torch's own layout, as one process's ``optimizer.state_dict()``
+(parameters numbered across the groups; that API names them instead, and the names are converted
+on the way out and back: :func:`spectrallab.checkpoint.optimizer_state_by_index`). So a run trained
+sharded resumes in one process or under DDP, and the other way round. Loading runs torch's state
+initialization (one step with zero gradients at lr 0) with spectrallab's step hooks paused, so it
+moves no clock (SST's ``steps_taken``) and starts no period.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .apply import adapted_layers
-from .checkpoint import atomic_save
+from .checkpoint import atomic_save, optimizer_state_by_index, optimizer_state_by_name
 from .methods.base import Method
 from .shards import is_sharded
 
@@ -169,11 +171,13 @@ def full_state_dicts(
     """``(model_state, optimizer_state)`` of a sharded model as whole CPU tensors (a collective: call
     it on every rank). Rank 0 gets them; the other ranks get empty dicts. The model's keys are those of
     one process's ``model.state_dict()``, buffers (every method's clocks and random streams) included;
-    the optimizer's state is keyed by parameter name."""
+    the optimizer's, one process's ``optimizer.state_dict()``: its parameters numbered, not named."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     model_state = get_model_state_dict(model, options=_options())
     optim_state = None if optimizer is None else get_optimizer_state_dict(model, optimizer, options=_options())
+    if optim_state:  # rank 0's; the others' are empty
+        optim_state = optimizer_state_by_index(optim_state)
     return model_state, optim_state
 
 
@@ -214,8 +218,9 @@ def load_full_state_dicts(
     model_state: dict[str, Any],
     optimizer_state: dict[str, Any] | None = None,
 ) -> None:
-    """Load whole state dicts (from :func:`full_state_dicts`, or one process's ``model.state_dict()``)
-    into a sharded model and its optimizer: rank 0 passes them, the other ranks may pass empty dicts
+    """Load whole state dicts (from :func:`full_state_dicts`, or one process's ``model.state_dict()``
+    and ``optimizer.state_dict()``; an optimizer state named by parameter, as earlier versions saved
+    it, loads too) into a sharded model and its optimizer: rank 0 passes them, the other ranks may pass empty dicts
     (rank 0's are broadcast). A collective: call it on every rank, after ``shard`` and ``sl.optimizer``.
     The optimizer is loaded first, then the model, so nothing the optimizer's initialization touched
     survives."""
@@ -227,6 +232,8 @@ def load_full_state_dicts(
     # (not sharded) state tensors get their saved layout back afterwards: a matrix product rounds
     # differently with another layout, and a resumed run should match an uninterrupted one bit for bit.
     model_state = _contiguous(model_state)
+    if optimizer is not None and optimizer_state:
+        optimizer_state = optimizer_state_by_name(model, optimizer, optimizer_state)
     if optimizer is not None and optimizer_state is not None:
         layouts = [_layouts(optimizer_state) if dist.get_rank() == 0 else None]
         dist.broadcast_object_list(layouts, src=0)
