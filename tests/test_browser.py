@@ -34,6 +34,13 @@ def browser():
         if os.environ.get("SPECTRALLAB_REQUIRE_BROWSER"):
             pytest.fail(missing)
         pytest.skip(missing)
+    driver = chromium()
+    yield driver
+    driver.quit()
+
+
+def chromium():
+    """A selenium driver of Debian's headless Chromium (also for scripts that check a built book)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -53,9 +60,7 @@ def browser():
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
 def wait_for(driver, script: str, timeout: float = 20.0):
@@ -208,3 +213,173 @@ def test_search_snippets_show_math_as_symbols_not_latex(browser, built_book):
     text = browser.execute_script("return Search.htmlToText(arguments[0]);", page)
     assert "\\" not in text and "aligned" not in text, text
     assert "the rank r update ΔW = BAᵀ with σ_i ≤ α/r" in " ".join(text.split()), text
+
+
+# -- phone width: no sideways page scroll, tables keep their columns --------------------------------
+
+PHONE = 390  # px: the window of a phone held upright
+
+# What makes a page wider than a phone's screen, and which rows of a printed table break.
+#
+# * The page must not scroll sideways: <html> is no wider than the window. Whatever reaches past the
+#   right edge of the window without a box around it that scrolls (a table, display math) is named,
+#   outermost first, so a failure says what to fix.
+# * A printed table (the text output of a cell, see book/_ext/reading.py) must keep its columns: each
+#   row that aligns columns (two or more runs of 2+ spaces, as the 1400 px check) renders as one line
+#   of its box, which scrolls sideways instead of wrapping. The browser says how many lines a row
+#   takes: the line boxes of a Range over the row's characters.
+PHONE_JS = r"""
+document.querySelectorAll('article.bd-article details').forEach(d => { d.open = true; });
+const doc = document.documentElement;
+const view = doc.clientWidth;
+const out = {overflow: Math.max(doc.scrollWidth, document.body.scrollWidth) - view,
+             past_edge: [], clipped: [], wrapped_rows: []};
+const describe = el => el.tagName.toLowerCase() + [...el.classList].map(c => '.' + c).join('');
+const where = el => { const cell = el.closest('.cell'); return cell && cell.id ? '#' + cell.id
+                      : (el.closest('section[id]') || {}).id || ''; };
+const scrolls = el => /auto|scroll/.test(getComputedStyle(el).overflowX);
+const past = new Set(), fixed = new Set();
+for (const el of document.body.querySelectorAll('*')) {
+  const r = el.getBoundingClientRect();
+  // A drawer (the theme's sidebars at phone width) is fixed to the window, off screen until opened: it
+  // does not widen the page. An invisible element (a heading's # link) does, and counts.
+  if (fixed.has(el.parentElement) || getComputedStyle(el).position === 'fixed') { fixed.add(el); continue; }
+  if (!r.width || !r.height) continue;
+  if (el.closest('mjx-assistive-mml')) continue;  // MathJax's copy for screen readers, never shown
+  // the nearest box around it that does not let it spill: one that scrolls, or one that clips
+  let box = el.parentElement;
+  while (box && box !== document.body && getComputedStyle(box).overflowX === 'visible') box = box.parentElement;
+  const edge = box && box !== document.body ? box.getBoundingClientRect().right : view;
+  if (box && box !== document.body && !scrolls(box) && r.right > edge + 1 &&
+      getComputedStyle(el).visibility !== 'hidden' &&
+      el.closest('article.bd-article') && !el.closest('.js-plotly-plot')) {
+    // cut off by a box that hides what does not fit (the theme's inline math boxes do)
+    past.add(el);
+    if (past.has(el.parentElement)) continue;
+    out.clipped.push({element: describe(el), where: where(el), right: Math.round(r.right), edge: Math.round(edge),
+                      text: (el.textContent || '').trim().slice(0, 80)});
+    continue;
+  }
+  if (r.right <= Math.min(edge, view) + 1 || (box && box !== document.body)) continue;
+  past.add(el);
+  if (past.has(el.parentElement)) continue;  // its container already reaches past the edge
+  out.past_edge.push({element: describe(el), where: where(el), right: Math.round(r.right), view: view,
+                      text: (el.innerText || el.textContent || '').trim().split('\n')[0].slice(0, 80)});
+}
+const TABLE_ROW = /\S {2,}\S.*\S {2,}\S/;
+for (const pre of document.querySelectorAll('article.bd-article .cell_output pre')) {
+  if (!pre.getClientRects().length) continue;
+  // the characters of the pre, as (text node, offset) pairs, to put a Range round each row
+  const nodes = [];
+  const walk = document.createTreeWalker(pre, NodeFilter.SHOW_TEXT);
+  let text = '';
+  for (let n = walk.nextNode(); n; n = walk.nextNode()) { nodes.push([n, text.length]); text += n.data; }
+  const at = i => {
+    let k = nodes.length - 1;
+    while (k > 0 && nodes[k][1] > i) k--;
+    return [nodes[k][0], i - nodes[k][1]];
+  };
+  let start = 0;
+  for (const line of text.split('\n')) {
+    const end = start + line.length;
+    if (TABLE_ROW.test(line)) {
+      const range = document.createRange();
+      range.setStart(...at(start));
+      range.setEnd(...at(end));
+      const tops = [];
+      for (const rect of range.getClientRects()) {
+        if (rect.width > 0 && !tops.some(t => Math.abs(t - rect.top) < 3)) tops.push(rect.top);
+      }
+      if (tops.length > 1) out.wrapped_rows.push({where: where(pre), lines: tops.length, text: line.slice(0, 80)});
+    }
+    start = end + 1;
+  }
+}
+return out;
+"""
+
+
+def phone_problems(driver, page, width: int = PHONE, theme: str = "light", timeout: float = 30.0) -> dict:
+    """``page`` (a built HTML file) in a ``width``-px window in ``theme``, once its math is typeset and
+    its figures drawn and reflowed (book/_static/figures.js): {overflow: px the page scrolls sideways,
+    past_edge: [what reaches past the window's edge], clipped: [what a box of the
+    text column cuts off], wrapped_rows: [table rows shown on several lines]}."""
+    driver.set_window_size(width, 1000)
+    driver.get(page.as_uri())
+    wait_for(driver, "return document.readyState === 'complete'")
+    if driver.execute_script("return !!(window.MathJax && MathJax.startup && MathJax.startup.promise)"):
+        driver.execute_async_script("MathJax.startup.promise.then(arguments[arguments.length - 1]);")
+    driver.execute_script(f"document.documentElement.dataset.theme = {theme!r};")
+    figures = page.read_text().count('class="plotly-graph-div"')
+    if figures:
+        # drawn, and restyled for the theme and the width (figures.js marks each figure when done)
+        wait_for(
+            driver,
+            f"const divs = document.querySelectorAll('.js-plotly-plot');"
+            f"return divs.length >= {figures} && [...divs].every(d => d._fullLayout && d.querySelector({DRAWN_TRACE!r})"
+            f" && (!document.querySelector('script[src*=\"figures.js\"]') ||"
+            f"     (d.dataset.slTheme === {theme!r} && d.dataset.slNarrow !== undefined)));",
+            timeout,
+        )
+        time.sleep(0.3)  # the last relayout's redraw
+    return driver.execute_script(PHONE_JS)
+
+
+def phone_report(name: str, found: dict, width: int = PHONE, theme: str = "light") -> str:
+    lines = [f"{name} at {width} px ({theme}): the page scrolls {found['overflow']} px sideways"]
+    lines += [
+        f"  past the edge: {p['element']} in {p['where'] or 'the page'} reaches {p['right']} px ({p['text']!r})"
+        for p in found["past_edge"]
+    ]
+    lines += [
+        f"  clipped: {c['element']} in {c['where'] or 'the page'} reaches {c['right']} px in a box ending at "
+        f"{c['edge']} px ({c['text']!r})"
+        for c in found["clipped"]
+    ]
+    lines += [
+        f"  table row on {r['lines']} lines in {r['where'] or 'the page'}: {r['text']!r}" for r in found["wrapped_rows"]
+    ]
+    return "\n".join(lines)
+
+
+@pytest.mark.browser
+@pytest.mark.chapters
+@pytest.mark.parametrize("theme", ["light", "dark"])
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_page_reads_at_phone_width(browser, built_book, chapter, theme):
+    page = built_book / chapter.relative_to(ROOT).with_suffix(".html")
+    found = phone_problems(browser, page, PHONE, theme)
+    assert found["overflow"] <= 1 and not (found["past_edge"] or found["clipped"] or found["wrapped_rows"]), (
+        phone_report(chapter.stem, found, PHONE, theme)
+    )
+
+
+def measure(html: str, width: int = PHONE, themes: tuple[str, ...] = ("light",)) -> int:
+    """Run the phone-width check on every page of the built book in ``html`` and print what it finds;
+    returns the number of problems (``python tests/test_browser.py /tmp/book/_build/html``)."""
+    from pathlib import Path
+
+    driver = chromium()
+    total = 0
+    try:
+        for page in sorted(Path(html).rglob("*.html")):
+            if page.name in ("genindex.html", "search.html", "py-modindex.html") or "_static" in page.parts:
+                continue
+            for theme in themes:
+                found = phone_problems(driver, page, width, theme)
+                problems = (found["overflow"] > 1) + sum(
+                    len(found[k]) for k in ("past_edge", "clipped", "wrapped_rows")
+                )
+                total += problems
+                if problems:
+                    print(phone_report(page.stem, found, width, theme))
+    finally:
+        driver.quit()
+    print(f"{total} problems")
+    return total
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(1 if measure(sys.argv[1], *(int(a) for a in sys.argv[2:3])) else 0)

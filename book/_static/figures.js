@@ -329,6 +329,11 @@
         if (best) {
           layout["annotations[" + i + "].x"] = 0.5;
           layout["annotations[" + i + "].y"] = best.cell.newYd[1];
+          // a subplot title now centred over the full width wraps as the figure's title does, or
+          // a long one runs past both edges of a phone's figure
+          var subSize = (fl.annotations[i] && fl.annotations[i].font && fl.annotations[i].font.size) || 14;
+          var wrappedSub = a.text && wrapTitle(String(a.text), width - fl.margin.l - fl.margin.r, subSize);
+          if (wrappedSub && wrappedSub !== a.text) layout["annotations[" + i + "].text"] = wrappedSub;
         }
       });
       // colour bars: beside the panel of their trace
