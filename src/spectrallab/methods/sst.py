@@ -828,8 +828,8 @@ class SST(Method):
       the layer's backward writes into ``.grad``.
     * ``seed`` (0) — seeds every layer's sampling generator (with the layer's name).
     * ``keep_weight`` ("auto" | "always" | "never") — whether a forward that built the dense W keeps
-      it for backward (memory for speed; the gradients are the same to the bit):
-      :func:`keeps_weight`.
+      it for backward (memory for speed; the gradients are the same to the bit): "auto" from
+      ``8 · out_features`` tokens per call on (``spectrallab.methods.sst.keeps_weight``).
 
     Trainable per layer: ``r(m + n) + k`` (+ bias). Everything else is trainable too
     (a pre-training method). See the module docstring for the algorithm and the choices made.
