@@ -5,7 +5,10 @@ or any annotation's (subplot titles, a line's label) nor the plot area (the data
 not cover the title, and every tick label of a log axis must be the number at its tick written
 plainly or as a power of ten (no SI prefixes such as 10n or 1p, no bare mantissas "2 3 4 5"). With
 ``data-theme="dark"`` on <html> (what the theme's button sets) every figure's background is dark,
-and with it light again, white. At 390 px the panels of a figure do not overlap each other.
+and with it light again, white; in both themes every series colour (lines, markers and point labels
+of traces with a legend entry or labels, coloured annotations) keeps a WCAG contrast of 3:1 against
+the figure's background (greys on white excepted), and no two point labels meet. At 390 px the
+panels of a figure do not overlap each other.
 
 The page checks are plain functions of a selenium driver (:func:`figure_problems`,
 :func:`dark_backgrounds`, :func:`narrow_overlaps`), so they can be run on any built book's pages
@@ -24,6 +27,8 @@ from test_chapters import CHAPTERS
 from conftest import ROOT
 
 browser = test_browser.browser  # the same Chromium fixture (Debian's, headless)
+
+MIN_CONTRAST = 3.0  # WCAG contrast of a series colour against the figure's background (plots.MIN_CONTRAST)
 
 # What the page's figures.js reports once it has styled a figure (see book/_static/figures.js).
 STYLED = "d => d.dataset.slTheme === '{theme}' && d.dataset.slNarrow !== undefined"
@@ -131,7 +136,8 @@ document.querySelectorAll('.js-plotly-plot').forEach((gd, n) => {
   const figure = `figure ${n + 1} "${plain(fl.title && fl.title.text).slice(0, 40)}"`;
   const add = (what, colour) => {
     if (typeof colour === 'string' && !/^rgba\(.*,\s*0(\.0+)?\)$/.test(colour))
-      out.push({figure, what, colour, ratio: ratio(colour, bg)});
+      out.push({figure, what, colour, ratio: ratio(colour, bg),
+                chroma: (Math.max(...rgb(colour)) - Math.min(...rgb(colour))) / 255});
   };
   gd._fullData.forEach(t => {
     if (t.visible !== true || t.type !== 'scatter') return;
@@ -251,11 +257,16 @@ def test_figures_follow_the_dark_theme_and_back(browser, built_book, chapter):
     assert dark and all(f["paper"] < 0.25 and (f["plot"] is None or f["plot"] < 0.25) for f in dark), (
         f"{chapter.stem}: figures not dark in dark mode: {dark}"
     )
+    low = [c for c in colour_contrasts(browser) if c["ratio"] < MIN_CONTRAST]
+    assert not low, f"{chapter.stem}: series colours below {MIN_CONTRAST}:1 in dark mode: {low[:6]}"
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / f"dark-{chapter.stem}.png"))
     assert set_theme(browser, "light")
     light = dark_backgrounds(browser)
     assert all(f["paper"] > 0.9 for f in light), f"{chapter.stem}: figures stayed dark in light mode: {light}"
+    # (on white, greys — context such as the dropped part of a spectrum — may stay pale)
+    low = [c for c in colour_contrasts(browser) if c["ratio"] < MIN_CONTRAST and c["chroma"] > 0.15]
+    assert not low, f"{chapter.stem}: series colours below {MIN_CONTRAST}:1 in light mode: {low[:6]}"
 
 
 @pytest.mark.browser
