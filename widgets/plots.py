@@ -332,7 +332,7 @@ def luminance_or_none(colour: str) -> float | None:
 
 def palette(n: int, scale: str = "Turbo") -> list[str]:
     """``n`` distinguishable colours spread over a plotly colour scale (its dark ends avoided), each
-    darkened where needed to read on white (:func:`readable`)."""
+    darkened where needed to read on white (``plots.readable``)."""
     return [readable(c) for c in sample_colorscale(scale, [0.1 + 0.8 * i / max(1, n - 1) for i in range(n)])]
 
 
@@ -539,7 +539,7 @@ def tradeoff_figure(
     its own x values, e.g. LoRA at several ranks and full fine-tuning as a single point), optional point
     labels ``text`` (``"r=8"``) and dashed horizontal ``references`` (e.g. the frozen base).
 
-    Point labels are placed point by point (:func:`label_sides`) on the side of their point where
+    Point labels are placed point by point (``plots.label_sides``) on the side of their point where
     they meet no label placed before them and no other point — two series that share a point (LoRA
     and SORSA at one budget) print their labels above and below it, not on top of each other; every
     label is also in the hover text."""
@@ -583,7 +583,7 @@ def tradeoff_figure(
 # What label_sides assumes of the drawn plot (a figure in the book's 772 px text column) and of a
 # 10 px label: its width per character and its height, and the marker's radius, in pixels.
 PLOT_PX = (690, 290)
-LABEL_CHAR_PX, LABEL_PX, MARKER_PX = 6.0, 13.0, 6.0
+LABEL_CHAR_PX, LABEL_PX, MARKER_PX = 6.5, 14.0, 6.0
 SIDES = ("top center", "bottom center", "middle right", "middle left")
 
 
