@@ -5,7 +5,10 @@ or any annotation's (subplot titles, a line's label) nor the plot area (the data
 not cover the title, and every tick label of a log axis must be the number at its tick written
 plainly or as a power of ten (no SI prefixes such as 10n or 1p, no bare mantissas "2 3 4 5"). With
 ``data-theme="dark"`` on <html> (what the theme's button sets) every figure's background is dark,
-and with it light again, white. At 390 px the panels of a figure do not overlap each other.
+and with it light again, white; in both themes every series colour (lines, markers and point labels
+of traces with a legend entry or labels, coloured annotations) keeps a WCAG contrast of 3:1 against
+the figure's background (greys on white excepted), and no two point labels meet. At 390 px the
+panels of a figure do not overlap each other.
 
 The page checks are plain functions of a selenium driver (:func:`figure_problems`,
 :func:`dark_backgrounds`, :func:`narrow_overlaps`), so they can be run on any built book's pages
@@ -25,6 +28,8 @@ from conftest import ROOT
 
 browser = test_browser.browser  # the same Chromium fixture (Debian's, headless)
 
+MIN_CONTRAST = 3.0  # WCAG contrast of a series colour against the figure's background (plots.MIN_CONTRAST)
+
 # What the page's figures.js reports once it has styled a figure (see book/_static/figures.js).
 STYLED = "d => d.dataset.slTheme === '{theme}' && d.dataset.slNarrow !== undefined"
 
@@ -41,7 +46,8 @@ function value(text) {               // the number a log-axis tick label writes,
   const t = plain(text);
   return /^-?[\d.]+(e-?\d+)?$/.test(t) ? parseFloat(t) : NaN;     // 0.01, 250; not 10n, 1p, 5µ
 }
-const out = {legend_title: [], legend_data: [], modebar_title: [], log_ticks: [], raw_names: [], figures: 0};
+const out = {legend_title: [], legend_data: [], modebar_title: [], log_ticks: [], raw_names: [], labels: [],
+             figures: 0};
 document.querySelectorAll('.js-plotly-plot').forEach((gd, n) => {
   if (!gd._fullLayout) return;
   out.figures++;
@@ -71,6 +77,14 @@ document.querySelectorAll('.js-plotly-plot').forEach((gd, n) => {
       if (!(Math.abs(shown - exact) <= 0.02 * exact)) out.log_ticks.push(`${name} ${k}: "${plain(v.text)}"`);
     });
   });
+  // Point labels (a scatter trace's text): no two boxes may meet or touch (1 px of air at least),
+  // within one trace or across traces.
+  const labels = [...gd.querySelectorAll('.scatterlayer .trace')].filter(t => t.style.opacity !== '0')
+      .flatMap(t => [...t.querySelectorAll('.textpoint text')])
+      .map(e => [plain(e.textContent), box(e)]).filter(l => l[1] && l[0]);
+  labels.forEach(([a, ra], i) => labels.slice(i + 1).forEach(([b, rb]) => {
+    if (meet(ra, rb, -1)) out.labels.push(`${name}: "${a}" and "${b}"`);
+  }));
   (fl.annotations || []).forEach(a => words.push(plain(a.text || '')));
   words.forEach(w => { if (/(^|[^A-Za-z0-9])[A-Za-zα-ωΑ-Ω‖)′]_/.test(w) || /\b\w+_\w+\b/.test(w))
                          out.raw_names.push(`${name}: "${w}"`); });
@@ -91,6 +105,55 @@ return [...document.querySelectorAll('.js-plotly-plot')].filter(gd => gd._fullLa
   const bg = gd.querySelector('.main-svg .bg');
   return {paper: lum(gd._fullLayout.paper_bgcolor), plot: bg ? lum(getComputedStyle(bg).fill) : null};
 });
+"""
+
+# WCAG contrast against the figure's background of every colour that names a series or prints
+# text in its colour: the line, marker and point-label colours of each trace with a legend entry or
+# labels, and coloured annotations (a line's label). (Faint context — a trace without a legend entry
+# and without labels, drawn translucent on purpose — is not a series colour.)
+COLOUR_JS = r"""
+const probe = document.createElement('canvas').getContext('2d');
+function rgb(c) {               // a CSS colour as [r, g, b] in 0-255 (through the canvas's normalization)
+  probe.fillStyle = '#000'; probe.fillStyle = String(c);
+  const s = probe.fillStyle;
+  return s[0] === '#' ? [1, 3, 5].map(i => parseInt(s.slice(i, i + 2), 16))
+                      : s.match(/[\d.]+/g).slice(0, 3).map(Number);
+}
+function luminance(c) {
+  const [r, g, b] = rgb(c).map(v => (v /= 255) <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4));
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+}
+const ratio = (a, b) => {
+  const [x, y] = [luminance(a), luminance(b)].sort((p, q) => q - p);
+  return (x + 0.05) / (y + 0.05);
+};
+const plain = t => String(t || '').replace(/<[^>]+>/g, ' ').replace(/\s+/g, ' ').trim();
+const out = [];
+document.querySelectorAll('.js-plotly-plot').forEach((gd, n) => {
+  const fl = gd._fullLayout;
+  if (!fl) return;
+  const bg = fl.paper_bgcolor;
+  const figure = `figure ${n + 1} "${plain(fl.title && fl.title.text).slice(0, 40)}"`;
+  const add = (what, colour) => {
+    if (typeof colour === 'string' && !/^rgba\(.*,\s*0(\.0+)?\)$/.test(colour))
+      out.push({figure, what, colour, ratio: ratio(colour, bg),
+                chroma: (Math.max(...rgb(colour)) - Math.min(...rgb(colour))) / 255});
+  };
+  gd._fullData.forEach(t => {
+    if (t.visible !== true || t.type !== 'scatter') return;
+    const mode = t.mode || '';
+    const labelled = mode.includes('text') && t.text;
+    if (!(t.showlegend || labelled)) return;
+    const who = `trace "${plain(t.name)}"`;
+    if (mode.includes('lines') && t.line) add(`${who} line`, t.line.color);
+    if (mode.includes('markers') && t.marker) add(`${who} marker`, t.marker.color);
+    if (labelled && t.textfont) add(`${who} labels`, t.textfont.color);
+  });
+  (fl.annotations || []).forEach(a => {
+    if (a.visible !== false && plain(a.text)) add(`annotation "${plain(a.text).slice(0, 30)}"`, a.font.color);
+  });
+});
+return out;
 """
 
 NARROW_JS = r"""
@@ -154,6 +217,11 @@ def dark_backgrounds(driver) -> list[dict]:
     return driver.execute_script(DARK_JS)
 
 
+def colour_contrasts(driver) -> list[dict]:
+    """``{figure, what, colour, ratio}`` for every series and label colour of the page's figures."""
+    return driver.execute_script(COLOUR_JS)
+
+
 def narrow_overlaps(driver) -> list[str]:
     return driver.execute_script(NARROW_JS)
 
@@ -174,7 +242,7 @@ def test_figures_do_not_collide_and_log_axes_read(browser, built_book, chapter):
         pytest.skip(f"{chapter.stem} has no figures")
     found = figure_problems(browser)
     assert found["figures"] > 0
-    for kind in ("legend_title", "legend_data", "modebar_title", "log_ticks", "raw_names"):
+    for kind in ("legend_title", "legend_data", "modebar_title", "log_ticks", "raw_names", "labels"):
         assert not found[kind], f"{chapter.stem}: {kind}: {found[kind]}"
 
 
@@ -189,11 +257,16 @@ def test_figures_follow_the_dark_theme_and_back(browser, built_book, chapter):
     assert dark and all(f["paper"] < 0.25 and (f["plot"] is None or f["plot"] < 0.25) for f in dark), (
         f"{chapter.stem}: figures not dark in dark mode: {dark}"
     )
+    low = [c for c in colour_contrasts(browser) if c["ratio"] < MIN_CONTRAST]
+    assert not low, f"{chapter.stem}: series colours below {MIN_CONTRAST}:1 in dark mode: {low[:6]}"
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / f"dark-{chapter.stem}.png"))
     assert set_theme(browser, "light")
     light = dark_backgrounds(browser)
     assert all(f["paper"] > 0.9 for f in light), f"{chapter.stem}: figures stayed dark in light mode: {light}"
+    # (on white, greys — context such as the dropped part of a spectrum — may stay pale)
+    low = [c for c in colour_contrasts(browser) if c["ratio"] < MIN_CONTRAST and c["chroma"] > 0.15]
+    assert not low, f"{chapter.stem}: series colours below {MIN_CONTRAST}:1 in light mode: {low[:6]}"
 
 
 @pytest.mark.browser

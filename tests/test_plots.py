@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
@@ -155,3 +156,100 @@ def test_widgets_share_the_style():
         assert fig.layout.legend.yref == "container" and fig.layout.title.pad.t >= plots.MODEBAR_BAND
         raw = [t for t in texts(fig) if RAW.search(t)]
         assert not raw, f"{type(widget).__name__}: raw names in {raw}"
+
+
+# -- colours that read in both themes --------------------------------------------------------------
+FIGURES_JS = Path(__file__).resolve().parent.parent / "book" / "_static" / "figures.js"
+
+
+def series_colours() -> list[str]:
+    """Every colour the book draws series in: the method palette at every size a figure uses, the
+    template's colour cycle (traces given no colour), the viridis-based builders', and the widgets' own."""
+    from spectrallab.widgets import explorer, playground
+
+    colours = [c for n in range(1, 17) for c in plots.palette(n)]
+    colours += list(plots.TEMPLATE.layout.colorway)
+    history = [[step, [1.0, 0.5]] for step in range(12)]
+    evolution = plots.spectrum_evolution_figure(Run("r", spectra={"fc1": history}), "fc1")
+    lines = plots.lines_figure([1, 2], {f"s{i}": [1, 2] for i in range(8)}, title="t", xaxis_title="x", yaxis_title="y")
+    colours += [t.line.color for t in (*evolution.data, *lines.data)]
+    colours += [explorer.KEPT_COLOR, explorer.DROPPED_COLOR, explorer.INIT_COLOR, explorer.ENERGY_COLOR]
+    colours += [playground.METRIC_COLOR]
+    return list(dict.fromkeys(colours))
+
+
+def dark_variants(colours: list[str]) -> list[str]:
+    """What book/_static/figures.js draws each colour as in the dark theme (its darkVariant, run in node)."""
+    import json
+    import shutil
+    import subprocess
+
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        pytest.skip("node is not installed: figures.js's dark palette cannot be run here")
+    script = (
+        f"const c = require({json.dumps(str(FIGURES_JS))});"
+        f"const bg = {json.dumps(plots.DARK_BACKGROUND)};"
+        f"console.log(JSON.stringify({json.dumps(colours)}.map(x => c.darkVariant(x, bg))));"
+    )
+    return json.loads(subprocess.run([node, "-e", script], capture_output=True, text=True, check=True).stdout)
+
+
+def test_wcag_contrast_matches_the_definition():
+    assert plots.contrast("#000000", "#ffffff") == pytest.approx(21.0)
+    assert plots.contrast("#777777", "#ffffff") == pytest.approx(4.48, abs=0.01)  # WCAG's own example
+    assert plots.contrast("rgb(255, 255, 255)", "#fff") == pytest.approx(1.0)
+
+
+def test_every_series_colour_reads_on_both_backgrounds():
+    colours = series_colours()
+    assert len(colours) > 40
+    light = {c: plots.contrast(c, plots.LIGHT_BACKGROUND) for c in colours}
+    dark = dict(zip(colours, dark_variants(colours)))
+    on_dark = {c: plots.contrast(d, plots.DARK_BACKGROUND) for c, d in dark.items()}
+    low_light = {c: round(r, 2) for c, r in light.items() if r < plots.MIN_CONTRAST}
+    low_dark = {f"{c} -> {dark[c]}": round(r, 2) for c, r in on_dark.items() if r < plots.MIN_CONTRAST}
+    assert not low_light, f"below {plots.MIN_CONTRAST}:1 on white: {low_light}"
+    assert not low_dark, f"below {plots.MIN_CONTRAST}:1 on the dark background: {low_dark}"
+    # the dark theme lightens only what needs it, and keeps the hue (the palette's first, LoRA's, blue)
+    first = plots.palette(6)[0]
+    assert plots.contrast(first, plots.DARK_BACKGROUND) < 3 and dark[first] != first
+    r, g, b = plots.rgb(dark[first])
+    assert b > r and b > g
+    bright = plots.palette(8)[1]  # already 5.8:1 on the dark background: drawn as it is
+    assert plots.contrast(bright, plots.DARK_BACKGROUND) >= 4.5 and dark[bright] == bright
+
+
+def test_dark_variant_rejects_a_dark_colour_that_a_future_palette_might_add():
+    """The check above is not vacuous: a dark navy fails on the dark background until figures.js
+    lightens it, and a pale yellow fails on white until plots.readable darkens it."""
+    assert plots.contrast("#1b1f6b", plots.DARK_BACKGROUND) < plots.MIN_CONTRAST
+    assert plots.contrast(dark_variants(["#1b1f6b"])[0], plots.DARK_BACKGROUND) >= plots.MIN_CONTRAST
+    assert plots.contrast("#f0e442", plots.LIGHT_BACKGROUND) < plots.MIN_CONTRAST
+    assert plots.contrast(plots.readable("#f0e442"), plots.LIGHT_BACKGROUND) >= plots.MIN_CONTRAST
+
+
+def test_style_darkens_a_chapters_pale_series_colour():
+    fig = go.Figure(
+        go.Scatter(x=[1, 2], y=[1, 2], line=dict(color="#f0e442"), mode="lines+markers+text", text=["a", "b"])
+    )
+    plots.style(fig)
+    assert plots.contrast(fig.data[0].line.color, "#ffffff") >= plots.MIN_CONTRAST
+
+
+# -- point labels ----------------------------------------------------------------------------------
+def test_labels_of_two_series_sharing_a_point_go_to_different_sides():
+    series = {"LoRA": ([600, 2400, 4800], [0.80, 0.91, 0.93]), "SORSA": ([602, 2402], [0.77, 0.95])}
+    text = {"LoRA": ["r=1", "r=4", "r=8"], "SORSA": ["r=1", "r=4"]}
+    sides = plots.label_sides(series, text, log_x=True)
+    assert sides["LoRA"][0] != sides["SORSA"][0] and sides["LoRA"][1] != sides["SORSA"][1]
+    fig = plots.tradeoff_figure(series, text=text, title="t", yaxis_title="accuracy")
+    assert list(fig.data[0].textposition) == sides["LoRA"] and list(fig.data[1].textposition) == sides["SORSA"]
+
+
+def test_short_log_axis_over_a_decade_writes_one_two_five_plainly():
+    fig = go.Figure(go.Scatter(x=[200, 800, 5000], y=[1, 2, 3]))
+    fig.update_xaxes(type="log")
+    plots.style(fig)
+    assert list(fig.layout.xaxis.tickvals) == [200, 500, 1000, 2000, 5000]
+    assert list(fig.layout.xaxis.ticktext) == ["200", "500", "1000", "2000", "5000"]

@@ -1,6 +1,7 @@
 """The static book's widgets respond with no kernel: on the built widgets page, a click on a plotly
 slider's rail moves SpectrumExplorer to another precomputed rank and the figure redraws, SSTView's
-period slider does the same, and Compare's buttons hide runs — plotly.js alone, no Python.
+period slider does the same, Compare's buttons hide runs and its x-axis menu switches the left panel
+to final values against trainable parameters — plotly.js alone, no Python.
 
 The page checks are functions of a driver and an HTML directory (:func:`check_static_widgets`), so they
 can also be run on a book built by hand (``python tests/test_static_widgets_browser.py DIR``).
@@ -97,6 +98,19 @@ def check_static_widgets(driver, html: Path) -> None:
         f"Compare: 'only …' hid no run ({before['visible']} -> {after['visible']})"
     )
     assert after["drawn"] < before["drawn"], "Compare: the hidden runs are still drawn"
+
+    # The x-axis dropdown: "trainable parameters" redraws the left panel as final values per method.
+    x_title = "return document.querySelectorAll('.js-plotly-plot')[arguments[0]]._fullLayout.xaxis.title.text"
+    before, title_before = state(driver, index), driver.execute_script(x_title, index)
+    header = plot.find_elements("css selector", ".updatemenu-header")
+    assert header, "Compare has no x-axis menu"
+    header[-1].click()
+    options = [o for o in plot.find_elements("css selector", ".updatemenu-dropdown-button") if o.text]
+    assert [o.text for o in options] == ["step", "trainable parameters", "rank"], [o.text for o in options]
+    options[1].click()
+    after = changes(driver, index, before)
+    assert after["data"] != before["data"], "Compare: the x-axis menu changed no data"
+    assert driver.execute_script(x_title, index) == "trainable parameters" != title_before
 
 
 @pytest.mark.browser

@@ -303,3 +303,58 @@ def test_static_figure_drops_empty_slots_and_its_buttons_show_one_method(runs):
     expected = [(t.name, list(t.x), list(t.y)) for t in live.figure.data if t.visible is not False]
     assert shown == expected
     assert "legend" in w.static_note() and "make lab" in w.static_note()
+
+
+def _slots_after(button) -> list[tuple]:
+    """The traces a static x-axis entry draws: (name, panel, x, y) of each slot it makes visible."""
+    from spectrallab.widgets.static import decode
+
+    data = button.args[0]
+    shown = []
+    for i, visible in enumerate(data["visible"]):
+        if visible is False:
+            continue
+        values = [list(decode(data[key][i])) for key in ("x", "y")]
+        shown.append((data["name"][i], data["xaxis"][i] or "x", *values))
+    return shown
+
+
+def test_static_x_axis_menu_entry_k_is_the_live_widget_with_that_x_axis(runs):
+    from spectrallab.widgets.compare import X_AXES
+
+    static = Compare(live=False).static_figure()
+    menus = {menu.name: menu for menu in static.layout.updatemenus}
+    entries = menus["x-axis"].buttons
+    assert [b.label for b in entries] == [X_AXES[k].split(" (")[0] for k in X_AXES]
+    assert menus["x-axis"].active == 0  # the widget's own x-axis, step
+    for key, entry in zip(X_AXES, entries):
+        live = Compare(x_axis=key, live=False)
+        expected = [
+            (t.name, t.xaxis or "x", [float(v) for v in t.x], [float(v) for v in t.y])
+            for t in live.figure.data
+            if t.visible is not False
+        ]
+        assert _slots_after(entry) == expected, key
+        layout = entry.args[1]
+        assert layout["xaxis.title.text"] == live.figure.layout.xaxis.title.text
+        assert layout["xaxis.type"] == live.figure.layout.xaxis.type
+        assert layout["annotations[0].text"] == live.figure.layout.annotations[0].text
+        # the run buttons that come with the entry show exactly the live widget's runs of a group
+        only_lora = layout["updatemenus[0].buttons"][1]
+        assert only_lora["label"] == "only lora"
+        visible = only_lora["args"][0]["visible"]
+        lora_live = Compare(selected=[r.id for k, r in runs.items() if k != "full"], x_axis=key, live=False)
+        shown = [s for s, v in zip(_slots_after(entry), visible) if v]
+        assert shown == [
+            (t.name, t.xaxis or "x", [float(v) for v in t.x], [float(v) for v in t.y])
+            for t in lora_live.figure.data
+            if t.visible is not False
+        ], key
+    # a differing state really differs (the menu is not three copies of one figure)
+    assert _slots_after(entries[0]) != _slots_after(entries[1])
+    assert "x-axis" in Compare(live=False).static_note()
+
+
+def test_static_x_axis_menu_is_not_offered_when_the_control_is_hidden(runs):
+    static = Compare(live=False, hide=["x_axis"]).static_figure()
+    assert "x-axis" not in {menu.name for menu in static.layout.updatemenus}

@@ -34,7 +34,7 @@ from spectrallab.runs import Run, load_runs, runs_dir
 
 from . import static
 from .base import Widget, _escape
-from .plots import palette, style
+from .plots import palette, readable_log_axis, style
 
 TRAIN_LOSS = "train_loss"  # the metric key for the per-step training loss (Run.loss), not an eval metric
 FINAL_TRAIN_LOSS_STEPS = 10  # a run's "final" training loss: the mean of its last this-many steps
@@ -46,6 +46,10 @@ X_AXES = {
 }
 GROUPINGS = {"method": "colour by method", "rank": "colour by rank", "run": "colour by run"}
 FULL_RANK_METHODS = {"full", "none"}  # methods that have no rank (every weight trains, or nothing is adapted)
+LOG_TICK_KEYS = ("tickmode", "tick0", "dtick", "tickvals", "ticktext")  # what readable_log_axis sets on the x axis
+# Static page: a band above the panels for the x-axis menu and the run buttons, below the title.
+MENU_BAND = 32
+MENU_Y = 1.11  # paper units: ~30 px above a ~280 px tall plot area
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 
 
@@ -142,6 +146,16 @@ def final_value(run: Run, metric: str) -> float:
         tail = run.loss[-FINAL_TRAIN_LOSS_STEPS:]
         return float(np.mean(tail)) if tail else math.nan
     return float(run.final(metric))
+
+
+def _arrays(trace: dict) -> dict:
+    """A trace dict with its numeric x/y as numpy arrays, so :func:`static.encode` sends them compactly."""
+    out = dict(trace)
+    for key in ("x", "y"):
+        values = out.get(key)
+        if values is not None and len(values) and all(isinstance(v, (int, float)) for v in values):
+            out[key] = np.asarray(values, dtype=float)
+    return out
 
 
 def metric_label(metric: str) -> str:
@@ -358,6 +372,11 @@ class Compare(Widget):
                         trace.update(visible=False, x=[], y=[], name=None, text=None, hovertext=None)
             fig.layout.xaxis.title.text = x_title
             fig.layout.xaxis.type = "log" if x_axis == "trainable_parameters" else "linear"
+            if x_axis == "trainable_parameters":  # decades as powers of ten, no mantissas (the book's style)
+                readable_log_axis(fig.layout.xaxis, np.array([x for t in left for x in t["x"]], dtype=float))
+            else:
+                fig.layout.xaxis.update(tickmode=None, tick0=None, dtick=None, tickvals=None, ticktext=None)
+                fig.layout.xaxis.minor = None
             fig.layout.yaxis.title.text = y_title
             fig.layout.yaxis.type = "log" if c["log_y"].value else "linear"
             fig.layout.annotations[0].text = f"{y_title} against {x_title}"
@@ -510,33 +529,152 @@ class Compare(Widget):
             groups.setdefault(self._group(run, self.controls["group_by"].value, labels), []).append(run.id)
         return groups
 
-    def static_figure(self) -> go.Figure:
-        """The figure as drawn, without its empty slots, plus buttons that show every run or one
-        group's (a method's, by default); the legend toggles single runs (click an entry). No kernel
-        needed: showing and hiding is plotly's own ``restyle`` of ``visible``."""
-        fig = go.Figure(self.figure)
-        fig.data = [trace for trace in fig.data if trace.visible is not False]
-        groups = self.static_groups()
+    # The trace attributes an x-axis state writes into each slot of the static figure (everything
+    # redraw() sets, plus the panel the trace sits in: a slot may hold a curve in one state and a
+    # spectrum in another).
+    STATIC_KEYS = (
+        "x",
+        "y",
+        "name",
+        "legendgroup",
+        "showlegend",
+        "mode",
+        "line",
+        "marker",
+        "text",
+        "textposition",
+        "hovertext",
+        "hovertemplate",
+        "xaxis",
+        "yaxis",
+        "visible",
+    )
+
+    def static_x_axes(self) -> list[str]:
+        """The x-axes the static page offers: every one the live widget has, unless the instructor
+        hid the control (``hide=["x_axis"]``), then only the current one."""
+        return [self.controls["x_axis"].value] if "x_axis" in self.hidden else list(X_AXES)
+
+    def static_states(self) -> dict[str, dict]:
+        """For each x-axis of :meth:`static_x_axes`, what the live widget draws with it: its drawn
+        traces (as plotly dicts, in figure order), the layout redraw() sets, and the groups of the
+        runs shown. Each is drawn by the widget itself (set the control, :meth:`redraw`), and the
+        control is put back afterwards."""
+        control = self.controls["x_axis"]
+        current = control.value
+        states = {}
+        try:
+            for key in self.static_x_axes():
+                self._syncing = True
+                control.value = key
+                self._syncing = False
+                self.redraw()
+                fig = self.figure
+                states[key] = dict(
+                    traces=[trace.to_plotly_json() for trace in fig.data if trace.visible is not False],
+                    layout={
+                        "title.text": fig.layout.title.text,
+                        "xaxis.title.text": fig.layout.xaxis.title.text,
+                        "xaxis.type": fig.layout.xaxis.type,
+                        **{f"xaxis.{key}": fig.layout.xaxis[key] for key in LOG_TICK_KEYS},
+                        "xaxis.minor": fig.layout.xaxis.minor.to_plotly_json() or None,
+                        "yaxis.title.text": fig.layout.yaxis.title.text,
+                        "yaxis.type": fig.layout.yaxis.type,
+                        "annotations[0].text": fig.layout.annotations[0].text,
+                    },
+                )
+        finally:
+            self._syncing = True
+            control.value = current
+            self._syncing = False
+            self.redraw()
+        return states
+
+    def _run_buttons(self, traces: list[dict], slots: int, groups: dict[str, list[str]]) -> list[dict]:
+        """The "all runs" / "only <group>" buttons for one x-axis state: ``restyle`` of ``visible``
+        over the ``slots`` traces of the static figure (a slot the state leaves empty stays hidden)."""
         group_of = {rid: group for group, ids in groups.items() for rid in ids}
         group_of.update({group: group for group in groups})  # off the step axis a trace's legendgroup is its group
-        trace_groups = [group_of.get(trace.legendgroup) for trace in fig.data]
+        trace_groups = [group_of.get(trace.get("legendgroup")) for trace in traces]
+        trace_groups += [None] * (slots - len(traces))
+        entries = [
+            dict(
+                method="restyle",
+                label="all runs",
+                args=[{"visible": [i < len(traces) for i in range(slots)]}],
+            )
+        ]
+        for group in groups:
+            entries.append(
+                dict(method="restyle", label=f"only {group}", args=[{"visible": [g == group for g in trace_groups]}])
+            )
+        return entries
+
+    def static_figure(self) -> go.Figure:
+        """The figure as drawn, without its empty slots, plus plotly buttons that work with no kernel:
+
+        * **x-axis** (a dropdown): step, trainable parameters or rank — each entry writes the traces
+          and axis titles the live widget draws with that x-axis (:meth:`static_states`) into the
+          figure's slots (``Plotly.update``), and the run buttons that fit them;
+        * **runs**: show every run or one group's (a method's, by default), ``restyle`` of
+          ``visible``; the legend toggles single runs (click an entry)."""
+        current = self.controls["x_axis"].value
+        states = self.static_states()
+        groups = self.static_groups()
+        slots = max(len(state["traces"]) for state in states.values())
+        fig = go.Figure(self.figure)
+        fig.data = [trace for trace in fig.data if trace.visible is not False]
+        # Slots the current state does not fill (another x-axis draws more traces): hidden, empty.
+        for _ in range(slots - len(fig.data)):
+            fig.add_trace(go.Scatter(x=[], y=[], visible=False, showlegend=False))
+
+        menus = []
+        runs_menu = None
         if len(groups) > 1:
-            entries = [dict(method="restyle", label="all runs", args=[{"visible": [True] * len(fig.data)}])]
-            for group in groups:
-                visible = [g == group for g in trace_groups]
-                entries.append(dict(method="restyle", label=f"only {group}", args=[{"visible": visible}]))
+            entries = self._run_buttons(states[current]["traces"], slots, groups)
             kind = "buttons" if len(entries) <= 6 else "dropdown"
             # Above the panels, between the title (left) and plotly's toolbar (right), which it would hide.
-            menu = static.buttons(entries, 0, x=0.3, y=1.13, kind=kind, name="runs")
-            menu.update(yanchor="bottom")
-            fig.update_layout(updatemenus=[menu])
-        fig.layout.meta = {"spectrallab": {"widget": "Compare", "groups": {g: len(ids) for g, ids in groups.items()}}}
+            runs_menu = static.buttons(entries, 0, x=0.3, y=MENU_Y, kind=kind, name="runs")
+            runs_menu.update(yanchor="bottom")
+            menus.append(runs_menu)
+        if len(states) > 1:
+            entries = []
+            for key, state in states.items():
+                traces = state["traces"] + [dict(x=[], y=[], visible=False, showlegend=False)] * (
+                    slots - len(state["traces"])
+                )
+                data = static.trace_changes([_arrays(t) for t in traces], self.STATIC_KEYS)
+                layout = dict(state["layout"])
+                if runs_menu is not None:  # the run buttons of this state (its traces are others), all shown
+                    layout["updatemenus[0].buttons"] = self._run_buttons(state["traces"], slots, groups)
+                    layout["updatemenus[0].active"] = 0
+                entries.append(dict(method="update", label=X_AXES[key].split(" (")[0], args=[data, layout]))
+            x_menu = static.buttons(
+                entries, list(states).index(current), x=0.0, y=MENU_Y, kind="dropdown", name="x-axis"
+            )
+            x_menu.update(yanchor="bottom", xanchor="left")
+            menus.append(x_menu)
+            # the runs buttons move right of the x-axis dropdown (about 190 px wide)
+            if runs_menu is not None:
+                runs_menu.update(x=0.36)
+        if menus:
+            # The menus get a row of their own between the title and the subplot titles (the figure's
+            # top margin grows by it); MENU_Y puts their bottom edge just above the subplot titles.
+            fig.update_layout(updatemenus=menus, margin_t=fig.layout.margin.t + MENU_BAND)
+        fig.layout.meta = {
+            "spectrallab": {
+                "widget": "Compare",
+                "groups": {g: len(ids) for g, ids in groups.items()},
+                "x_axes": list(states),
+            }
+        }
         return fig
 
     def static_note(self) -> str:
         return static.note(
-            "In this figure, click a legend entry to hide or show a run, or use the buttons above it to "
-            "show one group; choosing other runs, metrics or axes needs the live widget."
+            "In this figure, choose the x-axis (step, trainable parameters, rank) in the menu above it, "
+            "click a legend entry to hide or show a run, or use the buttons to show one group; "
+            "choosing other runs or metrics needs the live widget."
         )
 
     # -- plumbing --------------------------------------------------------------------------------

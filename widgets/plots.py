@@ -34,6 +34,64 @@ from plotly.colors import sample_colorscale
 
 from spectrallab.runs import Run
 
+# -- colours a reader can read ----------------------------------------------------------------------
+# Every colour that names a series (a line, its markers, its point labels, a coloured annotation)
+# keeps a WCAG contrast of at least MIN_CONTRAST against the figure's background, in both of the
+# book's themes. Figures are drawn light here (on LIGHT_BACKGROUND): :func:`readable` darkens a
+# colour that is too pale (Turbo's yellows and greens are ~1.3:1 on white). For the dark theme
+# ``book/_static/figures.js`` maps each colour to a lighter one of the same hue (its ``darkVariant``),
+# against DARK_BACKGROUND, the theme's ``--pst-color-background``; tests/test_plots.py checks both.
+MIN_CONTRAST = 3.0
+LIGHT_BACKGROUND = "#ffffff"
+DARK_BACKGROUND = "#14181e"
+
+
+def rgb(colour: str) -> tuple[int, int, int] | None:
+    """``#rgb``, ``#rrggbb``, ``rgb(r, g, b)`` or ``rgba(...)`` as (r, g, b) in 0-255; None otherwise."""
+    text = str(colour).strip().lower()
+    if text.startswith("#") and len(text) in (4, 7):
+        digits = text[1:] if len(text) == 7 else "".join(ch * 2 for ch in text[1:])
+        try:
+            return tuple(int(digits[i : i + 2], 16) for i in (0, 2, 4))
+        except ValueError:
+            return None
+    match = re.fullmatch(r"rgba?\(\s*([\d.]+)\s*,\s*([\d.]+)\s*,\s*([\d.]+)\s*(,\s*[\d.]+\s*)?\)", text)
+    return tuple(round(float(match.group(i))) for i in (1, 2, 3)) if match else None
+
+
+def luminance(colour: str) -> float:
+    """WCAG relative luminance of a colour (0 black … 1 white)."""
+    channels = [v / 255 for v in rgb(colour)]
+    linear = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(a: str, b: str) -> float:
+    """WCAG contrast ratio of two colours, 1 (same) … 21 (black on white)."""
+    hi, lo = sorted((luminance(a), luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def readable(colour: str, background: str = LIGHT_BACKGROUND, ratio: float = MIN_CONTRAST) -> str:
+    """``colour`` if it reads against ``background`` at ``ratio`` or more, else the same hue and
+    saturation made darker (on a light background) just enough; colours it cannot parse (names)
+    come back unchanged."""
+    import colorsys
+
+    channels = rgb(colour)
+    if channels is None or contrast(colour, background) >= ratio:
+        return colour
+    h, lightness, sat = colorsys.rgb_to_hls(*(v / 255 for v in channels))
+    darker = luminance(background) > 0.5
+    while 0 < lightness < 1:
+        lightness = max(0.0, lightness - 0.01) if darker else min(1.0, lightness + 0.01)
+        r, g, b = (round(255 * v) for v in colorsys.hls_to_rgb(h, lightness, sat))
+        candidate = f"rgb({r}, {g}, {b})"
+        if contrast(candidate, background) >= ratio:
+            return candidate
+    return candidate
+
+
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
 
 # The template: plotly_white with the book's font, axes that make room for their own labels
@@ -47,6 +105,8 @@ TEMPLATE.layout.update(
     yaxis=_axis,
     hoverlabel=dict(font=dict(family=FONT)),
     coloraxis=dict(colorbar=dict(exponentformat="power")),
+    # plotly's own cycle for traces given no colour, each darkened to read on white (#00cc96 is 2.1:1)
+    colorway=[readable(c) for c in pio.templates["plotly_white"].layout.colorway],
 )
 for heatmap in TEMPLATE.data.heatmap:  # colour bars of heatmaps: powers of ten too
     heatmap.update(colorbar=dict(exponentformat="power"))
@@ -154,6 +214,14 @@ def _nice_steps(lo: float, hi: float, count: int = 5) -> list[float]:
     return [v for v in values if v > 0]
 
 
+def _plain(value: float) -> str:
+    """A tick value written plainly: three significant digits, never an exponent (2000, not 2e+03)."""
+    text = f"{value:.3g}"
+    if "e" not in text:
+        return text
+    return f"{float(text):.0f}" if abs(value) >= 1 else f"{float(text):.12f}".rstrip("0")
+
+
 def readable_log_axis(axis, values: np.ndarray | None = None) -> None:
     """Ticks a reader can read on a log axis: every decade (or every 2nd, 3rd, ... when there are
     many) as a power of ten, minor ticks unlabelled; less than two decades in ``values`` gets plain
@@ -164,8 +232,12 @@ def readable_log_axis(axis, values: np.ndarray | None = None) -> None:
         if math.floor(hi) - math.ceil(lo) + 1 < 2:  # fewer than two decade ticks would show
             pad = 0.04 * max(hi - lo, 0.05)
             vmin, vmax = 10 ** (lo - pad), 10 ** (hi + pad)
-            ticks = [v for v in _nice_steps(vmin, vmax) if vmin <= v <= vmax] or [float(values.min())]
-            axis.update(tickmode="array", tickvals=ticks, ticktext=[f"{v:.3g}" for v in ticks], minor=dict(ticks=""))
+            if hi - lo > 1:  # more than a decade (200 … 5000): 1, 2, 5 × 10^k, evenly spread on a log axis
+                steps = [m * 10.0**k for k in range(math.floor(lo), math.ceil(hi) + 1) for m in (1, 2, 5)]
+            else:  # within a decade: round values a fixed step apart
+                steps = _nice_steps(vmin, vmax)
+            ticks = [v for v in steps if vmin <= v <= vmax] or [float(values.min())]
+            axis.update(tickmode="array", tickvals=ticks, ticktext=[_plain(v) for v in ticks], minor=dict(ticks=""))
             return
         span = hi - lo
         axis.update(tickmode="linear", tick0=0, dtick=max(1, math.ceil(span / 6)))
@@ -232,15 +304,36 @@ def style(
             readable_log_axis(axis, _log_values(fig, name))
     for annotation in fig.layout.annotations:
         annotation.text = rich(annotation.text)
+        if annotation.font.color is not None:
+            annotation.font.color = readable(annotation.font.color)
+    _readable_traces(fig)
     if names:
         for trace in fig.data:
             trace.name = rich(trace.name)
     return fig
 
 
+def _readable_traces(fig: go.Figure) -> None:
+    """Darken the series colours a figure was given (a chapter's own choice included) that would not
+    read on white: line, marker and point-label colours of scatter traces. White markers (a cross
+    drawn on a coloured cell) are fills, not series colours, and stay."""
+    for trace in fig.data:
+        if trace.type != "scatter":
+            continue
+        for part, key in ((trace.line, "color"), (trace.marker, "color"), (trace.textfont, "color")):
+            value = part[key]
+            if isinstance(value, str) and luminance_or_none(value) not in (None, 1.0):
+                part[key] = readable(value)
+
+
+def luminance_or_none(colour: str) -> float | None:
+    return luminance(colour) if rgb(colour) is not None else None
+
+
 def palette(n: int, scale: str = "Turbo") -> list[str]:
-    """``n`` distinguishable colours spread over a plotly colour scale (its dark ends avoided)."""
-    return sample_colorscale(scale, [0.1 + 0.8 * i / max(1, n - 1) for i in range(n)])
+    """``n`` distinguishable colours spread over a plotly colour scale (its dark ends avoided), each
+    darkened where needed to read on white (``plots.readable``)."""
+    return [readable(c) for c in sample_colorscale(scale, [0.1 + 0.8 * i / max(1, n - 1) for i in range(n)])]
 
 
 def _values(s) -> np.ndarray:
@@ -325,7 +418,9 @@ def spectrum_evolution_figure(
             f"run {run.name!r} recorded no spectra for layer {layer!r}; recorded: {', '.join(run.spectra) or 'none'}"
         )
     history = run.spectra[layer]
-    colors = sample_colorscale("Viridis", [i / max(1, len(history) - 1) for i in range(len(history))])
+    colors = [
+        readable(c) for c in sample_colorscale("Viridis", [i / max(1, len(history) - 1) for i in range(len(history))])
+    ]
     fig = go.Figure()
     for (step, values), color in zip(history, colors):
         s = np.asarray(values)[:top]
@@ -382,7 +477,10 @@ def lines_figure(
     """One line per labelled series against a shared x (e.g. an error against the spectral gap per setting);
     ``legend="right"`` for many series (one per layer)."""
     fig = go.Figure()
-    colors = sample_colorscale("Viridis", [0.85 * i / max(1, len(series) - 1) for i in range(len(series))])
+    colors = [
+        readable(c)
+        for c in sample_colorscale("Viridis", [0.85 * i / max(1, len(series) - 1) for i in range(len(series))])
+    ]
     for (label, y), color in zip(series.items(), colors):
         fig.add_trace(
             go.Scatter(x=list(x), y=list(_values(y)), mode="lines+markers", line=dict(color=color), name=label)
@@ -441,22 +539,24 @@ def tradeoff_figure(
     its own x values, e.g. LoRA at several ranks and full fine-tuning as a single point), optional point
     labels ``text`` (``"r=8"``) and dashed horizontal ``references`` (e.g. the frozen base).
 
-    Point labels of different series are put on different sides of their points (above, below,
-    right, left in turn), in a small font, so series that pass close to each other do not print
-    their labels on top of one another; every label is also in the hover text."""
+    Point labels are placed point by point (``plots.label_sides``) on the side of their point where
+    they meet no label placed before them and no other point — two series that share a point (LoRA
+    and SORSA at one budget) print their labels above and below it, not on top of each other; every
+    label is also in the hover text."""
     fig = go.Figure()
     colors = palette(len(points))
-    sides = ["top center", "bottom center", "middle right", "middle left"]
-    for i, ((label, (x, y)), color) in enumerate(zip(points.items(), colors)):
+    series = {label: (list(_values(x)), list(_values(y))) for label, (x, y) in points.items()}
+    sides = label_sides(series, text or {}, log_x=log_x, log_y=log_y)
+    for (label, (x, y)), color in zip(series.items(), colors):
         labels = list((text or {}).get(label, []))
         fig.add_trace(
             go.Scatter(
-                x=list(_values(x)),
-                y=list(_values(y)),
+                x=x,
+                y=y,
                 name=label,
                 mode="lines+markers+text" if labels else "lines+markers",
                 text=labels or None,
-                textposition=sides[i % len(sides)],
+                textposition=sides[label] if labels else None,
                 textfont=dict(size=10, color=color),
                 cliponaxis=False,
                 hovertemplate=("%{text}: " if labels else "") + "x = %{x:.4g}, y = %{y:.4g}",
@@ -478,6 +578,88 @@ def tradeoff_figure(
     if log_y:
         fig.update_yaxes(type="log")
     return style(fig)
+
+
+# What label_sides assumes of the drawn plot (a figure in the book's 772 px text column) and of a
+# 10 px label: its width per character and its height, and the marker's radius, in pixels.
+PLOT_PX = (690, 290)
+LABEL_CHAR_PX, LABEL_PX, MARKER_PX = 6.5, 14.0, 6.0
+SIDES = ("top center", "bottom center", "middle right", "middle left")
+
+
+def label_sides(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    text: Mapping[str, Sequence[str]],
+    *,
+    log_x: bool = False,
+    log_y: bool = False,
+) -> dict[str, list[str]]:
+    """A ``textposition`` per labelled point: greedily, series by series, the first of above, below,
+    right, left (starting from a side that alternates between series) whose label box, estimated in
+    pixels of a :data:`PLOT_PX` plot, meets neither a label placed before it nor another point; if
+    every side meets something, the side that overlaps least."""
+
+    def scaled(values, log):
+        v = np.asarray(values, dtype=float)
+        return np.log10(np.where(v > 0, v, np.nan)) if log else v
+
+    xs = {k: scaled(x, log_x) for k, (x, _) in series.items()}
+    ys = {k: scaled(y, log_y) for k, (_, y) in series.items()}
+    every_x = np.concatenate([v for v in xs.values() if v.size] or [np.zeros(1)])
+    every_y = np.concatenate([v for v in ys.values() if v.size] or [np.zeros(1)])
+
+    def span(v):
+        v = v[np.isfinite(v)]
+        lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 1.0)
+        return lo, (hi - lo) or 1.0
+
+    (x0, dx), (y0, dy) = span(every_x), span(every_y)
+    pixel = {}  # (series, i) -> the point in pixels (y up), plotly pads the range by ~5 % each side
+    for k in series:
+        for i, (px, py) in enumerate(zip(xs[k], ys[k])):
+            if np.isfinite(px) and np.isfinite(py):
+                pixel[k, i] = ((px - x0) / dx * 0.9 + 0.05) * PLOT_PX[0], ((py - y0) / dy * 0.9 + 0.05) * PLOT_PX[1]
+
+    def box(point, label, side):
+        (px, py), w, h = point, LABEL_CHAR_PX * len(label), LABEL_PX
+        if side == "top center":
+            return px - w / 2, py + MARKER_PX, px + w / 2, py + MARKER_PX + h
+        if side == "bottom center":
+            return px - w / 2, py - MARKER_PX - h, px + w / 2, py - MARKER_PX
+        if side == "middle right":
+            return px + MARKER_PX, py - h / 2, px + MARKER_PX + w, py + h / 2
+        return px - MARKER_PX - w, py - h / 2, px - MARKER_PX, py + h / 2
+
+    def overlap(a, b, pad=2.0):
+        w = min(a[2], b[2]) + pad - max(a[0], b[0])
+        h = min(a[3], b[3]) + pad - max(a[1], b[1])
+        return w * h if w > 0 and h > 0 else 0.0
+
+    markers = {
+        key: (p[0] - MARKER_PX, p[1] - MARKER_PX, p[0] + MARKER_PX, p[1] + MARKER_PX) for key, p in pixel.items()
+    }
+    placed: list[tuple[float, float, float, float]] = []
+    out: dict[str, list[str]] = {}
+    for n, k in enumerate(series):
+        labels = list(text.get(k, []))
+        order = SIDES[n % 2 :] + SIDES[: n % 2]  # series alternate between starting above and below
+        out[k] = []
+        for i, label in enumerate(labels):
+            if (k, i) not in pixel:
+                out[k].append(order[0])
+                continue
+            cost = {}
+            for side in order:
+                b = box(pixel[k, i], str(label), side)
+                cost[side] = sum(overlap(b, p) for p in placed) + sum(
+                    overlap(b, m, pad=0.0) for key, m in markers.items() if key != (k, i)
+                )
+                if cost[side] == 0:
+                    break
+            side = min(cost, key=lambda s: (cost[s], order.index(s)))
+            placed.append(box(pixel[k, i], str(label), side))
+            out[k].append(side)
+    return out
 
 
 def trajectories_figure(

@@ -15,8 +15,91 @@
  * Each figure records what it has applied in data-sl-theme and data-sl-narrow (the browser tests wait
  * on them). Nothing here loads anything: the Plotly global comes with the page.
  */
+// -- series colours for the dark theme ---------------------------------------------------------
+// plots.palette and plots.readable make every series colour read on white (>= 3:1, WCAG contrast);
+// many of them (the dark blue of the palette's first entry, viridis's dark end) are then too dark for
+// the dark background. darkVariant(colour, background) keeps the hue and saturation and raises the
+// lightness until the colour reads at DARK_CONTRAST against it (4.5:1, the level for text: point
+// labels and legend-coloured annotations are drawn in these colours). Plain functions, so
+// tests/test_plots.py can run them in node.
+var spectrallabColours = (function () {
+  "use strict";
+  var DARK_CONTRAST = 4.5;
+
+  function parse(colour) {
+    var text = String(colour).trim().toLowerCase();
+    var m = text.match(/^#([0-9a-f]{3}|[0-9a-f]{6})$/);
+    if (m) {
+      var hex = m[1].length === 3 ? m[1].replace(/(.)/g, "$1$1") : m[1];
+      return [0, 2, 4].map(function (i) { return parseInt(hex.slice(i, i + 2), 16); });
+    }
+    m = text.match(/^rgba?\(\s*([\d.]+)\s*,\s*([\d.]+)\s*,\s*([\d.]+)\s*(?:,\s*([\d.]+)\s*)?\)$/);
+    if (m) return m[4] !== undefined && parseFloat(m[4]) === 0 ? null : [1, 2, 3].map(function (i) { return Math.round(parseFloat(m[i])); });
+    if (typeof document !== "undefined") { // a CSS name ("lightgray"): the canvas writes it as #rrggbb
+      var probe = document.createElement("canvas").getContext("2d");
+      probe.fillStyle = "#010203";
+      probe.fillStyle = text;
+      if (probe.fillStyle !== "#010203" || text === "#010203") return parse(probe.fillStyle);
+    }
+    return null;
+  }
+
+  function luminance(c) {
+    var lin = c.map(function (v) { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2];
+  }
+
+  function contrast(a, b) {
+    var x = luminance(a), y = luminance(b);
+    return (Math.max(x, y) + 0.05) / (Math.min(x, y) + 0.05);
+  }
+
+  function toHsl(c) {
+    var r = c[0] / 255, g = c[1] / 255, b = c[2] / 255;
+    var max = Math.max(r, g, b), min = Math.min(r, g, b), l = (max + min) / 2, h = 0, s = 0;
+    if (max !== min) {
+      var d = max - min;
+      s = l > 0.5 ? d / (2 - max - min) : d / (max + min);
+      h = max === r ? (g - b) / d + (g < b ? 6 : 0) : max === g ? (b - r) / d + 2 : (r - g) / d + 4;
+      h /= 6;
+    }
+    return [h, s, l];
+  }
+
+  function fromHsl(h, s, l) {
+    function hue(p, q, t) {
+      if (t < 0) t += 1;
+      if (t > 1) t -= 1;
+      if (t < 1 / 6) return p + (q - p) * 6 * t;
+      if (t < 1 / 2) return q;
+      if (t < 2 / 3) return p + (q - p) * (2 / 3 - t) * 6;
+      return p;
+    }
+    if (s === 0) return [l, l, l].map(function (v) { return Math.round(255 * v); });
+    var q = l < 0.5 ? l * (1 + s) : l + s - l * s, p = 2 * l - q;
+    return [hue(p, q, h + 1 / 3), hue(p, q, h), hue(p, q, h - 1 / 3)].map(function (v) { return Math.round(255 * v); });
+  }
+
+  // The colour to draw instead of `colour` on the dark `background`: itself when it already reads
+  // there, else a lighter one of the same hue; unparseable colours come back as they are.
+  function darkVariant(colour, background) {
+    var c = parse(colour), bg = parse(background);
+    if (!c || !bg || contrast(c, bg) >= DARK_CONTRAST) return colour;
+    var hsl = toHsl(c), out = c;
+    for (var l = hsl[2]; l <= 1; l += 0.01) {
+      out = fromHsl(hsl[0], hsl[1], Math.min(1, l));
+      if (contrast(out, bg) >= DARK_CONTRAST) break;
+    }
+    return "rgb(" + out.join(", ") + ")";
+  }
+
+  return { parse: parse, contrast: contrast, darkVariant: darkVariant, DARK_CONTRAST: DARK_CONTRAST };
+})();
+if (typeof module === "object" && module.exports) module.exports = spectrallabColours;
+
 (function () {
   "use strict";
+  if (typeof document === "undefined") return; // (loaded in node by the tests, for its colours only)
 
   var PHONE = 600; // figure width (px) below which the layout reflows
   var PANEL = 280; // height (px) of one stacked panel at phone width
@@ -137,13 +220,18 @@
       if (fl[name].minor && fl[name].minor.showgrid) layout[name + ".minor.gridcolor"] = c.grid;
       layout[name + ".tickcolor"] = c.line;
     });
+    // Coloured text and lines (a line's label, a target drawn in its series' colour): the dark
+    // variant of their colour, so they read on the dark background.
+    var lighter = function (colour) { return spectrallabColours.darkVariant(colour, c.background); };
     (fl.annotations || []).forEach(function (a, i) {
       var own = get(gd.layout, "annotations[" + i + "].font.color");
       if (own && BLACK.test(own)) layout["annotations[" + i + "].font.color"] = c.text;
+      else if (own && lighter(own) !== own) layout["annotations[" + i + "].font.color"] = lighter(own);
     });
     (fl.shapes || []).forEach(function (s, i) {
       var own = get(gd.layout, "shapes[" + i + "].line.color");
       if (own && BLACK.test(own)) layout["shapes[" + i + "].line.color"] = c.line;
+      else if (own && lighter(own) !== own) layout["shapes[" + i + "].line.color"] = lighter(own);
     });
     if (fl.coloraxis) layout["coloraxis.colorbar.tickfont.color"] = c.text;
 
@@ -165,7 +253,16 @@
       ["line.color", "marker.color", "marker.line.color", "textfont.color"].forEach(function (key) {
         var value = get(trace, key);
         if (typeof value === "string" && BLACK.test(value)) set(key, i, c.text);
+        // a series colour (line, markers, point labels) too dark for the background: its dark variant
+        else if (trace.type === "scatter" && typeof value === "string" && lighter(value) !== value) set(key, i, lighter(value));
       });
+      // a trace given no colour draws in the colorway's: set its dark variant explicitly
+      if (trace.type === "scatter" && gd._fullData[i]) {
+        var full = gd._fullData[i];
+        if (!get(trace, "line.color") && full.line && typeof full.line.color === "string" && lighter(full.line.color) !== full.line.color) set("line.color", i, lighter(full.line.color));
+        if (!get(trace, "marker.color") && full.marker && typeof full.marker.color === "string" && lighter(full.marker.color) !== full.marker.color) set("marker.color", i, lighter(full.marker.color));
+        if (!get(trace, "textfont.color") && full.textfont && typeof full.textfont.color === "string" && full.mode && full.mode.indexOf("text") >= 0 && lighter(full.textfont.color) !== full.textfont.color) set("textfont.color", i, lighter(full.textfont.color));
+      }
     });
     return { layout: layout, traces: traces };
   }
