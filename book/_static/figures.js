@@ -299,12 +299,16 @@ if (typeof module === "object" && module.exports) module.exports = spectrallabCo
     var layout = {};
     axisNames(gd).forEach(function (name) {
       var ax = fl[name];
-      if (ax.type !== "log" || !ax.range || gd.layout[name] && gd.layout[name].tickmode === "array") return;
+      var own = gd.layout[name] || {};
+      if (ax.type !== "log" || !ax.range || own.tickmode === "array") return;
       var lo = Math.min(ax.range[0], ax.range[1]);
       var hi = Math.max(ax.range[0], ax.range[1]);
       if (Math.floor(hi) - Math.ceil(lo) + 1 >= 2) {
         var dtick = Math.max(1, Math.ceil((hi - lo) / 6));
-        if (ax.dtick !== dtick || ax.exponentformat !== "power") {
+        // Pinned in the figure's own layout, not only matched in the drawn one: plotly's automatic
+        // dtick happens to be 1 at one height and "D2" (mantissas 2, 5 labelled) at another, which
+        // the phone layout (taller stacked panels) would otherwise get.
+        if (own.tickmode !== "linear" || own.dtick !== dtick || own.exponentformat !== "power") {
           layout[name + ".tickmode"] = "linear";
           layout[name + ".tick0"] = 0;
           layout[name + ".dtick"] = dtick;
@@ -377,6 +381,15 @@ if (typeof module === "object" && module.exports) module.exports = spectrallabCo
     var legend = fl.legend;
     if (fl.showlegend && legend && legend.x > 1) {
       layout.legend = { orientation: "h", x: 0, xanchor: "left", xref: "paper", y: 0, yanchor: "bottom", yref: "container" };
+    }
+    // a legend entry longer than the figure is wide wraps (a horizontal legend only wraps between entries)
+    if (fl.showlegend) {
+      var legendSize = (legend && legend.font && legend.font.size) || 12;
+      gd.data.forEach(function (trace, i) {
+        if (trace.showlegend === false || !trace.name) return;
+        var wrappedName = wrapTitle(String(trace.name), width - 60, legendSize);
+        if (wrappedName !== trace.name) set("name", i, wrappedName);
+      });
     }
     var extraTop = 0;
     var title = gd.layout.title && (gd.layout.title.text || (typeof gd.layout.title === "string" && gd.layout.title));
