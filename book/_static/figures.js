@@ -462,6 +462,28 @@ if (typeof module === "object" && module.exports) module.exports = spectrallabCo
     return { layout: layout, traces: traces, height: height };
   }
 
+  // The wrapped title, measured as drawn: if its last line reaches the plot area or a subplot title
+  // above it (a long title, or one with a smaller second line, wraps to more lines than the margin
+  // was estimated for), the top margin and the figure grow by the overlap.
+  function titleRoom(gd) {
+    var title = gd.querySelector(".gtitle");
+    if (!title) return undefined;
+    var fl = gd._fullLayout;
+    var origin = gd.getBoundingClientRect().top;
+    var bottom = title.getBoundingClientRect().bottom - origin;
+    var limit = fl._size.t;
+    Array.prototype.forEach.call(gd.querySelectorAll(".annotation"), function (a) {
+      var box = a.getBoundingClientRect();
+      if (box.height && box.bottom - origin <= fl._size.t + 2) limit = Math.min(limit, box.top - origin);
+    });
+    var overlap = Math.ceil(bottom + 6 - limit);
+    if (overlap <= 0) return undefined;
+    var height = fl.height + overlap;
+    return apply(gd, "_slWide", { "margin.t": fl.margin.t + overlap, height: height }, {}).then(function () {
+      holders(gd).forEach(function (el) { el.style.height = height + "px"; });
+    });
+  }
+
   function applyWidth(gd) {
     return queue(gd, function () {
       var narrow = gd.clientWidth > 0 && gd.clientWidth < PHONE;
@@ -470,9 +492,11 @@ if (typeof module === "object" && module.exports) module.exports = spectrallabCo
       var step;
       if (narrow) {
         var u = narrowUpdate(gd);
-        step = apply(gd, "_slWide", u.layout, u.traces).then(function () {
-          holders(gd).forEach(function (el) { el.style.height = u.height + "px"; });
-        });
+        step = apply(gd, "_slWide", u.layout, u.traces)
+          .then(function () {
+            holders(gd).forEach(function (el) { el.style.height = u.height + "px"; });
+          })
+          .then(function () { return titleRoom(gd); });
       } else {
         step = revert(gd, "_slWide");
       }
