@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def chapters_in_order() -> list[Path]:
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [toc["root"]] + [entry["file"] for entry in toc.get("chapters", [])]
+    # a flat list of chapters, or parts of chapters (the book's "Chapters" and "Reference")
+    entries = toc.get("chapters", []) + [entry for part in toc.get("parts", []) for entry in part.get("chapters", [])]
+    files = [toc["root"]] + [entry["file"] for entry in entries]
     return [ROOT / f"{name}.md" for name in files]
 
 
