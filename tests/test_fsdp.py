@@ -9,6 +9,8 @@ one process trained on the concatenated batches:
   SST, the function ``U diag(Σ) Vh`` and Σ: an SVD's singular vectors are unique only up to sign);
 * every other registered method either does the same or is refused by ``shard`` with a
   ``ValueError`` naming it, the model left unsharded (ReLoRA; SVFT's scalar gate);
+* what each optimizer step gathers: whole matrices only for the periodic work (SST's period ends,
+  GaLore's new projections); the steps between exchange r-sized results;
 * checkpoints: a sharded run saved half-way and resumed in a new sharded model ends exactly where
   the uninterrupted run ends (SST and GaLore, whose state lives in hooks, buffers and GaLoreAdamW);
   the same checkpoint resumed in one process, and one process's half-way state resumed sharded, end
@@ -98,6 +100,36 @@ def train(model, steps, rank: int | None = None, opt=None):
 # -- the distributed side: one spawned group, every case -------------------------------------------
 
 
+def gathered_per_step(model, steps, rank: int) -> list[list[int]]:
+    """Train the sharded ``model``; for each optimizer step, the sizes (global numel) of every tensor
+    made whole in it (``DTensor.full_tensor``: an all-gather, or the all-reduce of a partial sum)."""
+    from torch.distributed.tensor import DTensor
+
+    original = DTensor.full_tensor
+    sizes: list[list[int]] = []
+    stepping = False
+
+    def counted(self, *args, **kwargs):
+        if stepping:
+            sizes[-1].append(self.numel())
+        return original(self, *args, **kwargs)
+
+    opt, t = sl.optimizer(model, lr=LR), task()
+    DTensor.full_tensor = counted
+    try:
+        for x, y in steps:
+            half = x.shape[0] // WORLD
+            t.loss(model, (x[rank * half : (rank + 1) * half], y[rank * half : (rank + 1) * half])).backward()
+            sizes.append([])
+            stepping = True
+            opt.step()
+            stepping = False
+            opt.zero_grad()
+    finally:
+        DTensor.full_tensor = original
+    return sizes
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     import warnings
 
@@ -129,6 +161,30 @@ def _worker(rank: int, port: int, out: str) -> None:
         fsdp.shard(model, units="blocks")
         train(model, steps, rank)
         results["sst_blocks"] = {"state": fsdp.full_state_dicts(model)[0]}
+        for case in ("sst", "galore"):  # what each optimizer step makes whole
+            model = build(case)
+            fsdp.shard(model)
+            results[f"{case}_gathered"] = gathered_per_step(model, steps, rank)
+        # A non-finite gradient on one rank's rows, at a step with new projections: both ranks refuse
+        model = build("galore")
+        fsdp.shard(model)
+        opt = sl.optimizer(model, lr=LR)
+        x, y = steps[0]
+        half = x.shape[0] // WORLD
+        task().loss(model, (x[rank * half : (rank + 1) * half], y[rank * half : (rank + 1) * half])).backward()
+        if rank == 1:
+            model.blocks[0].mlp.fc1.weight.grad.to_local()[0, 0] = float("nan")
+        before = fsdp.full_state_dicts(model)[0]
+        try:
+            opt.step()
+            raised = None
+        except ValueError as error:
+            raised = str(error)
+        after = fsdp.full_state_dicts(model)[0]
+        results["galore_nonfinite"] = {
+            "raised": raised,
+            "unchanged": all(torch.equal(before[k], after[k]) for k in before),
+        }
         for case in CHECKPOINTED:  # half the steps, save, the rest in a fresh sharded model
             model = build(case)
             fsdp.shard(model)
@@ -220,6 +276,39 @@ def test_trains_as_one_process_on_the_whole_batch(distributed, case):
         prefix = next(k for k in state if k.endswith("resvds_done")).rsplit(".", 1)[0]
         assert int(state[f"{prefix}.periods_done"]) == STEPS // OPTIONS["sst"]["resample_every"]
         assert int(state[f"{prefix}.resvds_done"]) == 1
+
+
+def test_only_the_periodic_work_gathers_whole_matrices(distributed):
+    """The steps between a method's periodic work exchange r-sized results, never a whole matrix:
+    SST's renormalization sums r column lengths (its swaps and re-SVD at a period's end gather the
+    factors), and GaLore's projected gradient R moves r rows or columns (its new projection every T
+    steps gathers the whole gradient for the SVD)."""
+    results, _ = distributed
+    r = 2
+    sst_layers = sl.adapted_layers(build("sst")).values()
+    for step, sizes in enumerate(results["sst_gathered"], 1):
+        if step % OPTIONS["sst"]["resample_every"]:
+            assert sizes and max(sizes) <= r, f"SST step {step} (no period end) made whole: {sizes}"
+        else:
+            for layer in sst_layers:
+                assert layer.U_active.numel() in sizes, f"SST step {step} (a period's end): {sizes}"
+    shapes = [tuple(layer.weight.shape) for layer in sl.adapted_layers(build("galore")).values()]
+    for step, sizes in enumerate(results["galore_gathered"], 1):
+        if (step - 1) % OPTIONS["galore"]["update_proj_gap"]:
+            assert sizes and max(sizes) <= max(max(m, n) * r for m, n in shapes) < min(m * n for m, n in shapes)
+        else:  # a new projection: each layer's whole gradient, for its SVD
+            for m, n in shapes:
+                assert m * n in sizes, f"GaLore step {step} (new projections): {sizes}"
+
+
+def test_a_non_finite_gradient_on_one_rank_stops_every_rank(distributed):
+    """GaLore checks a gradient before its SVD from each rank's rows (a NaN in rank 1's shard): rank 0
+    refuses too, naming the layer, and nothing was updated."""
+    results, _ = distributed
+    outcome = results["galore_nonfinite"]
+    assert outcome["raised"] and "'blocks.0.mlp.fc1'" in outcome["raised"], outcome
+    assert "1 non-finite value" in outcome["raised"], outcome["raised"]
+    assert outcome["unchanged"]
 
 
 def test_blocks_as_units_train_the_same(distributed):

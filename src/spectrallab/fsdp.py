@@ -21,10 +21,12 @@ equals one process's step on the concatenated batch, up to float rounding (``tes
 **Which methods.** A method whose algorithm is its forward pass (LoRA and its inits — PiSSA, MiLoRA,
 OLoRA —, DoRA, VeRA, full, ...) trains as in one process: FSDP hands the forward whole tensors.
 Methods with optimizer-side work declare whether it handles shards
-(:meth:`~spectrallab.methods.base.Method.fsdp_refusal`): SST's renormalization, swaps and re-SVD,
-GaLore's projection from the gradient's SVD and SORSA's regularizer gather what they need whole,
-compute the same on every rank and keep each rank's shard (:mod:`spectrallab.shards`); ReLoRA's
-merge is refused. :func:`shard` asks every method on the model before it touches anything, and
+(:meth:`~spectrallab.methods.base.Method.fsdp_refusal`): SST's swaps and re-SVD (at a period's
+end), GaLore's projection from the gradient's SVD (every T steps) and SORSA's regularizer gather
+what they need whole, compute the same on every rank and keep each rank's shard
+(:mod:`spectrallab.shards`); the work of every other step — SST's renormalization, GaLore's
+projected gradient — runs on each rank's rows and exchanges only r-sized results. ReLoRA's merge is
+refused. :func:`shard` asks every method on the model before it touches anything, and
 refuses with the method, its layers and the reason. Init-time factorizations (PiSSA's and SST's
 SVDs) run in ``sl.apply``, before sharding, on whole matrices — so apply first, then shard.
 

@@ -104,3 +104,54 @@ def whole_parameters(module: nn.Module, names: Sequence[str]) -> Iterator[None]:
     module._parameters.update(sharded)
     for name, param in sharded.items():
         write_whole_(param, gathered[name])
+
+
+# -- without gathering: what a method computes from its own rows -----------------------------------
+#
+# A per-step computation that reduces over rows (a column norm, Pᵀ G) or acts on each row alone
+# (G Pᵀ, a row norm) needs no whole matrix: each rank works on its rows, and only the small result
+# crosses between processes. FSDP2 splits by rows (``Shard(0)``, its default), so these apply there;
+# :func:`split_by_rows` says when, and a method falls back to gathering otherwise.
+
+
+def split_by_rows(t: torch.Tensor) -> bool:
+    """True for a DTensor split only by its first dimension (FSDP2's ``Shard(0)``; the mesh dims that
+    ``Replicate`` it, as in HSDP, hold copies), so each rank holds whole rows of it."""
+    return is_sharded(t) and all(p.is_replicate() or p.is_shard(0) for p in t.placements)
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``t`` (``t`` itself for an ordinary tensor): no communication."""
+    return t.to_local() if is_sharded(t) else t
+
+
+def sum_over_shards(partial: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The sum, over the ranks that split ``like``, of ``partial``: a value each rank computed from its
+    own shard of ``like`` (an all-reduce, returned as a plain tensor, the same on every rank).
+
+    For an ordinary ``like``, ``partial`` is already the whole and is returned as it is. Mesh
+    dimensions that replicate ``like`` are not summed over: their ranks computed the same value.
+    """
+    if not is_sharded(like):
+        return partial
+    from torch.distributed.tensor import DTensor, Partial, Replicate
+
+    placements = [Replicate() if p.is_replicate() else Partial() for p in like.placements]
+    return DTensor.from_local(partial, like.device_mesh, placements, run_check=False).full_tensor()
+
+
+def gather_rows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of which ``rows`` are this rank's, split by rows as ``like`` is
+    (:func:`split_by_rows`): row i of the result belongs to row i of ``like``; the other dimensions
+    may differ from ``like``'s. An all-gather of ``rows`` only; ``rows`` itself for an ordinary ``like``."""
+    if not is_sharded(like):
+        return rows
+    if not split_by_rows(like):
+        raise ValueError(f"gather_rows needs a tensor split by rows, not {like.placements}")
+    from torch.distributed.tensor import DTensor
+
+    shape = (like.shape[0], *rows.shape[1:])
+    stride = torch.empty(shape, device="meta").stride()
+    rows = rows.contiguous()
+    split = DTensor.from_local(rows, like.device_mesh, like.placements, run_check=False, shape=shape, stride=stride)
+    return split.full_tensor()

@@ -79,7 +79,7 @@ from torch import nn
 
 from ..linalg import all_finite
 from ..optim_hooks import add_step_check
-from ..shards import is_sharded, shard_of, whole
+from ..shards import gather_rows, is_sharded, local, shard_of, split_by_rows, sum_over_shards, whole
 from .base import AdaptedLinear, LayerCounts, Method, check_rank, register, reset_linear_
 from .options import Option, rank_option
 
@@ -125,6 +125,27 @@ def project(grad: torch.Tensor, left: torch.Tensor | None, right: torch.Tensor |
     if right is not None:
         grad = grad @ right.T
     return grad
+
+
+def project_shard(grad: torch.Tensor, left: torch.Tensor | None, right: torch.Tensor | None) -> torch.Tensor:
+    """:func:`project` for a gradient that may be an FSDP2 shard: the whole ``R``, the same on every
+    rank, without gathering ``G`` when it is split by rows (``Shard(0)``, FSDP2's default).
+
+    With ``G``'s rows split as G₁, G₂, ... between the ranks: ``Pₗᵀ G = Σᵢ Pₗ[rowsᵢ]ᵀ Gᵢ``, an
+    all-reduce of r × n (then ``· Pᵣᵀ`` for ``"full"``, r × r), and ``G Pᵣᵀ`` stacks the ranks'
+    ``Gᵢ Pᵣᵀ``, an all-gather of m × r; gathering G would move m × n. Any other split is gathered.
+    """
+    if not is_sharded(grad):
+        return project(grad, left, right)
+    if not split_by_rows(grad):
+        return project(grad.full_tensor(), left, right)
+    rows = grad.to_local()
+    if left is None:
+        return gather_rows(rows @ right.T, like=grad)
+    partial = shard_of(left, like=grad).T @ rows
+    if right is not None:
+        partial = partial @ right.T
+    return sum_over_shards(partial, like=grad)
 
 
 class GaLoreAdamW(torch.optim.Optimizer):
@@ -206,9 +227,12 @@ class GaLoreAdamW(torch.optim.Optimizer):
                 step = int(state["step"]) if "step" in state else 0
                 if step % group["update_proj_gap"] and _has_projection(state):
                     continue  # no SVD this step
-                grad = whole(p.grad)  # a shard (FSDP2) is checked whole, so every rank decides alike
-                if not all_finite(grad):
-                    bad = int((~torch.isfinite(grad)).sum())
+                if is_sharded(p.grad):  # FSDP2: every rank counts its rows, and all decide on the sum
+                    rows = local(p.grad)
+                    bad = int(sum_over_shards((~torch.isfinite(rows)).sum(), like=p.grad))
+                else:
+                    bad = 0 if all_finite(p.grad) else int((~torch.isfinite(p.grad)).sum())
+                if bad:
                     where = f"layer {names[id(p)]!r}" if id(p) in names else f"param {i} of param group {g}"
                     raise ValueError(
                         f"{where}: the gradient has {bad} non-finite value(s) (NaN or inf) at step "
@@ -230,18 +254,18 @@ class GaLoreAdamW(torch.optim.Optimizer):
             if "step" not in state:
                 state["step"] = torch.tensor(0.0)  # a float32 CPU tensor, as torch's own optimizers keep it
             step = int(state["step"])
-            if galore and is_sharded(grad):
-                # FSDP2: the SVD and the projection need the whole gradient. Every rank gathers it and
-                # computes the same P, R and moments (plain tensors, r columns or rows: small), and
-                # each applies the update to its own shard of W (_add_product_).
-                grad = grad.full_tensor()
             if galore:
                 # A new projection from this gradient at steps 1, T+1, 2T+1, ...; R = Pₗᵀ G or G Pᵣᵀ.
+                # Under FSDP2 the gradient is a shard, and every rank computes the same P, R and
+                # moments (plain tensors, r columns or rows: small); each applies the update to its own
+                # shard of W (_add_product_). The SVD needs the whole gradient, gathered every T steps;
+                # in between R comes from each rank's rows (project_shard), and only R is exchanged.
                 if step % group["update_proj_gap"] == 0 or not _has_projection(state):
+                    grad = whole(grad)
                     sides = projection_sides(tuple(p.shape), group["proj_type"])
                     for side, P in projections(grad, group["rank"], sides).items():
                         state[f"projection_{side}"] = P
-                grad = project(grad, state.get("projection_left"), state.get("projection_right"))
+                grad = project_shard(grad, state.get("projection_left"), state.get("projection_right"))
             if "exp_avg" not in state:  # the moments have R's shape (r columns or rows) under GaLore
                 state["exp_avg"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
@@ -291,11 +315,10 @@ def _add_product_(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: floa
     if not is_sharded(p):
         p.addmm_(a, b, alpha=alpha)
         return
-    local = p.to_local()
-    if all(placement.is_replicate() or placement.is_shard(0) for placement in p.placements):
-        local.addmm_(shard_of(a, like=p), b, alpha=alpha)
+    if split_by_rows(p):
+        p.to_local().addmm_(shard_of(a, like=p), b, alpha=alpha)
     else:
-        local.add_(shard_of(a @ b, like=p), alpha=alpha)
+        p.to_local().add_(shard_of(a @ b, like=p), alpha=alpha)
 
 
 def _has_projection(state: dict) -> bool:
@@ -447,8 +470,10 @@ class GaLore(Method):
         return optimizer_class, [{"params": weights, **{k: c[k] for k in GROUP_KEYS}}]
 
     def fsdp_refusal(self) -> None:
-        """None: under FSDP2 :class:`GaLoreAdamW` gathers each whole gradient for its SVD and projection,
-        keeps the (small) projected moments whole on every rank and updates each rank's shard of W."""
+        """None: under FSDP2 :class:`GaLoreAdamW` gathers each whole gradient for its SVD (every T
+        steps), projects the other steps' gradients from each rank's rows (only R, r rows or columns,
+        is exchanged), keeps the (small) projected moments whole on every rank and updates each
+        rank's shard of W."""
         return None
 
     def optimizer_runs_method(self, optimizer: torch.optim.Optimizer) -> bool:

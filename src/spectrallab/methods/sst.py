@@ -169,7 +169,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import linalg
 from ..optim_hooks import add_lr_multiplier, add_step_check
-from ..shards import modify_whole_, whole, whole_parameters
+from ..shards import is_sharded, local, modify_whole_, split_by_rows, sum_over_shards, whole, whole_parameters
 from .base import (
     AdaptedLinear,
     LayerCounts,
@@ -211,9 +211,10 @@ def keeps_weight(policy: str, tokens: int, m: int) -> bool:
 
 # Optimizer state that does not describe the parameter's entries (Adam's step count, ...): never zeroed.
 _NOT_MOMENTS = ("step",)
-# The parameters the hooks read whole: the trained ones after every step (column norms of U_active),
-# all five at a period's end (swaps index columns and rows by singular index; the re-SVD multiplies
-# them out). Under FSDP2 they are gathered for that (spectrallab.shards); in one process nothing changes.
+# The parameters the hooks read whole at a period's end: all five (swaps index columns and rows by
+# singular index; the re-SVD multiplies them out). Under FSDP2 they are gathered for that
+# (spectrallab.shards); in one process nothing changes. The projection after every other step works
+# on each rank's rows (SSTLayer.project), and gathers the trained three only for an unusual split.
 _TRAINED = ("U_active", "Vh_active", "S")
 _SPECTRAL = _TRAINED + ("U_frozen", "Vh_frozen")
 
@@ -642,11 +643,27 @@ class SSTLayer(AdaptedLinear):
 
     @torch.no_grad()
     def project(self) -> None:
-        """After a step: Σ ≥ 0, and the active vectors back to unit length."""
-        self.S.clamp_(min=0)
-        tiny = torch.finfo(self.U_active.dtype).tiny
-        self.U_active.div_(self.U_active.norm(dim=0, keepdim=True).clamp_min(tiny))
-        self.Vh_active.div_(self.Vh_active.norm(dim=1, keepdim=True).clamp_min(tiny))
+        """After a step: Σ ≥ 0, and the active vectors back to unit length.
+
+        Under FSDP2 (each factor split by rows, see :mod:`spectrallab.shards`) every rank projects
+        its own rows, and nothing is gathered: Σ's entries and Vh's rows are whole on one rank each,
+        and a column of U has the length √(Σ over the ranks of its rows' squares), r numbers summed
+        across the processes. Another split gathers the three (``whole_parameters``).
+        """
+        trained = (self.U_active, self.Vh_active, self.S)
+        if any(is_sharded(t) and not split_by_rows(t) for t in trained):
+            with whole_parameters(self, _TRAINED):
+                self.project()
+            return
+        U, Vh, S = (local(t) for t in trained)
+        S.clamp_(min=0)
+        tiny = torch.finfo(U.dtype).tiny
+        if is_sharded(self.U_active):
+            u_norms = sum_over_shards(U.square().sum(dim=0, keepdim=True), like=self.U_active).sqrt()
+        else:
+            u_norms = U.norm(dim=0, keepdim=True)
+        U.div_(u_norms.clamp_min(tiny))
+        Vh.div_(Vh.norm(dim=1, keepdim=True).clamp_min(tiny))
 
     @torch.no_grad()
     def next_period(self, step: int) -> tuple[bool, torch.Tensor]:
@@ -883,8 +900,9 @@ class SST(Method):
         return {"resample_every": period, "warmup": min(period, max(1, period // 10))}
 
     def fsdp_refusal(self) -> None:
-        """None: under FSDP2 the hooks gather what they read whole (the renormalization, the swaps, the
-        re-SVD: ``whole_parameters``), compute the same on every rank and keep each rank's shard."""
+        """None: under FSDP2 each step's renormalization works on each rank's rows (r column lengths
+        exchanged); at a period's end the hooks gather what the swaps and the re-SVD read whole
+        (``whole_parameters``), compute the same on every rank and keep each rank's shard."""
         return None
 
     def check_options(self, where: str) -> None:
@@ -946,14 +964,15 @@ class SST(Method):
                 layer.steps_taken.add_(1)
                 step = taken + 1
                 ends = step % period == 0
-                # Whole matrices for what follows (a no-op unless FSDP2 sharded them; then every
-                # rank computes the same on the gathered values and keeps its shard).
-                with whole_parameters(layer, _SPECTRAL if ends else _TRAINED):
-                    layer.project()
-                    if ends:
-                        resvd, slots = layer.next_period(step)
                 if not ends:
+                    layer.project()  # under FSDP2, on each rank's rows (no gather)
                     continue
+                # The swaps and the re-SVD index by singular index and multiply the factors out: whole
+                # matrices (a no-op unless FSDP2 sharded them; then every rank computes the same on
+                # the gathered values and keeps its shard).
+                with whole_parameters(layer, _SPECTRAL):
+                    layer.project()
+                    resvd, slots = layer.next_period(step)
                 if resvd:
                     for param in (layer.U_active, layer.Vh_active, layer.S):
                         reset_optimizer_state(opt, param)
