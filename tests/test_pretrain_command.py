@@ -185,6 +185,21 @@ def test_fsdp_on_two_processes_equals_one_process(home, method):
     assert sharded["trainable_parameters"] == whole["trainable_parameters"]  # the shards add up
 
 
+def test_fsdp_summary_counts_each_number_once(home):
+    """Without a checkpoint the last evaluation (a forward without backward) leaves FSDP2's root
+    parameters gathered on every process: the summary's trainable count must still be one model's,
+    and the optimizer's state the sum of the shards (one process's, up to each shard's step count)."""
+    steps = ["--method", "sst", "--rank", "2", "--steps", "4"]
+    subprocess.run(torchrun(*steps, "--fsdp", "--summary-json", str(home / "two.json")),
+                   env=child_env(home), timeout=300, check=True)  # fmt: skip
+    subprocess.run(
+        command(*steps, "--summary-json", str(home / "one.json")), env=child_env(home), timeout=300, check=True
+    )
+    sharded, whole = (json.loads((home / f"{n}.json").read_text()) for n in ("two", "one"))
+    assert sharded["trainable_parameters"] == whole["trainable_parameters"]
+    assert whole["optimizer_state_bytes"] <= sharded["optimizer_state_bytes"] < 1.05 * whole["optimizer_state_bytes"]
+
+
 def test_fsdp_refuses_relora_with_a_reason(home):
     child = subprocess.run(torchrun("--method", "relora", "--steps", "4", "--fsdp"), env=child_env(home),
                            capture_output=True, text=True, timeout=300)  # fmt: skip

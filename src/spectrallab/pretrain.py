@@ -215,11 +215,6 @@ def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
     return total
 
 
-def local_trainable(model: torch.nn.Module) -> int:
-    """Trainable numbers held by this process (a sharded parameter: its local rows)."""
-    return sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters() if p.requires_grad)
-
-
 # Dense bf16 tensor-core peaks (FLOP/s, without sparsity) from the vendors' data sheets, for MFU.
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
@@ -349,12 +344,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     wall = time.perf_counter() - started
 
     # -- the summary -----------------------------------------------------------------------------
+    # A sharded parameter's numel is the whole one's (a DTensor's shape is global). Summing each
+    # process's local rows instead would count twice what FSDP2 holds unsharded at that moment: after
+    # a forward without backward (the last evaluation) the root's parameters stay gathered.
+    trainable = trainable_parameters(model)
     if parallel is None or parallel.kind == "ddp":
-        report = memory_report(model, opt)
-        state_bytes, trainable = report.optimizer_state, trainable_parameters(model)  # the report's are bytes
-    else:  # FSDP2: each process holds a shard; the whole is the sum over processes
+        state_bytes = memory_report(model, opt).optimizer_state  # bytes
+    else:  # FSDP2: each process holds a shard of the optimizer's state; the whole is the sum
         state_bytes = round(parallel.mean(optimizer_state_bytes(opt)) * world)
-        trainable = round(parallel.mean(local_trainable(model)) * world)
     peak, peak_kind = peak_memory(device)
     first, last = ends[0], ends[-1]  # a resumed run's first event is the step it resumed at
     trained = last.step - first.step
