@@ -2,11 +2,13 @@
 and under ``torchrun --nproc-per-node 2`` (DDP, gloo on the CPU; NCCL on a GPU machine).
 
 Each method runs the command as a user would (a fresh process, the ``cpu`` profile's model unless
-a profile is given, ``--steps`` steps, evaluations included in the time) and reads the summary the
-command writes. The ratio of each method's throughput to full-rank training's is printed next to
-it, measured in the same run. Rounds alternate between methods, and the median of the rounds is
-kept. On a 2-core CPU, two processes each get one core where one process had both: DDP × 2 there
-measures the cost of the all-reduce and the duplicated work, not a speed-up.
+a profile is given, ``--steps`` steps) and reads the summary the command writes: its tokens/s
+counts the training steps' own time after the first (no evaluations, no one-time warm-up), and
+``overall_tokens_per_second`` the same steps over the run's wall time, evaluations included.
+The ratio of each method's throughput to full-rank training's is printed next to it, measured in
+the same run. Rounds alternate between methods, and the median of the rounds is kept. On a 2-core
+CPU, two processes each get one core where one process had both: DDP × 2 there measures the cost
+of the all-reduce and the duplicated work, not a speed-up.
 
     python benchmarks/pretrain_command.py [PROFILE] [STEPS] [ROUNDS]
 """
@@ -82,6 +84,7 @@ def main(profile: str = "cpu", steps: int = 100, rounds: int = 3) -> dict:
                     "tokens_per_second": median[m],
                     "relative_to_full": median[m] / median["full"],
                     "samples": samples[m],
+                    "overall_tokens_per_second": last[m]["tokens_per_second_overall"],
                     "val_loss": last[m]["val_loss"],
                     "optimizer_state_bytes": last[m]["optimizer_state_bytes"],
                     "peak_memory_bytes": last[m]["peak_memory_bytes"],

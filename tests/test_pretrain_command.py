@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,11 +70,43 @@ def test_summary_and_run_record(home, capsys):
         assert words in last
     assert math.isclose(summary["perplexity"], math.exp(summary["val_loss"]))
     assert summary["tokens_per_second"] > 0 and summary["optimizer_state_bytes"] > 0
+    # training steps only (12 steps, 10 evaluations between them): faster than the wall-time rate
+    assert summary["tokens_per_second"] > summary["tokens_per_second_overall"] > 0
     assert json.loads((home / "summary.json").read_text())["val_loss"] == summary["val_loss"]
     (run,) = sl.load_runs()  # next to the notebooks' records: Compare overlays it
     assert run.config["command"] == "spectrallab.pretrain" and run.config["method"] == "lora"
     assert run.final("val_loss") == summary["val_loss"] and run.steps[-1] == 12
     assert summary["trainable_parameters"] == run.config["trainable_parameters"]  # a count, not bytes
+
+
+@pytest.mark.skipif(
+    shutil.which("g++") is None, reason="torch.compile's inductor backend needs a C++ compiler on the CPU"
+)
+@pytest.mark.parametrize("method", ["sst", "lora"])
+def test_compile_trains_as_eager(home, method):
+    """--compile (torch.compile, its default inductor backend: generated C++ on the CPU) through SST's
+    and LoRA's own autograd Functions, resampling included: the run ends where the eager run ends."""
+    steps = [*TINY, "--method", method, "--rank", "2", "--steps", "8", "--eval-every", "8"]
+    if method == "sst":
+        steps += ["--resample-every", "4"]
+    eager = pretrain.main([*steps, "--name", "eager"])
+    try:
+        compiled = pretrain.main([*steps, "--compile", "--name", "compiled"])
+    finally:
+        torch._dynamo.reset()
+    assert math.isclose(compiled["val_loss"], eager["val_loss"], rel_tol=1e-5), (
+        compiled["val_loss"],
+        eager["val_loss"],
+    )
+    (record,) = [run for run in sl.load_runs() if run.name == "compiled"]
+    assert record.config["compile"] is True
+
+
+def test_training_throughput_leaves_out_the_first_step():
+    """A first step that compiled for 10 s, then steps of 0.5 s at 1000 tokens: 2000 tokens/s."""
+    assert pretrain.training_throughput([10.0, 0.5, 0.5, 0.5], 1000) == 2000
+    assert pretrain.training_throughput([0.25], 1000) == 4000  # one step: all there is
+    assert math.isnan(pretrain.training_throughput([], 1000))
 
 
 def test_bad_values_get_the_methods_message(home):

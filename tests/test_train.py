@@ -23,6 +23,10 @@ def test_train_yields_events_with_loss_lr_grad_norm_metrics_and_spectra(home):
     assert [e.step for e in events if e.metrics] == [0, 10, 20]
     assert [e.step for e in events if e.spectra] == [0, 5, 10, 15, 20]
     assert events[-1].metrics["val_loss"] < events[0].metrics["val_loss"]
+    # each step's own time is inside the wall time between its event and the one before it
+    assert events[0].step_seconds is None
+    for before, event in zip(events, events[1:]):
+        assert 0 < event.step_seconds <= event.seconds - before.seconds + 1e-3
 
 
 def test_fit_records_the_run_and_it_reloads(home):

@@ -10,6 +10,13 @@
   reported separately because no paper counts them;
 * on CUDA, ``torch.cuda.max_memory_allocated`` — the only number here that includes activations.
 
+Tensors that live only within a forward and backward are activations, not state, and only that
+CUDA peak sees them. Two belong to methods, each ``m × n``: SST's dense ``W`` when the layer keeps
+it for backward (``keep_weight``, from 8·m tokens on, where it is at most an eighth of the input the
+layer saves anyway), and the merged ``W₀ + (α/r)BA`` of LoRA's merged path on long batches, formed
+in the layer's forward and again in its backward, never kept between them. On the CPU,
+``benchmarks/sst_memory.py`` measures a whole step's peak.
+
 It measures what exists, so **call it after at least one** ``loss.backward(); opt.step()`` **and
 before** ``opt.zero_grad()``: Adam allocates its moments lazily on the first step, and
 ``zero_grad()`` (``set_to_none=True``, the default) frees the gradients. Called too early, the report

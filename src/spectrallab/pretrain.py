@@ -21,6 +21,9 @@ the flags: ``--method sst --help`` lists SST's)::
   overlays a command-line run on the chapter's.
 * Progress shows tokens/s; the last line is a summary: validation loss, perplexity, trainable
   parameters, optimizer-state bytes, peak memory and throughput (``--summary-json`` writes it too).
+  The summary's tokens/s (and MFU, on a GPU) counts the training steps' own time after the first
+  step: evaluations, checkpoints and the first step's one-time costs (compilation) are left out;
+  ``tokens_per_second_overall`` in the JSON is the same call's steps over its whole wall time.
 * Under ``torchrun`` each of N processes trains on its slice of the same global batch (see
   :mod:`spectrallab.distributed`), so ``--batch-size`` is the global batch and must split evenly.
 * ``--autocast bf16`` runs forward and loss in bfloat16 autocast; ``--compile`` compiles the model
@@ -215,6 +218,16 @@ def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
     return total
 
 
+def training_throughput(step_seconds: list[float], tokens_per_step: int) -> float:
+    """Tokens per second of training: the steps' own time, without the evaluations and checkpoints
+    between them, and without this call's first step when there are others. The first step pays
+    for what happens once — ``torch.compile``'s compilation, CUDA's kernels and allocator warming
+    up — which on a short GPU run would hide the rate a long run trains at (and so the MFU)."""
+    steady = step_seconds[1:] if len(step_seconds) > 1 else step_seconds
+    total = sum(steady)
+    return tokens_per_step * len(steady) / total if steady and total > 0 else math.nan
+
+
 # Dense bf16 tensor-core peaks (FLOP/s, without sparsity) from the vendors' data sheets, for MFU.
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
@@ -307,11 +320,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     ends: list[Any] = []  # the first and the latest event: this call's steps and seconds
+    step_seconds: list[float] = []  # each training step's own time, in order
 
     def keep_ends(event) -> None:
         if not ends:
             ends.append(event)
         ends[1:] = [event]
+        if event.step_seconds is not None:
+            step_seconds.append(event.step_seconds)
 
     run = fit(
         model,
@@ -356,7 +372,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     first, last = ends[0], ends[-1]  # a resumed run's first event is the step it resumed at
     trained = last.step - first.step
     seconds = last.seconds - first.seconds
-    tokens_per_second = tokens_per_step * trained / seconds if trained and seconds > 0 else math.nan
+    tokens_per_second_overall = tokens_per_step * trained / seconds if trained and seconds > 0 else math.nan
+    tokens_per_second = training_throughput(step_seconds, tokens_per_step)
     val = run.final("val_loss")
     peak_flops = bf16_peak(device)
     mfu = flops_per_token * tokens_per_second / peak_flops if peak_flops and trained else None
@@ -374,7 +391,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "peak_memory_bytes": peak,
         "peak_memory_kind": peak_kind,
         "tokens_per_step": tokens_per_step,
-        "tokens_per_second": tokens_per_second,  # this call's steps, evaluations included
+        "tokens_per_second": tokens_per_second,  # training steps after the first (training_throughput)
+        "tokens_per_second_overall": tokens_per_second_overall,  # this call's steps over its wall time
         "model_flops_per_token": flops_per_token,
         "model_tflops_per_second": flops_per_token * tokens_per_second / 1e12,
         "mfu": mfu,  # against the GPU's dense bf16 peak; None off CUDA, or for a GPU not in BF16_PEAK

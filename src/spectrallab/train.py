@@ -53,6 +53,9 @@ class Event:
     metrics: dict[str, float] | None = None  # validation metrics, when evaluated at this step
     spectra: dict[str, np.ndarray] | None = None  # singular values of tracked layers, when measured
     seconds: float = 0.0  # wall time since training started
+    # This step's own work (batch, forward, backward, optimizer step), without the evaluation, spectra
+    # and checkpoint that may follow it: what a throughput is made of. None for the step-0 event.
+    step_seconds: float | None = None
 
 
 def warmup_cosine(total_steps: int, warmup: int = 0, floor: float = 0.1) -> Callable[[int], float]:
@@ -269,6 +272,7 @@ def train(
             )
         model.train()
         for step in range(first + 1, steps + 1):
+            step_started = time.perf_counter()
             loss = local_loss(task.batch("train", batch_size, generator))
             loss_value = float(loss.detach())
             if parallel is not None:
@@ -285,7 +289,8 @@ def train(
             opt.step()
             if scheduler is not None:
                 scheduler.step()
-            now = time.perf_counter() - start
+            step_ended = time.perf_counter()
+            now = step_ended - start
             run.steps.append(step)
             run.loss.append(loss_value)
             run.lr.append(current_lr)
@@ -305,7 +310,7 @@ def train(
                 # (possibly at interpreter shutdown, when files can no longer be written).
                 run.save()
                 finished = True
-            yield Event(step, loss_value, current_lr, grad_norm, metrics, spectra, now)
+            yield Event(step, loss_value, current_lr, grad_norm, metrics, spectra, now, step_ended - step_started)
     finally:
         if record and not finished:
             run.save()
