@@ -1,5 +1,6 @@
 """Tokens per second of ``python -m spectrallab.pretrain`` for each pre-training method, on one process
-and under ``torchrun --nproc-per-node 2`` (DDP, gloo on the CPU; NCCL on a GPU machine).
+and under ``torchrun --nproc-per-node 2``, with DDP and with ``--fsdp`` (FSDP2; ReLoRA is refused
+there) — gloo on the CPU, NCCL on a GPU machine.
 
 Each method runs the command as a user would (a fresh process, the ``cpu`` profile's model unless
 a profile is given, ``--steps`` steps) and reads the summary the command writes: its tokens/s
@@ -26,10 +27,11 @@ from pathlib import Path
 from common import record
 
 METHODS = ["full", "lora", "relora", "galore", "sltrain", "sst"]
+FSDP_REFUSED = {"relora"}  # its merge needs whole matrices: spectrallab.fsdp refuses it
 
 
-def tokens_per_second(method: str, profile: str, steps: int, processes: int, home: Path) -> dict:
-    summary = home / f"{method}-{processes}.json"
+def tokens_per_second(method: str, profile: str, steps: int, processes: int, home: Path, fsdp: bool = False) -> dict:
+    summary = home / f"{method}-{processes}{'-fsdp' if fsdp else ''}.json"
     launcher = (
         [sys.executable, "-m", "spectrallab.pretrain"]
         if processes == 1
@@ -60,6 +62,7 @@ def tokens_per_second(method: str, profile: str, steps: int, processes: int, hom
             "off",
             "--summary-json",
             str(summary),
+            *(["--fsdp"] if fsdp else []),
         ],  # fmt: skip
         env=env,
         check=True,
@@ -71,15 +74,17 @@ def tokens_per_second(method: str, profile: str, steps: int, processes: int, hom
 def main(profile: str = "cpu", steps: int = 100, rounds: int = 3) -> dict:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for processes in (1, 2):
-            samples: dict[str, list[float]] = {m: [] for m in METHODS}
+        for processes, fsdp in ((1, False), (2, False), (2, True)):
+            methods = [m for m in METHODS if not (fsdp and m in FSDP_REFUSED)]
+            samples: dict[str, list[float]] = {m: [] for m in methods}
             last: dict[str, dict] = {}
             for _ in range(rounds):
-                for method in METHODS:
-                    last[method] = tokens_per_second(method, profile, steps, processes, Path(tmp))
+                for method in methods:
+                    last[method] = tokens_per_second(method, profile, steps, processes, Path(tmp), fsdp)
                     samples[method].append(last[method]["tokens_per_second"])
             median = {m: statistics.median(v) for m, v in samples.items()}
-            results[f"processes_{processes}"] = {
+            key = f"processes_{processes}" + ("_fsdp" if fsdp else "")
+            results[key] = {
                 m: {
                     "tokens_per_second": median[m],
                     "relative_to_full": median[m] / median["full"],
@@ -89,16 +94,20 @@ def main(profile: str = "cpu", steps: int = 100, rounds: int = 3) -> dict:
                     "optimizer_state_bytes": last[m]["optimizer_state_bytes"],
                     "peak_memory_bytes": last[m]["peak_memory_bytes"],
                 }
-                for m in METHODS
+                for m in methods
             }
-            print(f"{processes} process{'es' if processes > 1 else ''} ({profile} profile, {steps} steps):")
-            for m in METHODS:
-                r = results[f"processes_{processes}"][m]
+            how = " FSDP2" if fsdp else (" DDP" if processes > 1 else "")
+            print(f"{processes} process{'es' if processes > 1 else ''}{how} ({profile} profile, {steps} steps):")
+            for m in methods:
+                r = results[key][m]
                 print(f"  {m:>8}: {r['tokens_per_second']:>9,.0f} tokens/s  ({r['relative_to_full']:.2f}× full)")
     for m in METHODS:
-        results["processes_2"][m]["ddp2_over_single"] = (
-            results["processes_2"][m]["tokens_per_second"] / results["processes_1"][m]["tokens_per_second"]
-        )
+        single = results["processes_1"][m]["tokens_per_second"]
+        results["processes_2"][m]["ddp2_over_single"] = results["processes_2"][m]["tokens_per_second"] / single
+        if m in results["processes_2_fsdp"]:
+            results["processes_2_fsdp"][m]["fsdp2_over_ddp2"] = (
+                results["processes_2_fsdp"][m]["tokens_per_second"] / results["processes_2"][m]["tokens_per_second"]
+            )
     out = {"profile": profile, "steps": steps, "rounds": rounds, **results}
     print(f"recorded: {record('pretrain_command', out)}")
     return out
